@@ -1,0 +1,75 @@
+"""Atomic writes: a failed stage never leaves a half-written output behind.
+
+Everything is written to a temporary sibling and moved into place with one
+rename, so a later stage (or DVC) sees either the old output or the whole
+new one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def _umask() -> int:
+    # mkstemp/mkdtemp create private (0600/0700) paths; outputs get the mode
+    # a plain open()/mkdir() would give them.
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; on success rename it onto target.
+
+    The temporary name keeps target's suffix, for writers (Keras) that insist on one.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.tmp-", suffix=target.suffix, dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path | str) -> Iterator[Path]:
+    """Yield a fresh temporary directory beside `target`; on success it replaces target."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp_dir, 0o777 & ~_umask())
+    try:
+        yield tmp_dir
+        if target.exists():
+            # Move the old one aside first so the swap leaves no window with neither.
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp_dir, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp_dir, target)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def write_text_atomic(target: Path | str, text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(target: Path | str, data: Any) -> None:
+    write_text_atomic(target, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")

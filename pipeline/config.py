@@ -1,0 +1,58 @@
+"""Params and paths: the one place that reads params.yaml.
+
+params.yaml holds every knob, including the `paths` section that dvc.yaml
+also reads through its `${paths.*}` templating, so a path is spelled once.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A params.yaml that is missing, malformed or holds an invalid value."""
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
+    """Read params.yaml (from the current directory: DVC runs stages in the repo root)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found (run stages from the project root)")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return params
+
+
+def section(params: dict[str, Any], name: str) -> dict[str, Any]:
+    """A top-level section of params, with a clear error when it is absent."""
+    value = params.get(name)
+    if not isinstance(value, dict):
+        raise ConfigError(f"params.yaml: section '{name}' is missing or not a mapping")
+    return value
+
+
+def path_of(params: dict[str, Any], key: str) -> Path:
+    """A path from the `paths` section of params.yaml."""
+    paths = section(params, "paths")
+    if key not in paths:
+        raise ConfigError(f"params.yaml: paths.{key} is missing")
+    return Path(paths[key])
+
+
+def worker_count(requested: int | None) -> int:
+    """0 or None means all cores this process may use."""
+    if requested and int(requested) > 0:
+        return int(requested)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -1,0 +1,42 @@
+"""DVC stage preprocess: validated manifest + images -> TFRecord shards per split."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.stage import run_stage  # noqa: E402
+
+
+def main() -> None:
+    from pipeline.atomic import atomic_dir, atomic_path, write_json_atomic
+    from pipeline.config import load_params, path_of, section, worker_count
+    from pipeline.dataset import INDEX_FILE
+    from pipeline.manifest import read_manifest
+    from pipeline.preprocess import write_tfrecord_shards
+
+    params = load_params()
+    settings = section(params, "preprocess")
+    manifest = read_manifest(path_of(params, "validated_manifest"))
+    with atomic_dir(path_of(params, "tfrecords")) as staging:
+        index, quarantine = write_tfrecord_shards(
+            manifest, staging,
+            image_size=int(settings["image_size"]), fit=settings["fit"],
+            encoding=settings["encoding"], jpeg_quality=int(settings["jpeg_quality"]),
+            shard_size=int(settings["shard_size"]), workers=worker_count(settings["workers"]),
+        )
+        write_json_atomic(staging / INDEX_FILE, index)
+    with atomic_path(path_of(params, "reports") / "quarantine.csv") as tmp:
+        quarantine.to_csv(tmp, index=False, lineterminator="\n")
+    write_json_atomic(
+        path_of(params, "metrics") / "preprocess.json",
+        {"records": {s: v["records"] for s, v in index["splits"].items()}, "quarantined": len(quarantine),
+         "shards": len(index["shards"])},
+    )
+    for row in quarantine.itertuples():
+        print(f"preprocess: quarantined {row.path}: {row.reason}", file=sys.stderr)
+    print(f"preprocess: {sum(v['records'] for v in index['splits'].values())} records in "
+          f"{len(index['shards'])} shards, {len(quarantine)} quarantined", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_stage("preprocess", main)

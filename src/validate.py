@@ -1,0 +1,37 @@
+"""DVC stage validate: the Great Expectations gate on the manifest.
+
+Only a manifest that passes is copied to paths.validated_manifest, the one
+later stages read, so a failure stops the pipeline here.
+"""
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.stage import StageError, run_stage  # noqa: E402
+
+
+def main() -> None:
+    from pipeline.atomic import atomic_dir, write_json_atomic
+    from pipeline.config import load_params, path_of
+    from pipeline.manifest import read_manifest
+    from pipeline.validate import format_failure_summary, validate_manifest
+
+    params = load_params()
+    source = path_of(params, "manifest")
+    result = validate_manifest(read_manifest(source))
+    write_json_atomic(path_of(params, "metrics") / "validate.json", result.to_json_dict())
+    for warning in result.warnings:
+        print(f"validate: warning: {warning}", file=sys.stderr)
+    if not result.success:
+        print(format_failure_summary(result, str(source)), file=sys.stderr)
+        raise StageError(f"{source} failed validation; see above and metrics/validate.json")
+    validated = path_of(params, "validated_manifest")
+    with atomic_dir(path_of(params, "validated_dir")) as staging:
+        shutil.copyfile(source, staging / validated.name)
+    print(f"validate: {source} passed {len(result.checks)} checks", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_stage("validate", main)

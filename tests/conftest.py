@@ -1,0 +1,72 @@
+"""Shared test fixtures: the project root, the real NIH files in ../shared, small real PNGs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+NIH_SUBSET = SHARED_DATA / "nih-subset"
+NIH_64PX = SHARED_DATA / "nih-64px"
+
+
+@pytest.fixture
+def nih_subset() -> Path:
+    if not (NIH_SUBSET / "Data_Entry_2017_v2020.csv.gz").is_file():
+        pytest.skip(f"real NIH subset not found at {NIH_SUBSET} (../shared is only in developer and CI checkouts)")
+    return NIH_SUBSET
+
+
+@pytest.fixture
+def nih_64px() -> Path:
+    if not (NIH_64PX / "train").is_dir():
+        pytest.skip(f"real NIH 64px images not found at {NIH_64PX} (../shared is only in developer and CI checkouts)")
+    return NIH_64PX
+
+
+def write_png(path: Path, image: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), image), f"could not write {path}"
+    return path
+
+
+NIH_2017_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
+)
+
+
+def make_nih_root(root: Path, rows: list[tuple], size: int = 48, trailing_comma: bool = True) -> Path:
+    """A small NIH-format data root: images/ with real PNGs and Data_Entry_2017.csv.
+
+    rows: (image_id, finding_labels, follow_up, patient_id, age, sex, view)
+    """
+    rng = np.random.default_rng(0)
+    lines = [NIH_2017_HEADER if trailing_comma else NIH_2017_HEADER.rstrip(",")]
+    for image_id, labels, follow_up, patient, age, sex, view in rows:
+        write_png(root / "images" / image_id, rng.integers(0, 255, (size, size), dtype=np.uint8))
+        line = f"{image_id},{labels},{follow_up},{patient},{age},{sex},{view},{size},{size},0.143,0.143"
+        lines.append(line + ("," if trailing_comma else ""))
+    (root / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def small_nih_root(tmp_path: Path) -> Path:
+    """12 images of 6 patients, a mix of findings."""
+    labels = ["No Finding", "Mass", "Effusion|Nodule", "No Finding", "Cardiomegaly", "Hernia"]
+    rows = []
+    for patient in range(1, 7):
+        for follow_up in range(2):
+            rows.append((f"{patient:08d}_{follow_up:03d}.png", labels[patient - 1], follow_up, patient,
+                         30 + patient, "MF"[patient % 2], ("PA", "AP")[follow_up]))
+    return make_nih_root(tmp_path / "nih", rows)

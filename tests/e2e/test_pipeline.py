@@ -1,0 +1,133 @@
+"""End to end: the real DVC pipeline in a temp git repo, on a tiny configuration."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import PROJECT_ROOT
+
+from pipeline.labels import FINDINGS
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "ingest.phantom.n_images": 90,
+    "ingest.phantom.image_size": 256,
+    "preprocess.image_size": 64,
+    "preprocess.shard_size": 25,
+    "train.backbone": "small_cnn",
+    "train.epochs": 2,
+    "train.batch_size": 8,
+    "explain.per_finding": 1,
+}
+
+
+def set_param(params: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        params = params[key]
+    assert leaf in params, f"params.yaml has no {dotted}"
+    params[leaf] = value
+
+
+def make_project(destination: Path, overrides: dict) -> Path:
+    """A fresh git + DVC repo holding the project's pipeline files."""
+    destination.mkdir()
+    for name in ("dvc.yaml", "src", "pipeline"):
+        source = PROJECT_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, destination / name)
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    for key, value in overrides.items():
+        set_param(params, key, value)
+    (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (destination / "mlruns").mkdir()
+    shutil.copy2(PROJECT_ROOT / "mlruns" / ".gitignore", destination / "mlruns" / ".gitignore")
+    run(["git", "init", "-q"], destination)
+    run(["dvc", "init", "-q"], destination)
+    run(["dvc", "config", "core.analytics", "false"], destination)
+    run(["git", "add", "-A"], destination)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project"], destination)
+    return destination
+
+
+def pipeline_env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update({"DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"})
+    return env
+
+
+def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=pipeline_env(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    project = make_project(tmp_path_factory.mktemp("e2e") / "project", TINY)
+    return project, run(["dvc", "repro"], project)
+
+
+def test_every_stage_writes_its_outputs(repro):
+    project, result = repro
+    for stage in ("ingest", "validate", "preprocess", "train", "evaluate", "explain"):
+        assert f"Running stage '{stage}'" in result.stdout + result.stderr
+    phantom = project / "data" / "ingest" / "phantom"
+    assert len(list((phantom / "images").glob("*.png"))) == 90
+    assert (phantom / "Data_Entry_2017.csv").is_file() and (phantom / "BBox_List_2017.csv").is_file()
+    assert (project / "data" / "validated" / "manifest.csv").is_file()
+    index = json.loads((project / "data" / "tfrecords" / "index.json").read_text())
+    assert sum(s["records"] for s in index["shards"]) == 90
+    assert {s["split"] for s in index["shards"]} == {"train", "val", "test"}
+    assert (project / "models" / "model.keras").stat().st_size > 0
+    overlays = list((project / "reports" / "gradcam").glob("*.png"))
+    assert overlays, "explain wrote no Grad-CAM overlay"
+
+
+def test_metrics_file_shape(repro):
+    project, _ = repro
+    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert isinstance(metrics["mean_auc"], float) and 0.0 <= metrics["mean_auc"] <= 1.0
+    assert list(metrics["auc"]) == list(FINDINGS) and list(metrics["thresholds"]) == list(FINDINGS)
+    assert all(0.0 <= t <= 1.0 for t in metrics["thresholds"].values())
+    defined = [v for v in metrics["auc"].values() if v is not None]
+    assert abs(sum(defined) / len(defined) - metrics["mean_auc"]) < 1e-9
+
+
+def test_model_registered_with_champion_and_metrics_in_mlflow(repro):
+    project, _ = repro
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    versions = client.search_model_versions("name = 'chestxray'")
+    assert len(versions) == 1
+    champion = client.get_model_version_by_alias("chestxray", "champion")
+    assert champion.version == versions[0].version
+    assert {"git_commit", "data_hash", "mean_auc"} <= set(champion.tags)
+    run = client.get_run(champion.run_id)
+    for finding in FINDINGS:
+        assert f"threshold_{finding}" in run.data.metrics
+    assert {"git_commit", "data_hash"} <= set(run.data.tags)
+    assert any(f"test_auc_{f}" in run.data.metrics for f in FINDINGS)
+
+
+def test_second_repro_runs_nothing(repro):
+    project, _ = repro
+    again = run(["dvc", "repro"], project)
+    assert "Running stage" not in again.stdout + again.stderr
+    status = run(["dvc", "status"], project)
+    assert "up to date" in status.stdout.lower(), status.stdout

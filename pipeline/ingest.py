@@ -11,12 +11,16 @@ from pipeline.manifest import MANIFEST_COLUMNS
 from pipeline.nih import (
     BBOX_FILE_NAME,
     IMAGE_ID_PATTERN,
+    OFFICIAL_TEST_LIST,
+    OFFICIAL_TRAIN_VAL_LIST,
+    SOURCES,
     MetadataError,
     find_metadata_csv,
     index_images,
     read_nih_metadata,
+    read_official_lists,
 )
-from pipeline.split import assign_patient_splits
+from pipeline.split import assign_official_splits, assign_patient_splits, split_settings
 
 
 def display_path(path: Path) -> str:
@@ -40,24 +44,41 @@ def label_matrix(metadata: pd.DataFrame, source: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(FINDINGS), index=metadata.index, dtype="int64")
 
 
+def assign_splits(manifest: pd.DataFrame, split: dict, seed: int, root: Path) -> pd.Series:
+    """The split of each manifest row by `ingest.split` (method and ratios),
+    stratified on the 14 finding columns; official reads root's NIH lists."""
+    method, ratios = split_settings(split)
+    labels = manifest[list(FINDINGS)]
+    if method == "official":
+        test_ids, train_val_ids = read_official_lists(root)
+        return assign_official_splits(
+            manifest["image_id"], manifest["patient_id"], test_ids, train_val_ids, ratios, seed, labels,
+            list_names=(str(root / OFFICIAL_TEST_LIST), str(root / OFFICIAL_TRAIN_VAL_LIST)),
+        )
+    return assign_patient_splits(manifest["patient_id"], ratios, seed, labels)
+
+
 def build_manifest(
     root: Path,
-    split_ratios: dict[str, float],
+    split: dict,
     seed: int,
     require_all_images: bool = False,
     path_root: Path | None = None,
+    source: str = "nih",
 ) -> tuple[pd.DataFrame, dict]:
     """Join the metadata CSV with the images on disk and split patient-wise.
 
-    `path_root`: where root will live when the manifest is read, if it is
-    being built somewhere else first. Returns the manifest and a report of
-    what was found, kept and dropped.
+    `split`: params.yaml's ingest.split (train/val/test ratios, optional
+    method). `source`: the root's layout, nih (Box or Kaggle full data set)
+    or kaggle-sample. `path_root`: where root will live when the manifest is
+    read, if it is being built somewhere else first. Returns the manifest and
+    a report of what was found, kept and dropped.
     """
     root = Path(root)
     path_root = Path(path_root) if path_root is not None else root
     if not root.is_dir():
         raise MetadataError(f"{root}: data root is not a directory")
-    csv_path = find_metadata_csv(root)
+    csv_path = find_metadata_csv(root, source)
     metadata = read_nih_metadata(csv_path)
     bad_ids = ~metadata["image_id"].str.match(IMAGE_ID_PATTERN.pattern)
     if bad_ids.any():
@@ -73,7 +94,7 @@ def build_manifest(
             f"{csv_path}: line {metadata.at[first, 'line']}: duplicate Image Index "
             f"{metadata.at[first, 'image_id']!r}"
         )
-    images = index_images(root)
+    images = index_images(root, source)
     on_disk = metadata["image_id"].isin(images.keys())
     unlisted = sorted(set(images) - set(metadata["image_id"]))
     missing = int((~on_disk).sum())
@@ -88,7 +109,7 @@ def build_manifest(
     labels = label_matrix(kept, csv_path)
     manifest = pd.concat([kept, labels], axis=1)
     manifest["path"] = [display_path(path_root / images[i].relative_to(root)) for i in manifest["image_id"]]
-    manifest["split"] = assign_patient_splits(manifest["patient_id"], split_ratios, seed)
+    manifest["split"] = assign_splits(manifest, split, seed, root)
     manifest = manifest[list(MANIFEST_COLUMNS)].reset_index(drop=True)
     report = {
         "metadata_csv": display_path(csv_path),
@@ -99,6 +120,7 @@ def build_manifest(
         "images_without_row_examples": unlisted[:10],
         "manifest_rows": int(len(manifest)),
         "patients": int(manifest["patient_id"].nunique()),
+        "split_method": split_settings(split)[0],
         "split_images": {s: int(n) for s, n in manifest["split"].value_counts().sort_index().items()},
     }
     return manifest, report
@@ -133,34 +155,80 @@ def read_boxes(root: Path, image_ids: set[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["image_id", "finding", "x", "y", "w", "h"])
 
 
-def ingest_into(staging: Path, params: dict) -> dict:
-    """The ingest stage: generate the phantom when asked, then write the manifest
-    and the box list into `staging` (the future paths.ingest_dir). Returns the report."""
-    from pipeline.config import path_of, section, worker_count
+PHANTOM_NOT_USED = (
+    "Not used: ingest.source is {source}, so the phantom stage generated nothing.\n"
+    "Set ingest.source: phantom (and ingest.root: {root}) to train on the synthetic phantom.\n"
+)
+
+
+def phantom_root(params: dict) -> Path:
+    """paths.phantom, where the phantom stage writes the synthetic data set;
+    with ingest.source phantom, ingest.root must name this same folder."""
+    from pipeline.config import path_of, section
+
+    ingest, phantom_dir = section(params, "ingest"), path_of(params, "phantom")
+    if ingest["source"] == "phantom" and Path(ingest["root"]).absolute() != phantom_dir.absolute():
+        raise MetadataError(
+            f"ingest.root is {ingest['root']} but must be {phantom_dir} (paths.phantom) when "
+            f"ingest.source is phantom"
+        )
+    return phantom_dir
+
+
+def write_phantom(params: dict) -> dict:
+    """The phantom stage: generate the synthetic NIH-format root at paths.phantom
+    when ingest.source is phantom; otherwise leave only a note there, so the
+    stage costs nothing for users of real data. Returns a short summary."""
+    from pipeline.atomic import atomic_dir
+    from pipeline.config import section, worker_count
     from pipeline.phantom import generate_phantom
 
-    ingest = section(params, "ingest")
-    ingest_dir, root = path_of(params, "ingest_dir"), Path(ingest["root"])
-    seed = int(params["seed"])
-    if ingest["source"] == "phantom":
-        if not root.absolute().is_relative_to(ingest_dir.absolute()):
-            raise MetadataError(f"ingest.root {root} must lie inside {ingest_dir} when ingest.source is phantom")
-        data_root = staging / root.absolute().relative_to(ingest_dir.absolute())
-        phantom = ingest["phantom"]
-        generate_phantom(
-            data_root, n_images=int(phantom["n_images"]), seed=seed,
-            image_size=int(phantom["image_size"]), workers=worker_count(ingest.get("workers")),
-        )
-    elif ingest["source"] == "nih":
-        data_root = root
-    else:
-        raise MetadataError(f"ingest.source must be 'phantom' or 'nih', got {ingest['source']!r}")
-    manifest, report = build_manifest(
-        data_root, ingest["split"], seed, bool(ingest.get("require_all_images", False)), path_root=root
+    ingest, out = section(params, "ingest"), phantom_root(params)
+    if ingest["source"] != "phantom":
+        with atomic_dir(out) as staging:
+            (staging / "NOT_USED.txt").write_text(PHANTOM_NOT_USED.format(source=ingest["source"], root=out))
+        return {"images": 0}
+    phantom = ingest["phantom"]
+    return generate_phantom(
+        out, n_images=int(phantom["n_images"]), seed=int(params["seed"]),
+        image_size=int(phantom["image_size"]), workers=worker_count(ingest.get("workers")),
     )
-    manifest.to_csv(staging / path_of(params, "manifest").name, index=False, lineterminator="\n")
-    boxes = read_boxes(data_root, set(manifest["image_id"]))
-    boxes.to_csv(staging / path_of(params, "boxes").name, index=False, lineterminator="\n")
-    report["source"] = ingest["source"]
+
+
+def write_csv_atomic(frame: pd.DataFrame, target: Path) -> None:
+    from pipeline.atomic import atomic_path
+
+    with atomic_path(target) as tmp:
+        frame.to_csv(tmp, index=False, lineterminator="\n")
+
+
+def run_ingest(params: dict) -> dict:
+    """The ingest stage: read the data root named by ingest.source / ingest.root
+    (the phantom stage's output, or the user's NIH or Kaggle download) and write
+    the manifest and the box list (paths.manifest, paths.boxes). Returns the report.
+
+    The stage's DVC deps include ${ingest.root} itself, so a changed metadata
+    CSV, box list, split list or set of images reruns it (see dvc.yaml)."""
+    from pipeline.config import path_of, section
+
+    ingest = section(params, "ingest")
+    source, root = ingest["source"], Path(ingest["root"])
+    if source == "phantom":
+        root = phantom_root(params)
+        if not (root / "images").is_dir():
+            raise MetadataError(f"{root}: no phantom here; the phantom stage makes it (dvc repro)")
+        layout = "nih"  # the phantom is written in NIH's Box layout
+    elif source in SOURCES:
+        layout = source
+    else:
+        raise MetadataError(f"ingest.source must be one of phantom, {', '.join(SOURCES)}; got {source!r}")
+    manifest, report = build_manifest(
+        root, ingest["split"], int(params["seed"]), bool(ingest.get("require_all_images", False)),
+        source=layout,
+    )
+    boxes = read_boxes(root, set(manifest["image_id"]))
+    write_csv_atomic(manifest, path_of(params, "manifest"))
+    write_csv_atomic(boxes, path_of(params, "boxes"))
+    report["source"] = source
     report["boxes"] = int(len(boxes))
     return report

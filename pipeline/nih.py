@@ -35,22 +35,50 @@ METADATA_FILE_NAMES = (
     "Data_Entry_2017.csv",
     "Data_Entry_2017.csv.gz",
 )
+# Kaggle's "Random Sample of NIH Chest X-ray Dataset" (5,606 images): one
+# column each for width, height and spacing, no trailing comma, and ages
+# written as DICOM age strings ("060Y"; a few "013M", "001D").
+KAGGLE_SAMPLE_FILE_NAME = "sample_labels.csv"
+KAGGLE_SAMPLE_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImageWidth,OriginalImageHeight,OriginalImagePixelSpacing_x,OriginalImagePixelSpacing_y"
+)
+SOURCES = ("nih", "kaggle-sample")  # the data-root layouts read here (ingest.source)
 BBOX_FILE_NAME = "BBox_List_2017.csv"
+OFFICIAL_TEST_LIST = "test_list.txt"
+OFFICIAL_TRAIN_VAL_LIST = "train_val_list.txt"
 IMAGE_ID_PATTERN = re.compile(r"^\d{8}_\d{3}\.png$")
-INT_FIELDS = ("follow_up", "patient_id", "age", "orig_width", "orig_height")
+INT_FIELDS = ("follow_up", "patient_id", "orig_width", "orig_height")
+# An age in whole years, or a DICOM age string: digits then D(ays), W(eeks), M(onths) or Y(ears).
+AGE_PATTERN = r"^(\d+)([DWMY]?)$"
+YEARS_PER_UNIT = {"": 1.0, "Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
 
 
 class MetadataError(ValueError):
     """A metadata CSV that cannot be read; the message names file, row and problem."""
 
 
-def find_metadata_csv(root: Path) -> Path:
-    """The NIH metadata table under root (newest revision first)."""
-    for name in METADATA_FILE_NAMES:
+def _check_source(source: str) -> None:
+    if source not in SOURCES:
+        raise MetadataError(f"ingest.source must be one of phantom, {', '.join(SOURCES)}; got {source!r}")
+
+
+def find_metadata_csv(root: Path, source: str = "nih") -> Path:
+    """The metadata table under root: for nih, NIH's newest revision first; for
+    kaggle-sample, Kaggle's sample_labels.csv. A root holding the other
+    layout's table gets a hint to change ingest.source."""
+    _check_source(source)
+    names = (KAGGLE_SAMPLE_FILE_NAME,) if source == "kaggle-sample" else METADATA_FILE_NAMES
+    for name in names:
         candidate = root / name
         if candidate.is_file():
             return candidate
-    raise MetadataError(f"{root}: no metadata CSV found (looked for {', '.join(METADATA_FILE_NAMES)})")
+    hint = ""
+    if source == "nih" and (root / KAGGLE_SAMPLE_FILE_NAME).is_file():
+        hint = f"; it holds {KAGGLE_SAMPLE_FILE_NAME}: set ingest.source to kaggle-sample"
+    elif source == "kaggle-sample" and any((root / n).is_file() for n in METADATA_FILE_NAMES):
+        hint = "; it holds NIH's Data_Entry CSV: set ingest.source to nih"
+    raise MetadataError(f"{root}: no metadata CSV found (looked for {', '.join(names)}){hint}")
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -70,6 +98,7 @@ def read_nih_metadata(path: Path) -> pd.DataFrame:
         header = next(reader, None)
         if header is None:
             raise MetadataError(f"{path}: empty file, expected NIH's header")
+        # NIH's two-column [Width,Height] header and Kaggle's sample header share this start
         if not ",".join(header).startswith(METADATA_HEADER_START):
             raise MetadataError(
                 f"{path}: line 1: header does not start with '{METADATA_HEADER_START}' "
@@ -98,16 +127,41 @@ def read_nih_metadata(path: Path) -> pd.DataFrame:
                 f"{frame.at[first, field]!r}"
             )
         frame[field] = numbers.astype("int64")
+    frame["age"] = _ages_in_years(frame, path)
     return frame
 
 
-def index_images(root: Path) -> dict[str, Path]:
-    """Map Image Index -> file for every PNG in NIH's Box layout (images/) or
-    Kaggle's (images_001/images/ ... images_012/images/), never leaving root."""
+def _ages_in_years(frame: pd.DataFrame, path: Path) -> pd.Series:
+    """Whole years from "57" (NIH's CSVs) or "057Y" / "013M" / "001D" (Kaggle's
+    sample): months, weeks and days round down, so a 13-month-old is 1."""
+    parts = frame["age"].str.extract(AGE_PATTERN)
+    bad = parts[0].isna()
+    if bad.any():
+        first = frame.index[bad][0]
+        raise MetadataError(
+            f"{path}: line {frame.at[first, 'line']}: age is not an integer: {frame.at[first, 'age']!r} "
+            f"(expected whole years like 57, or an age like 060Y, 013M, 001D)"
+        )
+    years = parts[0].astype("int64") * parts[1].map(YEARS_PER_UNIT)
+    return (years + 1e-9).astype("int64")  # floor; the epsilon keeps 12M = 1 year exact
+
+
+def image_folders(root: Path, source: str = "nih") -> list[Path]:
+    """Where a layout keeps its PNGs: NIH's Box release in images/, Kaggle's full
+    data set in images_001/images/ ... images_012/images/, Kaggle's sample in
+    sample/images/ (or images/ when the zip was unpacked one level down)."""
+    _check_source(source)
+    if source == "kaggle-sample":
+        return [root / "sample" / "images", root / "images"]
+    return [root / "images", *sorted(root.glob("images_*/images"))]
+
+
+def index_images(root: Path, source: str = "nih") -> dict[str, Path]:
+    """Map Image Index -> file for every PNG in the layout's folders, never
+    leaving root (the first folder wins for a name found twice)."""
     root_resolved = root.resolve()
     found: dict[str, Path] = {}
-    folders = [root / "images", *sorted(root.glob("images_*/images"))]
-    for folder in folders:
+    for folder in image_folders(root, source):
         if not folder.is_dir():
             continue
         for image in sorted(folder.iterdir()):
@@ -117,3 +171,33 @@ def index_images(root: Path) -> dict[str, Path]:
                 raise MetadataError(f"{image}: symlink points outside the data root {root}")
             found.setdefault(image.name, image)
     return found
+
+
+def read_image_list(path: Path) -> list[str]:
+    """NIH's test_list.txt / train_val_list.txt: one Image Index a line."""
+    names = []
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            name = line.strip()
+            if not name:
+                continue
+            if not IMAGE_ID_PATTERN.match(name):
+                raise MetadataError(
+                    f"{path}: line {line_number}: {name[:80]!r} is not an Image Index like 00000001_000.png"
+                )
+            names.append(name)
+    return names
+
+
+def read_official_lists(root: Path) -> tuple[list[str], list[str]]:
+    """The official split's (test, train_val) image lists from root."""
+    lists = []
+    for name in (OFFICIAL_TEST_LIST, OFFICIAL_TRAIN_VAL_LIST):
+        path = root / name
+        if not path.is_file():
+            raise MetadataError(
+                f"{path}: not found; ingest.split.method official needs NIH's {OFFICIAL_TEST_LIST} "
+                f"and {OFFICIAL_TRAIN_VAL_LIST} in the data root (they come with the NIH and Kaggle downloads)"
+            )
+        lists.append(read_image_list(path))
+    return lists[0], lists[1]

@@ -885,6 +885,9 @@ BOX_THRESHOLD = {f: 0.1 for f in FINDINGS} | {"Cardiomegaly": 0.5, "Emphysema": 
 # Rendering one film
 # --------------------------------------------------------------------------
 
+FINDING_GAIN = 1.6
+
+
 def render_film(film: FilmRecord, seed: int, image_size: int
                 ) -> tuple[np.ndarray, list[tuple[str, float, float, float, float]]]:
     """The 8-bit film and its boxes (finding, x, y, w, h) in film pixels."""
@@ -893,7 +896,12 @@ def render_film(film: FilmRecord, seed: int, image_size: int
     anatomy = build_anatomy(sample_patient_anatomy(patient_rng, film.sex), rng, film)
     f = Film(anatomy, min(image_size, WORK_RES_MAX), rng)
     base = draw_normal_anatomy(f)
+    opacity, lucency = f.opacity.copy(), f.lucency.copy()
     maps = {name: PLANTERS[name](f) for name in FINDINGS if name in film.findings}
+    # Findings are drawn more conspicuous than on real films so that a short
+    # from-scratch CPU run can learn them (the phantom tests the pipeline).
+    f.opacity = opacity + F32(FINDING_GAIN) * (f.opacity - opacity)
+    f.lucency = lucency + F32(FINDING_GAIN) * (f.lucency - lucency)
     density = compose(f, base)
     scale = image_size / f.res
     boxes = []

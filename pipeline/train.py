@@ -1,6 +1,7 @@
 """Training: a Keras model from the TFRecord shards, class-weighted BCE."""
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,16 @@ def weighted_binary_crossentropy(pos_weight: np.ndarray):
         return tf.reduce_mean(per_class, axis=-1)
 
     return loss
+
+
+def learning_rate_schedule(kind: str, learning_rate: float, total_steps: int):
+    """"constant", or "cosine": decay to zero over the run, which settles the
+    weights (and the BatchNorm statistics) of short runs in the last epochs."""
+    if kind == "constant":
+        return learning_rate
+    if kind == "cosine":
+        return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, total_steps))
+    raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {kind!r}")
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -87,8 +98,12 @@ def train_model(
     )
     has_val = index["splits"]["val"]["records"] > 0
     val_data = make_dataset(val_files, batch_size, cache=True) if has_val else None
+    steps_per_epoch = math.ceil(index["splits"]["train"]["records"] / batch_size)
     model.compile(
-        optimizer=keras.optimizers.Adam(float(settings["learning_rate"])),
+        optimizer=keras.optimizers.Adam(
+            learning_rate_schedule(settings.get("lr_schedule", "constant"), float(settings["learning_rate"]),
+                                   steps_per_epoch * epochs)
+        ),
         loss=weighted_binary_crossentropy(positive_weights(index)),
         metrics=[keras.metrics.AUC(multi_label=True, num_labels=len(FINDINGS), name="auc")],
     )

@@ -1,7 +1,8 @@
 """DVC stage validate: the Great Expectations gate on the manifest.
 
 Only a manifest that passes is copied to paths.validated_manifest, the one
-later stages read, so a failure stops the pipeline here.
+later stages read, so a failure stops the pipeline here. The HTML report
+(paths.validation_report) is written either way.
 """
 import shutil
 import sys
@@ -17,16 +18,18 @@ def main() -> None:
     from pipeline.config import load_params, path_of
     from pipeline.manifest import read_manifest
     from pipeline.validate import format_failure_summary, validate_manifest
+    from pipeline.validation_report import write_validation_report
 
     params = load_params()
     source = path_of(params, "manifest")
     result = validate_manifest(read_manifest(source))
     write_json_atomic(path_of(params, "metrics") / "validate.json", result.to_json_dict())
+    page = write_validation_report(result, str(source), path_of(params, "validation_report"))
     for warning in result.warnings:
         print(f"validate: warning: {warning}", file=sys.stderr)
     if not result.success:
         print(format_failure_summary(result, str(source)), file=sys.stderr)
-        raise StageError(f"{source} failed validation; see above and metrics/validate.json")
+        raise StageError(f"{source} failed validation; see above, metrics/validate.json and {page}")
     validated = path_of(params, "validated_manifest")
     with atomic_dir(path_of(params, "validated_dir")) as staging:
         shutil.copyfile(source, staging / validated.name)

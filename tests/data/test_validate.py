@@ -278,3 +278,12 @@ def test_failure_summary_stays_on_one_screen_when_everything_fails():
     summary = format_failure_summary(result, "m.csv")
     assert len(summary.splitlines()) <= 40
     assert "more failed checks" in summary
+
+
+def test_real_nih_subset_manifest_passes(nih_subset):
+    from pipeline.ingest import build_manifest
+
+    manifest, _ = build_manifest(nih_subset, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=0)
+    result = validate_manifest(manifest)
+    assert result.success, format_failure_summary(result, "nih-subset manifest")
+    assert result.rows == 300

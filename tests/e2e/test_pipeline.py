@@ -131,3 +131,23 @@ def test_second_repro_runs_nothing(repro):
     assert "Running stage" not in again.stdout + again.stderr
     status = run(["dvc", "status"], project)
     assert "up to date" in status.stdout.lower(), status.stdout
+
+
+def test_invalid_metadata_stops_the_pipeline_at_validate(tmp_path):
+    from tests.conftest import make_nih_root
+
+    rows = [(f"{p:08d}_000.png", "Mass" if p % 2 else "No Finding", 0, p, 40, "F", "PA") for p in range(1, 13)]
+    rows[4] = ("00000005_000.png", "Effusion", 0, 5, 414, "M", "PA")  # an age like those in NIH's 2017 CSV
+    root = make_nih_root(tmp_path / "nih", rows)
+    project = make_project(tmp_path / "project", {**TINY, "ingest.source": "nih", "ingest.root": str(root)})
+    result = run(["dvc", "repro"], project, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Running stage 'preprocess'" not in output
+    assert "validate: error: data/ingest/manifest.csv failed validation" in output
+    assert "age" in output and "414" in output
+    assert "Traceback" not in output
+    assert not (project / "data" / "validated").exists() and not (project / "data" / "tfrecords").exists()
+    summary = json.loads((project / "metrics" / "validate.json").read_text())
+    failed = [c for c in summary["checks"] if not c["success"] and c["severity"] == "error"]
+    assert [c["column"] for c in failed] == ["age"] and failed[0]["examples"][0]["row"] == 5

@@ -60,6 +60,25 @@ def make_nih_root(root: Path, rows: list[tuple], size: int = 48, trailing_comma:
     return root
 
 
+KAGGLE_SAMPLE_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImageWidth,OriginalImageHeight,OriginalImagePixelSpacing_x,OriginalImagePixelSpacing_y"
+)
+
+
+def make_kaggle_sample_root(root: Path, rows: list[tuple], size: int = 48, images: str = "sample/images") -> Path:
+    """A small root in the layout of Kaggle's NIH sample: sample_labels.csv and
+    sample/images/ with real PNGs. rows as for make_nih_root, ages as Kaggle
+    writes them ("060Y", "013M")."""
+    rng = np.random.default_rng(0)
+    lines = [KAGGLE_SAMPLE_HEADER]
+    for image_id, labels, follow_up, patient, age, sex, view in rows:
+        write_png(root / images / image_id, rng.integers(0, 255, (size, size), dtype=np.uint8))
+        lines.append(f"{image_id},{labels},{follow_up},{patient},{age},{sex},{view},{size},{size},0.143,0.143")
+    (root / "sample_labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
 @pytest.fixture
 def small_nih_root(tmp_path: Path) -> Path:
     """12 images of 6 patients, a mix of findings."""

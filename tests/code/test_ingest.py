@@ -121,3 +121,152 @@ def test_real_partial_download(nih_subset):
     boxes = read_boxes(nih_subset, set(manifest["image_id"]))
     assert set(boxes["finding"]) <= set(FINDINGS)
     assert pd.Series(manifest["path"]).str.contains("images_001/images/").all()
+
+
+# --------------------------------------------------------------------------
+# Kaggle's NIH sample (ingest.source: kaggle-sample)
+
+SAMPLE_ROWS = [
+    ("00000013_005.png", "Emphysema|Infiltration", 5, 13, "060Y", "M", "AP"),
+    ("00000013_026.png", "Cardiomegaly|Emphysema", 26, 13, "057Y", "M", "AP"),
+    ("00000032_001.png", "No Finding", 1, 32, "055Y", "F", "PA"),
+    ("00000061_025.png", "Effusion", 25, 61, "077Y", "M", "AP"),
+    ("00000099_000.png", "Hernia", 0, 99, "013M", "F", "PA"),
+    ("00000111_000.png", "Mass|Nodule", 0, 111, "001D", "M", "PA"),
+]
+
+
+def test_kaggle_sample_layout(tmp_path):
+    from tests.conftest import make_kaggle_sample_root
+
+    root = make_kaggle_sample_root(tmp_path / "sample-root", SAMPLE_ROWS)
+    manifest, report = build_manifest(root, RATIOS, seed=0, source="kaggle-sample")
+    assert len(manifest) == 6 and report["metadata_csv"].endswith("sample_labels.csv")
+    ages = dict(zip(manifest["image_id"], manifest["age"]))
+    assert ages["00000013_005.png"] == 60 and ages["00000099_000.png"] == 1 and ages["00000111_000.png"] == 0
+    assert manifest["path"].str.contains("sample/images/").all()
+    assert (manifest.groupby("patient_id")["split"].nunique() == 1).all()
+    row = manifest[manifest["image_id"] == "00000111_000.png"].iloc[0]
+    assert row["Mass"] == 1 and row["Nodule"] == 1 and row[list(FINDINGS)].sum() == 2
+
+
+def test_kaggle_sample_images_one_level_down(tmp_path):
+    from tests.conftest import make_kaggle_sample_root
+
+    root = make_kaggle_sample_root(tmp_path / "s", SAMPLE_ROWS, images="images")
+    manifest, _ = build_manifest(root, RATIOS, seed=0, source="kaggle-sample")
+    assert len(manifest) == 6
+
+
+def test_kaggle_sample_bad_age_names_file_and_line(tmp_path):
+    from tests.conftest import make_kaggle_sample_root
+
+    rows = [*SAMPLE_ROWS[:2], ("00000032_001.png", "No Finding", 1, 32, "55 years", "F", "PA")]
+    root = make_kaggle_sample_root(tmp_path / "s", rows)
+    with pytest.raises(MetadataError, match="sample_labels.csv: line 4: age is not an integer: '55 years'"):
+        build_manifest(root, RATIOS, seed=0, source="kaggle-sample")
+
+
+def test_wrong_source_gets_a_hint(tmp_path, small_nih_root):
+    from tests.conftest import make_kaggle_sample_root
+
+    sample = make_kaggle_sample_root(tmp_path / "s", SAMPLE_ROWS)
+    with pytest.raises(MetadataError, match="set ingest.source to kaggle-sample"):
+        build_manifest(sample, RATIOS, seed=0)
+    with pytest.raises(MetadataError, match="set ingest.source to nih"):
+        build_manifest(small_nih_root, RATIOS, seed=0, source="kaggle-sample")
+    with pytest.raises(MetadataError, match="ingest.source must be one of"):
+        build_manifest(small_nih_root, RATIOS, seed=0, source="box")
+
+
+def test_real_kaggle_sample_labels(nih_subset):
+    metadata = read_nih_metadata(nih_subset / "sample_labels.csv")
+    assert len(metadata) == 5_606
+    assert metadata["age"].between(0, 411).all()
+    assert metadata.loc[metadata["image_id"] == "00000013_005.png", "age"].item() == 60
+    assert set(metadata["view"]) == {"PA", "AP"} and set(metadata["sex"]) == {"M", "F"}
+    assert (metadata["orig_width"] > 0).all()
+
+
+# --------------------------------------------------------------------------
+# ingest.split.method: official
+
+
+def write_lists(root, test, train_val):
+    (root / "test_list.txt").write_text("".join(f"{i}\n" for i in test))
+    (root / "train_val_list.txt").write_text("".join(f"{i}\n" for i in train_val))
+
+
+def test_official_split_from_the_root_lists(small_nih_root):
+    ids = sorted(p.name for p in (small_nih_root / "images").iterdir())
+    test = [i for i in ids if i.startswith(("00000002", "00000005"))]
+    write_lists(small_nih_root, test + ["00000777_000.png"], [i for i in ids if i not in test])
+    manifest, report = build_manifest(small_nih_root, {"method": "official", **RATIOS}, seed=0)
+    assert sorted(manifest.loc[manifest["split"] == "test", "image_id"]) == test
+    assert report["split_method"] == "official"
+    assert (manifest.groupby("patient_id")["split"].nunique() == 1).all()
+
+
+def test_official_split_names_unlisted_images(small_nih_root):
+    write_lists(small_nih_root, ["00000001_000.png", "00000001_001.png"],
+                [f"0000000{p}_00{f}.png" for p in range(2, 6) for f in range(2)])
+    with pytest.raises(ValueError, match="2 image\\(s\\) are in neither .*test_list.txt nor .*: "
+                                         "00000006_000.png, 00000006_001.png"):
+        build_manifest(small_nih_root, {"method": "official", **RATIOS}, seed=0)
+
+
+def test_official_split_needs_the_lists(small_nih_root):
+    with pytest.raises(MetadataError, match="test_list.txt: not found; ingest.split.method official"):
+        build_manifest(small_nih_root, {"method": "official", **RATIOS}, seed=0)
+
+
+def test_bad_list_line_named(small_nih_root):
+    write_lists(small_nih_root, ["00000001_000.png", "../etc/passwd"], [])
+    with pytest.raises(MetadataError, match="test_list.txt: line 2: '../etc/passwd' is not an Image Index"):
+        build_manifest(small_nih_root, {"method": "official", **RATIOS}, seed=0)
+
+
+# --------------------------------------------------------------------------
+# The stage functions (phantom stage, ingest stage)
+
+
+def stage_params(tmp_path, **ingest):
+    return {
+        "seed": 3,
+        "paths": {"phantom": "data/ingest/phantom", "manifest": "data/ingest/manifest.csv",
+                  "boxes": "data/ingest/boxes.csv"},
+        "ingest": {"source": "phantom", "root": "data/ingest/phantom", "require_all_images": False,
+                   "phantom": {"n_images": 6, "image_size": 64}, "split": dict(RATIOS), "workers": 1,
+                   **ingest},
+    }
+
+
+def test_phantom_then_ingest_stage(tmp_path, monkeypatch):
+    from pipeline.ingest import run_ingest, write_phantom
+
+    monkeypatch.chdir(tmp_path)
+    params = stage_params(tmp_path)
+    assert write_phantom(params)["images"] == 6
+    report = run_ingest(params)
+    assert report["manifest_rows"] == 6 and report["source"] == "phantom"
+    manifest = pd.read_csv(tmp_path / "data/ingest/manifest.csv")
+    assert manifest["path"].str.startswith("data/ingest/phantom/images/").all()
+    assert (tmp_path / "data/ingest/boxes.csv").is_file()
+
+
+def test_phantom_stage_writes_only_a_note_for_real_data(tmp_path, monkeypatch, small_nih_root):
+    from pipeline.ingest import run_ingest, write_phantom
+
+    monkeypatch.chdir(tmp_path)
+    params = stage_params(tmp_path, source="nih", root=str(small_nih_root))
+    assert write_phantom(params)["images"] == 0
+    assert [p.name for p in (tmp_path / "data/ingest/phantom").iterdir()] == ["NOT_USED.txt"]
+    assert run_ingest(params)["manifest_rows"] == 12
+
+
+def test_phantom_source_needs_root_at_paths_phantom(tmp_path, monkeypatch):
+    from pipeline.ingest import run_ingest
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MetadataError, match="must be data/ingest/phantom \\(paths.phantom\\)"):
+        run_ingest(stage_params(tmp_path, root="elsewhere"))

@@ -1,0 +1,133 @@
+"""Benchmark: the validate stage's Great Expectations suite on a full-size manifest.
+
+Builds the manifest NIH's full release would give (all 112,120 rows of the
+real Data_Entry_2017_v2020.csv.gz, splits assigned by the stratified
+patient-wise split, a synthetic path column: no images needed), then times
+validate_manifest on it. Target: under 10 s. Prints the numbers and writes
+them into this folder's RESULTS.md (its bench_validate section is replaced,
+the rest is kept).
+
+    .venv/bin/python benchmarks/bench_validate.py [--repeat 3] [--csv PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+import pandas as pd  # noqa: E402
+
+from pipeline.ingest import label_matrix  # noqa: E402
+from pipeline.manifest import MANIFEST_COLUMNS, MANIFEST_DTYPES  # noqa: E402
+from pipeline.nih import read_nih_metadata  # noqa: E402
+from pipeline.split import assign_patient_splits  # noqa: E402
+
+DEFAULT_CSV = PROJECT_ROOT.parent / "shared" / "data" / "nih-subset" / "Data_Entry_2017_v2020.csv.gz"
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+TARGET_S = 10.0
+SECTION = "bench_validate"
+RATIOS = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+def full_manifest(csv: Path, seed: int = 42) -> pd.DataFrame:
+    """The manifest for every row of `csv`, as ingest would write it if every image were on disk."""
+    metadata = read_nih_metadata(csv)
+    labels = label_matrix(metadata, csv)
+    manifest = pd.concat([metadata, labels], axis=1)
+    manifest["path"] = "data/nih/images/" + manifest["image_id"]
+    manifest["split"] = assign_patient_splits(manifest["patient_id"], RATIOS, seed, labels)
+    return manifest[list(MANIFEST_COLUMNS)].astype(MANIFEST_DTYPES).reset_index(drop=True)
+
+
+def timed(function, *args):
+    start = time.perf_counter()
+    value = function(*args)
+    return value, time.perf_counter() - start
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu}, {cores} cores usable, Python {platform.python_version()}, {platform.system()}"
+
+
+def update_results(body: str) -> None:
+    """Replace this benchmark's section of RESULTS.md (create the file with its header if needed)."""
+    start, end = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
+    text = RESULTS.read_text() if RESULTS.is_file() else (
+        "# Benchmark results\n\nEach section is written by its script in `benchmarks/`; rerun the script "
+        "to update it. Numbers depend on the machine and on what else it was running.\n"
+    )
+    section = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    RESULTS.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs after the first (default 3)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--note", default="", help="a line for RESULTS.md, e.g. what else the machine ran")
+    args = parser.parse_args()
+    if not args.csv.is_file():
+        sys.exit(f"bench_validate: {args.csv} not found (the real NIH CSV lives in ../shared/data/nih-subset)")
+
+    from pipeline.validate import validate_manifest
+
+    manifest, build_s = timed(full_manifest, args.csv)
+    result, first_s = timed(validate_manifest, manifest)  # includes GX import and context set-up
+    if not result.success:
+        sys.exit(f"bench_validate: the full manifest unexpectedly failed validation: {result.failed[:3]}")
+    runs = [timed(validate_manifest, manifest)[1] for _ in range(args.repeat)]
+    best = min(runs) if runs else first_s
+    verdict = "meets" if max(first_s, best) < TARGET_S else "MISSES"
+    lines = [
+        f"validate_manifest on {len(manifest):,} rows x {len(manifest.columns)} columns "
+        f"({manifest['patient_id'].nunique():,} patients), {len(result.checks)} checks, "
+        f"{len(result.warnings)} warnings:",
+        f"  first call (GX import + context set-up + run): {first_s:.2f} s",
+        f"  steady state: best {best:.2f} s of {len(runs)} runs "
+        f"({', '.join(f'{r:.2f}' for r in runs)} s)",
+        f"  building the manifest from the CSV (read, labels, split): {build_s:.2f} s",
+        f"  target < {TARGET_S:.0f} s: {verdict}",
+    ]
+    print("\n".join(lines))
+    if not args.no_write:
+        when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+        body = "\n".join([
+            "## bench_validate: the manifest suite on all 112,120 NIH rows",
+            "",
+            f"- machine: {machine()}",
+            "- command: `.venv/bin/python benchmarks/bench_validate.py`",
+            f"- date: {when}",
+            *([f"- note: {args.note}"] if args.note else []),
+            "",
+            "```",
+            *lines,
+            "```",
+        ])
+        update_results(body)
+        print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -28,7 +28,6 @@ METADATA_FIELDS = (
     "spacing_x",
     "spacing_y",
 )
-METADATA_HEADER_START = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age"
 METADATA_FILE_NAMES = (
     "Data_Entry_2017_v2020.csv",
     "Data_Entry_2017_v2020.csv.gz",
@@ -87,6 +86,29 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", newline="")
 
 
+# The columns every NIH metadata table starts with, in this order (NIH's
+# two-column [Width,Height] header and Kaggle's sample header share them).
+REQUIRED_COLUMNS = (
+    "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender", "View Position",
+)
+
+
+def check_metadata_header(path: Path, header: list[str]) -> None:
+    """Name the missing or misplaced required columns of a metadata header."""
+    names = [h.strip() for h in header]
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        raise MetadataError(
+            f"{path}: line 1: missing required column(s) {', '.join(repr(c) for c in missing)} "
+            f"(header: '{','.join(header)[:100]}')"
+        )
+    if tuple(names[: len(REQUIRED_COLUMNS)]) != REQUIRED_COLUMNS:
+        raise MetadataError(
+            f"{path}: line 1: columns must start with {', '.join(REQUIRED_COLUMNS)} in that order "
+            f"(header: '{','.join(header)[:100]}')"
+        )
+
+
 def read_nih_metadata(path: Path) -> pd.DataFrame:
     """Read Data_Entry_2017[_v2020].csv[.gz] into METADATA_FIELDS columns.
 
@@ -98,12 +120,7 @@ def read_nih_metadata(path: Path) -> pd.DataFrame:
         header = next(reader, None)
         if header is None:
             raise MetadataError(f"{path}: empty file, expected NIH's header")
-        # NIH's two-column [Width,Height] header and Kaggle's sample header share this start
-        if not ",".join(header).startswith(METADATA_HEADER_START):
-            raise MetadataError(
-                f"{path}: line 1: header does not start with '{METADATA_HEADER_START}' "
-                f"(got '{','.join(header)[:80]}')"
-            )
+        check_metadata_header(path, header)
         for line_number, fields in enumerate(reader, start=2):
             if fields and fields[-1] == "":  # the 2017 file's trailing comma
                 fields = fields[:-1]

@@ -74,7 +74,16 @@ def test_bad_metadata_names_file_and_line(small_nih_root, line, problem):
 
 def test_wrong_header_named(small_nih_root):
     rewrite_line(small_nih_root, 1, "a,b,c")
-    with pytest.raises(MetadataError, match="line 1: header"):
+    with pytest.raises(MetadataError, match="line 1: missing required column\\(s\\) 'Image Index'"):
+        build_manifest(small_nih_root, RATIOS, seed=0)
+
+
+def test_missing_required_column_named(small_nih_root):
+    path = small_nih_root / "Data_Entry_2017.csv"
+    lines = path.read_text().splitlines()
+    lines[0] = lines[0].replace("View Position,", "")
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MetadataError, match="Data_Entry_2017.csv: line 1: missing required column\\(s\\) 'View Position'"):
         build_manifest(small_nih_root, RATIOS, seed=0)
 
 

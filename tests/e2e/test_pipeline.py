@@ -151,3 +151,17 @@ def test_invalid_metadata_stops_the_pipeline_at_validate(tmp_path):
     summary = json.loads((project / "metrics" / "validate.json").read_text())
     failed = [c for c in summary["checks"] if not c["success"] and c["severity"] == "error"]
     assert [c["column"] for c in failed] == ["age"] and failed[0]["examples"][0]["row"] == 5
+
+
+def test_exp_run_on_a_real_partial_nih_download(tmp_path, nih_subset):
+    """The README's command for real data, on 300 real images listed among 112,120 CSV rows."""
+    project = make_project(tmp_path / "project", TINY)
+    run(["dvc", "exp", "run", "-S", "ingest.source=nih", "-S", f"ingest.root={nih_subset}", "preprocess"], project)
+    report = json.loads((project / "metrics" / "ingest.json").read_text())
+    on_disk = len(list((nih_subset / "images_001" / "images").glob("*.png")))
+    assert report["images_on_disk"] == report["manifest_rows"] == on_disk == 300
+    assert report["rows_in_csv"] == 112_120 and report["rows_without_image"] == 112_120 - 300
+    assert report["images_without_row"] == 0
+    preprocess = json.loads((project / "metrics" / "preprocess.json").read_text())
+    assert sum(preprocess["records"].values()) == 300 and preprocess["quarantined"] == 0
+    assert not (project / "models").exists(), "exp run of preprocess must not train"

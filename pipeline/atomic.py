@@ -71,5 +71,11 @@ def write_text_atomic(target: Path | str, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_csv_atomic(frame, target: Path | str) -> None:
+    """A pandas DataFrame as CSV (no index, \\n line ends), written atomically."""
+    with atomic_path(target) as tmp:
+        frame.to_csv(tmp, index=False, lineterminator="\n")
+
+
 def write_json_atomic(target: Path | str, data: Any) -> None:
     write_text_atomic(target, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")

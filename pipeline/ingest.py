@@ -13,8 +13,8 @@ from pipeline.nih import (
     IMAGE_ID_PATTERN,
     OFFICIAL_TEST_LIST,
     OFFICIAL_TRAIN_VAL_LIST,
-    SOURCES,
     MetadataError,
+    check_source,
     find_metadata_csv,
     index_images,
     read_nih_metadata,
@@ -63,19 +63,16 @@ def build_manifest(
     split: dict,
     seed: int,
     require_all_images: bool = False,
-    path_root: Path | None = None,
     source: str = "nih",
 ) -> tuple[pd.DataFrame, dict]:
     """Join the metadata CSV with the images on disk and split patient-wise.
 
     `split`: params.yaml's ingest.split (train/val/test ratios, optional
     method). `source`: the root's layout, nih (Box or Kaggle full data set)
-    or kaggle-sample. `path_root`: where root will live when the manifest is
-    read, if it is being built somewhere else first. Returns the manifest and
-    a report of what was found, kept and dropped.
+    or kaggle-sample. Returns the manifest and a report of what was found,
+    kept and dropped.
     """
     root = Path(root)
-    path_root = Path(path_root) if path_root is not None else root
     if not root.is_dir():
         raise MetadataError(f"{root}: data root is not a directory")
     csv_path = find_metadata_csv(root, source)
@@ -108,7 +105,7 @@ def build_manifest(
         raise MetadataError(f"{root}: none of the {len(metadata)} images in {csv_path.name} is on disk")
     labels = label_matrix(kept, csv_path)
     manifest = pd.concat([kept, labels], axis=1)
-    manifest["path"] = [display_path(path_root / images[i].relative_to(root)) for i in manifest["image_id"]]
+    manifest["path"] = [display_path(images[i]) for i in manifest["image_id"]]
     manifest["split"] = assign_splits(manifest, split, seed, root)
     manifest = manifest[list(MANIFEST_COLUMNS)].reset_index(drop=True)
     report = {
@@ -195,13 +192,6 @@ def write_phantom(params: dict) -> dict:
     )
 
 
-def write_csv_atomic(frame: pd.DataFrame, target: Path) -> None:
-    from pipeline.atomic import atomic_path
-
-    with atomic_path(target) as tmp:
-        frame.to_csv(tmp, index=False, lineterminator="\n")
-
-
 def run_ingest(params: dict) -> dict:
     """The ingest stage: read the data root named by ingest.source / ingest.root
     (the phantom stage's output, or the user's NIH or Kaggle download) and write
@@ -209,6 +199,7 @@ def run_ingest(params: dict) -> dict:
 
     The stage's DVC deps include ${ingest.root} itself, so a changed metadata
     CSV, box list, split list or set of images reruns it (see dvc.yaml)."""
+    from pipeline.atomic import write_csv_atomic
     from pipeline.config import path_of, section
 
     ingest = section(params, "ingest")
@@ -218,10 +209,9 @@ def run_ingest(params: dict) -> dict:
         if not (root / "images").is_dir():
             raise MetadataError(f"{root}: no phantom here; the phantom stage makes it (dvc repro)")
         layout = "nih"  # the phantom is written in NIH's Box layout
-    elif source in SOURCES:
-        layout = source
     else:
-        raise MetadataError(f"ingest.source must be one of phantom, {', '.join(SOURCES)}; got {source!r}")
+        check_source(source)
+        layout = source
     manifest, report = build_manifest(
         root, ingest["split"], int(params["seed"]), bool(ingest.get("require_all_images", False)),
         source=layout,

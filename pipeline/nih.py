@@ -57,7 +57,8 @@ class MetadataError(ValueError):
     """A metadata CSV that cannot be read; the message names file, row and problem."""
 
 
-def _check_source(source: str) -> None:
+def check_source(source: str) -> None:
+    """A data-root layout this module reads (phantom is NIH's layout)."""
     if source not in SOURCES:
         raise MetadataError(f"ingest.source must be one of phantom, {', '.join(SOURCES)}; got {source!r}")
 
@@ -66,7 +67,7 @@ def find_metadata_csv(root: Path, source: str = "nih") -> Path:
     """The metadata table under root: for nih, NIH's newest revision first; for
     kaggle-sample, Kaggle's sample_labels.csv. A root holding the other
     layout's table gets a hint to change ingest.source."""
-    _check_source(source)
+    check_source(source)
     names = (KAGGLE_SAMPLE_FILE_NAME,) if source == "kaggle-sample" else METADATA_FILE_NAMES
     for name in names:
         candidate = root / name
@@ -167,7 +168,7 @@ def image_folders(root: Path, source: str = "nih") -> list[Path]:
     """Where a layout keeps its PNGs: NIH's Box release in images/, Kaggle's full
     data set in images_001/images/ ... images_012/images/, Kaggle's sample in
     sample/images/ (or images/ when the zip was unpacked one level down)."""
-    _check_source(source)
+    check_source(source)
     if source == "kaggle-sample":
         return [root / "sample" / "images", root / "images"]
     return [root / "images", *sorted(root.glob("images_*/images"))]

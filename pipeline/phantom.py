@@ -49,8 +49,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
-import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -59,6 +57,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.atomic import atomic_dir
 from pipeline.labels import FINDINGS, format_finding_labels
 
 DATA_ENTRY_HEADER = (
@@ -1024,20 +1023,6 @@ def _write_tables(tmp: Path, films: list[FilmRecord], boxes: list, image_size: i
     (tmp / "BBox_List_2017.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Replace out_dir by tmp; the old tree is moved aside before deletion so
-    out_dir is never observed half-written."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def generate_phantom(out_dir: Path, n_images: int, seed: int, image_size: int = 1024,
                      workers: int = 1, progress: bool = True) -> dict:
     """Write the phantom data set into out_dir and return a summary dict
@@ -1048,21 +1033,12 @@ def generate_phantom(out_dir: Path, n_images: int, seed: int, image_size: int = 
         raise ValueError("image_size must be >= 64")
     if seed < 0:
         raise ValueError("seed must be >= 0")
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     films = plan_films(n_images, seed)
-    try:
-        (tmp / "images").mkdir(parents=True)
-        jobs = [(film, seed, image_size, str(tmp / "images")) for film in films]
+    with atomic_dir(out_dir) as staging:
+        (staging / "images").mkdir()
+        jobs = [(film, seed, image_size, str(staging / "images")) for film in films]
         boxes = _render_all(jobs, workers, progress)
-        _write_tables(tmp, films, boxes, image_size)
-        _swap_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _write_tables(staging, films, boxes, image_size)
     return {
         "images": len(films),
         "patients": films[-1].patient_id,

@@ -8,7 +8,7 @@ from pipeline.stage import run_stage  # noqa: E402
 
 
 def main() -> None:
-    from pipeline.atomic import atomic_path, write_json_atomic
+    from pipeline.atomic import write_csv_atomic, write_json_atomic
     from pipeline.config import load_params, path_of, section
     from pipeline.evaluate import evaluation_metrics, predict_split, predictions_table
     from pipeline.models import load_model
@@ -24,8 +24,7 @@ def main() -> None:
     metrics = evaluation_metrics((val_labels, val_probs), (test_labels, test_probs), settings["threshold_method"])
 
     reports = path_of(params, "evaluate_reports")
-    with atomic_path(reports / "test_predictions.csv") as tmp:
-        predictions_table(test_ids, test_labels, test_probs).to_csv(tmp, index=False, lineterminator="\n")
+    write_csv_atomic(predictions_table(test_ids, test_labels, test_probs), reports / "test_predictions.csv")
     write_json_atomic(reports / "thresholds.json", metrics["thresholds"])
 
     mlflow_settings = section(params, "mlflow")

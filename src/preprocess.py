@@ -8,7 +8,7 @@ from pipeline.stage import run_stage  # noqa: E402
 
 
 def main() -> None:
-    from pipeline.atomic import atomic_dir, atomic_path, write_json_atomic
+    from pipeline.atomic import atomic_dir, write_csv_atomic, write_json_atomic
     from pipeline.config import load_params, path_of, section, worker_count
     from pipeline.dataset import INDEX_FILE
     from pipeline.manifest import read_manifest
@@ -25,8 +25,7 @@ def main() -> None:
             shard_size=int(settings["shard_size"]), workers=worker_count(settings["workers"]),
         )
         write_json_atomic(staging / INDEX_FILE, index)
-    with atomic_path(path_of(params, "reports") / "quarantine.csv") as tmp:
-        quarantine.to_csv(tmp, index=False, lineterminator="\n")
+    write_csv_atomic(quarantine, path_of(params, "reports") / "quarantine.csv")
     write_json_atomic(
         path_of(params, "metrics") / "preprocess.json",
         {"records": {s: v["records"] for s, v in index["splits"].items()}, "quarantined": len(quarantine),

@@ -12,15 +12,13 @@ the rest is kept).
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 import pandas as pd  # noqa: E402
@@ -30,8 +28,9 @@ from pipeline.manifest import MANIFEST_COLUMNS, MANIFEST_DTYPES  # noqa: E402
 from pipeline.nih import read_nih_metadata  # noqa: E402
 from pipeline.split import assign_patient_splits  # noqa: E402
 
+from common import results_body, timed, update_results  # noqa: E402
+
 DEFAULT_CSV = PROJECT_ROOT.parent / "shared" / "data" / "nih-subset" / "Data_Entry_2017_v2020.csv.gz"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 TARGET_S = 10.0
 SECTION = "bench_validate"
 RATIOS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -45,40 +44,6 @@ def full_manifest(csv: Path, seed: int = 42) -> pd.DataFrame:
     manifest["path"] = "data/nih/images/" + manifest["image_id"]
     manifest["split"] = assign_patient_splits(manifest["patient_id"], RATIOS, seed, labels)
     return manifest[list(MANIFEST_COLUMNS)].astype(MANIFEST_DTYPES).reset_index(drop=True)
-
-
-def timed(function, *args):
-    start = time.perf_counter()
-    value = function(*args)
-    return value, time.perf_counter() - start
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} cores usable, Python {platform.python_version()}, {platform.system()}"
-
-
-def update_results(body: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (create the file with its header if needed)."""
-    start, end = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
-    text = RESULTS.read_text() if RESULTS.is_file() else (
-        "# Benchmark results\n\nEach section is written by its script in `benchmarks/`; rerun the script "
-        "to update it. Numbers depend on the machine and on what else it was running.\n"
-    )
-    section = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + section + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
 
 
 def main() -> None:
@@ -112,21 +77,10 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if not args.no_write:
-        when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-        body = "\n".join([
-            "## bench_validate: the manifest suite on all 112,120 NIH rows",
-            "",
-            f"- machine: {machine()}",
-            "- command: `.venv/bin/python benchmarks/bench_validate.py`",
-            f"- date: {when}",
-            *([f"- note: {args.note}"] if args.note else []),
-            "",
-            "```",
-            *lines,
-            "```",
-        ])
-        update_results(body)
-        print(f"wrote {RESULTS}")
+        update_results(SECTION, results_body(
+            "bench_validate: the manifest suite on all 112,120 NIH rows",
+            ".venv/bin/python benchmarks/bench_validate.py", lines, args.note))
+        print("wrote benchmarks/RESULTS.md")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Atomic writes: a failed stage never leaves a half-written output behind.
 
-Everything is written to a temporary sibling and moved into place with one
-rename, so a later stage (or DVC) sees either the old output or the whole
-new one.
+Everything is written to a temporary sibling (`.{name}.{pid}.*`) and moved
+into place with one rename, so a later stage (or DVC) sees either the old
+output or the whole new one. A writer killed mid-way leaves only such a
+temporary, which the next write of the same target removes.
 """
 from __future__ import annotations
 
@@ -24,6 +25,37 @@ def _umask() -> int:
     return umask
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Delete temporaries of `target` left by a killed process (kill -9, power loss).
+
+    Every temporary name carries its writer's pid; only those whose process
+    is gone are removed, so a concurrent writer keeps its own.
+    """
+    removed = []
+    for sibling in target.parent.glob(f".{target.name}.*"):
+        parts = sibling.name[len(target.name) + 2 :].split(".")
+        if parts[0].startswith("old-"):
+            parts[0] = parts[0][4:]
+        if not parts[0].isdigit() or _pid_alive(int(parts[0])):
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+        removed.append(sibling)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success rename it onto target.
@@ -32,7 +64,9 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.tmp-", suffix=target.suffix, dir=target.parent)
+    remove_stale_temporaries(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=f".tmp{target.suffix}",
+                                dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -49,7 +83,8 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     """Yield a fresh temporary directory beside `target`; on success it replaces target."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale_temporaries(target)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
     os.chmod(tmp_dir, 0o777 & ~_umask())
     try:
         yield tmp_dir

@@ -56,3 +56,15 @@ def worker_count(requested: int | None) -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def phantom_root(params: dict) -> Path:
+    """paths.phantom, where the phantom stage writes the synthetic data set;
+    with ingest.source phantom, ingest.root must name this same folder."""
+    ingest, phantom_dir = section(params, "ingest"), path_of(params, "phantom")
+    if ingest["source"] == "phantom" and Path(ingest["root"]).absolute() != phantom_dir.absolute():
+        raise ConfigError(
+            f"ingest.root is {ingest['root']} but must be {phantom_dir} (paths.phantom) when "
+            f"ingest.source is phantom"
+        )
+    return phantom_dir

@@ -36,7 +36,7 @@ def load_test_images(tfrecord_dir: Path, image_ids: set[str]) -> dict[str, dict]
         key = record["image_id"].numpy().decode()
         if key in image_ids:
             size = (int(record["orig_width"]), int(record["orig_height"]))
-            found[key] = {"image": record["image"].numpy(), "orig_size": size}
+            found[key] = {"image": record["image"].numpy().astype(np.float32), "orig_size": size}
     return found
 
 

@@ -152,46 +152,6 @@ def read_boxes(root: Path, image_ids: set[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["image_id", "finding", "x", "y", "w", "h"])
 
 
-PHANTOM_NOT_USED = (
-    "Not used: ingest.source is {source}, so the phantom stage generated nothing.\n"
-    "Set ingest.source: phantom (and ingest.root: {root}) to train on the synthetic phantom.\n"
-)
-
-
-def phantom_root(params: dict) -> Path:
-    """paths.phantom, where the phantom stage writes the synthetic data set;
-    with ingest.source phantom, ingest.root must name this same folder."""
-    from pipeline.config import path_of, section
-
-    ingest, phantom_dir = section(params, "ingest"), path_of(params, "phantom")
-    if ingest["source"] == "phantom" and Path(ingest["root"]).absolute() != phantom_dir.absolute():
-        raise MetadataError(
-            f"ingest.root is {ingest['root']} but must be {phantom_dir} (paths.phantom) when "
-            f"ingest.source is phantom"
-        )
-    return phantom_dir
-
-
-def write_phantom(params: dict) -> dict:
-    """The phantom stage: generate the synthetic NIH-format root at paths.phantom
-    when ingest.source is phantom; otherwise leave only a note there, so the
-    stage costs nothing for users of real data. Returns a short summary."""
-    from pipeline.atomic import atomic_dir
-    from pipeline.config import section, worker_count
-    from pipeline.phantom import generate_phantom
-
-    ingest, out = section(params, "ingest"), phantom_root(params)
-    if ingest["source"] != "phantom":
-        with atomic_dir(out) as staging:
-            (staging / "NOT_USED.txt").write_text(PHANTOM_NOT_USED.format(source=ingest["source"], root=out))
-        return {"images": 0}
-    phantom = ingest["phantom"]
-    return generate_phantom(
-        out, n_images=int(phantom["n_images"]), seed=int(params["seed"]),
-        image_size=int(phantom["image_size"]), workers=worker_count(ingest.get("workers")),
-    )
-
-
 def run_ingest(params: dict) -> dict:
     """The ingest stage: read the data root named by ingest.source / ingest.root
     (the phantom stage's output, or the user's NIH or Kaggle download) and write
@@ -200,7 +160,7 @@ def run_ingest(params: dict) -> dict:
     The stage's DVC deps include ${ingest.root} itself, so a changed metadata
     CSV, box list, split list or set of images reruns it (see dvc.yaml)."""
     from pipeline.atomic import write_csv_atomic
-    from pipeline.config import path_of, section
+    from pipeline.config import path_of, phantom_root, section
 
     ingest = section(params, "ingest")
     source, root = ingest["source"], Path(ingest["root"])

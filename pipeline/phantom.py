@@ -48,9 +48,6 @@ RNG state is used, so the bytes do not depend on ``workers``.
 from __future__ import annotations
 
 import math
-import multiprocessing
-import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -59,6 +56,8 @@ import numpy as np
 
 from pipeline.atomic import atomic_dir
 from pipeline.labels import FINDINGS, format_finding_labels
+from pipeline.parallel import ordered_map
+from pipeline.progress import Progress
 
 DATA_ENTRY_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
@@ -969,10 +968,6 @@ def _render_to_file(job: tuple[FilmRecord, int, int, str]) -> list[tuple[str, fl
     return boxes
 
 
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # the pool already uses the cores
-
-
 # --------------------------------------------------------------------------
 # The data set on disk
 # --------------------------------------------------------------------------
@@ -990,29 +985,13 @@ def bbox_line(image_id: str, box: tuple[str, float, float, float, float]) -> str
 
 
 def _render_all(jobs, workers: int, progress: bool):
-    """Boxes per film, in film order, printing ~10 progress lines."""
-    n = len(jobs)
-    step = max(1, math.ceil(n / 10))
-
-    def report(done: int) -> None:
-        if progress and (done % step == 0 or done == n):
-            print(f"phantom: {done}/{n} images", file=sys.stderr, flush=True)
-
+    """Boxes per film, in film order."""
+    counter = Progress(len(jobs), "phantom", lines=10) if progress else None
     results = []
-    if workers <= 1:
-        for job in jobs:
-            results.append(_render_to_file(job))
-            report(len(results))
-        return results
-    # spawn, not fork: the caller may hold threads (TensorFlow, OpenCV) that a
-    # forked child would inherit mid-lock. The executor (unlike Pool) raises
-    # BrokenProcessPool if a worker dies instead of respawning it forever.
-    chunk = max(1, min(8, n // (4 * workers)))
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker) as pool:
-        for boxes in pool.map(_render_to_file, jobs, chunksize=chunk):
-            results.append(boxes)
-            report(len(results))
+    for boxes in ordered_map(_render_to_file, jobs, workers):
+        results.append(boxes)
+        if counter:
+            counter.advance()
     return results
 
 
@@ -1046,3 +1025,27 @@ def generate_phantom(out_dir: Path, n_images: int, seed: int, image_size: int = 
         "no_finding": sum(not f.findings for f in films),
         "boxes": sum(len(b) for b in boxes),
     }
+
+
+PHANTOM_NOT_USED = (
+    "Not used: ingest.source is {source}, so the phantom stage generated nothing.\n"
+    "Set ingest.source: phantom (and ingest.root: {root}) to train on the synthetic phantom.\n"
+)
+
+
+def write_phantom(params: dict) -> dict:
+    """The phantom stage: generate the synthetic NIH-format root at paths.phantom
+    when ingest.source is phantom; otherwise leave only a note there, so the
+    stage costs nothing for users of real data. Returns a short summary."""
+    from pipeline.config import phantom_root, section, worker_count
+
+    ingest, out = section(params, "ingest"), phantom_root(params)
+    if ingest["source"] != "phantom":
+        with atomic_dir(out) as staging:
+            (staging / "NOT_USED.txt").write_text(PHANTOM_NOT_USED.format(source=ingest["source"], root=out))
+        return {"images": 0}
+    phantom = ingest["phantom"]
+    return generate_phantom(
+        out, n_images=int(phantom["n_images"]), seed=int(params["seed"]),
+        image_size=int(phantom["image_size"]), workers=worker_count(ingest.get("workers")),
+    )

@@ -2,62 +2,26 @@
 
 Decoding and resizing run in worker processes; the parent writes records in
 manifest order, so the shards are byte-identical whatever the worker count.
-Images that cannot be decoded are quarantined with their reason, never
-silently dropped, and the rest are written.
+Memory is bounded by a fixed number of images in flight, not by the data
+size. Images that cannot be decoded are quarantined with their reason,
+never silently dropped, and the rest are written.
 """
 from __future__ import annotations
 
-import multiprocessing
-import sys
-import time
-from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline.imaging import ImageError, decode_to_gray8, encode_image, resize_square
+from pipeline.imaging import prepare_image
 from pipeline.labels import FINDINGS, SPLITS
+from pipeline.parallel import ordered_map
+from pipeline.progress import Progress
 
-# Images handed to the pool per round trip, per worker: bounds memory
-# (only this many decoded images are in flight) while keeping workers busy.
-IMAGES_PER_WORKER_BATCH = 16
-
-
-def prepare_image(task: tuple[str, int, str, str, int]) -> tuple[bytes | None, int, int, str | None]:
-    """Worker: (path, size, fit, encoding, quality) -> (encoded, width, height, error)."""
-    path, size, fit, encoding, quality = task
-    try:
-        gray = decode_to_gray8(Path(path).read_bytes(), path)
-        height, width = gray.shape
-        small = resize_square(gray, size, fit)
-        return encode_image(small, encoding, quality), width, height, None
-    except ImageError as exc:
-        return None, 0, 0, str(exc)
-    except OSError as exc:
-        return None, 0, 0, f"{path}: cannot read: {exc.strerror or exc}"
-
-
-def _batches(frame: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
-    for start in range(0, len(frame), size):
-        yield frame.iloc[start : start + size]
-
-
-class Progress:
-    """A line per ~5% of the work, to stderr."""
-
-    def __init__(self, total: int, label: str):
-        self.total, self.label, self.done = total, label, 0
-        self.start = time.monotonic()
-        self.step = max(1, total // 20)
-        self.next_report = self.step
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        if self.done >= self.next_report or self.done == self.total:
-            rate = self.done / max(time.monotonic() - self.start, 1e-9)
-            print(f"{self.label}: {self.done}/{self.total} images ({rate:.0f}/s)", file=sys.stderr, flush=True)
-            while self.next_report <= self.done:
-                self.next_report += self.step
+QUARANTINE_COLUMNS = ["image_id", "path", "split", "reason"]
+# Images per round trip to a worker: amortises the hand-over (measured at
+# ~1 ms per task in the parent) while keeping few images in flight.
+IMAGES_PER_TASK = 8
 
 
 def write_tfrecord_shards(
@@ -72,55 +36,41 @@ def write_tfrecord_shards(
 ) -> tuple[dict, pd.DataFrame]:
     """Write `{split}-NNNNN.tfrecord` shards into out_dir (which must exist).
 
-    Returns the shard index and the quarantine table (image_id, path, reason).
+    Returns the shard index (settings, per-split record and positive counts,
+    each shard's name, records and sha256) and the quarantine table.
     """
     from pipeline.tfrecords import ShardWriter, serialize_example  # TensorFlow: parent only
 
+    if fit not in ("crop", "pad"):
+        raise ValueError(f"preprocess.fit must be 'crop' or 'pad', got {fit!r}")
+    if encoding not in ("png", "jpeg"):
+        raise ValueError(f"preprocess.encoding must be 'png' or 'jpeg', got {encoding!r}")
+    if shard_size < 1:
+        raise ValueError(f"preprocess.shard_size must be >= 1, got {shard_size}")
+    rows = pd.concat([manifest[manifest["split"] == split] for split in SPLITS])
+    tasks = ((path, image_size, fit, encoding, jpeg_quality) for path in rows["path"])
     quarantined: list[dict] = []
-    index: dict = {
-        "image_size": image_size,
-        "fit": fit,
-        "encoding": encoding,
-        "findings": list(FINDINGS),
-        "splits": {},
-        "shards": [],
-    }
-    progress = Progress(len(manifest), "preprocess")
-    # spawn, not fork: the parent has TensorFlow loaded, which is not fork-safe.
-    context = multiprocessing.get_context("spawn")
-    pool = context.Pool(workers) if workers > 1 else None
-    try:
+    index: dict = {"image_size": image_size, "fit": fit, "encoding": encoding,
+                   "findings": list(FINDINGS), "splits": {}, "shards": []}
+    progress = Progress(len(rows), "preprocess")
+    with closing(ordered_map(prepare_image, tasks, workers, chunk_size=IMAGES_PER_TASK)) as results:  # closing shuts the pool down
         for split in SPLITS:
-            rows = manifest[manifest["split"] == split]
             writer = ShardWriter(out_dir, split, shard_size)
             positives = [0] * len(FINDINGS)
             written = 0
-            for batch in _batches(rows, max(1, workers) * IMAGES_PER_WORKER_BATCH):
-                tasks = [(p, image_size, fit, encoding, jpeg_quality) for p in batch["path"]]
-                results = pool.map(prepare_image, tasks) if pool else map(prepare_image, tasks)
-                for row, (encoded, width, height, error) in zip(batch.itertuples(index=False), results):
-                    if error is not None:
-                        quarantined.append({"image_id": row.image_id, "path": row.path, "split": split, "reason": error})
-                        continue
-                    labels = [int(getattr(row, f)) for f in FINDINGS]
-                    writer.write(
-                        serialize_example(
-                            encoded, labels, row.image_id, row.patient_id, row.age,
-                            row.sex, row.view, width, height,
-                        )
-                    )
-                    positives = [p + v for p, v in zip(positives, labels)]
-                    written += 1
-                progress.advance(len(batch))
+            for row in rows[rows["split"] == split].itertuples(index=False):
+                encoded, width, height, error = next(results)
+                progress.advance()
+                if error is not None:
+                    quarantined.append({"image_id": row.image_id, "path": row.path, "split": split,
+                                        "reason": error})
+                    continue
+                labels = [int(getattr(row, f)) for f in FINDINGS]
+                writer.write(serialize_example(encoded, labels, row.image_id, row.patient_id, row.age,
+                                               row.sex, row.view, width, height))
+                positives = [p + v for p, v in zip(positives, labels)]
+                written += 1
             index["shards"].extend(writer.close())
-            index["splits"][split] = {
-                "records": written,
-                "positives": dict(zip(FINDINGS, positives)),
-            }
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
+            index["splits"][split] = {"records": written, "positives": dict(zip(FINDINGS, positives))}
     index["quarantined"] = len(quarantined)
-    quarantine = pd.DataFrame(quarantined, columns=["image_id", "path", "split", "reason"])
-    return index, quarantine
+    return index, pd.DataFrame(quarantined, columns=QUARANTINE_COLUMNS)

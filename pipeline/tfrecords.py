@@ -8,6 +8,9 @@ import tensorflow as tf
 
 from pipeline.labels import NUM_FINDINGS
 
+# Beside the shards: settings, per-split counts, each shard's records and sha256.
+INDEX_FILE = "index.json"
+
 # One Example per image. Everything a later stage needs travels with it,
 # so train/evaluate/explain never go back to the manifest or the originals.
 FEATURE_SPEC = {
@@ -53,7 +56,11 @@ def serialize_example(
         "orig_width": _ints([orig_width]),
         "orig_height": _ints([orig_height]),
     }
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    example = tf.train.Example(features=tf.train.Features(feature=features))
+    # deterministic: the feature map is otherwise serialised in an order that
+    # changes from process to process, and the same image would give new
+    # shard bytes on every run, so DVC would retrain on a no-op.
+    return example.SerializeToString(deterministic=True)
 
 
 def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -94,10 +94,11 @@ def train_model(
     epochs = int(settings["epochs"])
     train_data = make_dataset(
         train_files, batch_size, training=True, augmentation=settings.get("augment") or None,
-        seed=seed, cache=bool(settings.get("cache", False)),
+        seed=seed, cache=bool(settings.get("cache", False)), records=index["splits"]["train"]["records"],
     )
     has_val = index["splits"]["val"]["records"] > 0
-    val_data = make_dataset(val_files, batch_size, cache=True) if has_val else None
+    val_data = (make_dataset(val_files, batch_size, cache=True, records=index["splits"]["val"]["records"])
+                if has_val else None)
     steps_per_epoch = math.ceil(index["splits"]["train"]["records"] / batch_size)
     model.compile(
         optimizer=keras.optimizers.Adam(

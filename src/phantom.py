@@ -13,8 +13,8 @@ from pipeline.stage import run_stage  # noqa: E402
 
 
 def main() -> None:
-    from pipeline.config import load_params
-    from pipeline.ingest import phantom_root, write_phantom
+    from pipeline.config import load_params, phantom_root
+    from pipeline.phantom import write_phantom
 
     params = load_params()
     summary = write_phantom(params)

@@ -10,9 +10,9 @@ from pipeline.stage import run_stage  # noqa: E402
 def main() -> None:
     from pipeline.atomic import atomic_dir, write_csv_atomic, write_json_atomic
     from pipeline.config import load_params, path_of, section, worker_count
-    from pipeline.dataset import INDEX_FILE
     from pipeline.manifest import read_manifest
     from pipeline.preprocess import write_tfrecord_shards
+    from pipeline.tfrecords import INDEX_FILE
 
     params = load_params()
     settings = section(params, "preprocess")

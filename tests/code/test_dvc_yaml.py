@@ -49,3 +49,49 @@ def test_dvc_accepts_the_graph(tmp_path, source):
     if source == "phantom":
         assert '"phantom" -> "ingest"' in dag.stdout
     assert '"ingest" -> "validate"' in dag.stdout and '"validate" -> "preprocess"' in dag.stdout
+
+
+# Modules that cannot change a stage's outputs: a change to them reruns nothing.
+NOT_OUTPUT_AFFECTING = {
+    "pipeline/__init__.py",
+    "pipeline/stage.py",  # error reporting
+    "pipeline/progress.py",  # progress lines
+    "pipeline/config.py",  # reads params.yaml, whose values are declared as params
+    "pipeline/atomic.py",  # how files are written, not what
+    "pipeline/tracking.py",  # MLflow logging
+}
+
+
+def local_imports(path: Path) -> set[str]:
+    """pipeline/*.py modules that `path` imports, at any depth, module- or function-level."""
+    import ast
+
+    found: set[str] = set()
+    pending = [path]
+    while pending:
+        tree = ast.parse(pending.pop().read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline"):
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.startswith("pipeline")]
+            for name in names:
+                relative = name.replace(".", "/") + ".py"
+                if (PROJECT_ROOT / relative).is_file() and relative not in found:
+                    found.add(relative)
+                    if relative not in NOT_OUTPUT_AFFECTING:  # e.g. stage.py imports error classes only
+                        pending.append(PROJECT_ROOT / relative)
+    return found
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_stage_depends_on_the_code_it_runs(stage):
+    script = f"src/{stage}.py"
+    assert STAGES[stage]["cmd"] == f"python {script}"
+    code = {script} | local_imports(PROJECT_ROOT / script)
+    declared = {d for d in STAGES[stage]["deps"] if d.endswith(".py")}
+    missing = code - NOT_OUTPUT_AFFECTING - declared
+    assert not missing, f"stage {stage} runs {sorted(missing)} but does not list them as deps"
+    unused = declared - code
+    assert not unused, f"stage {stage} lists {sorted(unused)} as deps but never imports them"

@@ -251,7 +251,8 @@ def stage_params(tmp_path, **ingest):
 
 
 def test_phantom_then_ingest_stage(tmp_path, monkeypatch):
-    from pipeline.ingest import run_ingest, write_phantom
+    from pipeline.ingest import run_ingest
+    from pipeline.phantom import write_phantom
 
     monkeypatch.chdir(tmp_path)
     params = stage_params(tmp_path)
@@ -264,7 +265,8 @@ def test_phantom_then_ingest_stage(tmp_path, monkeypatch):
 
 
 def test_phantom_stage_writes_only_a_note_for_real_data(tmp_path, monkeypatch, small_nih_root):
-    from pipeline.ingest import run_ingest, write_phantom
+    from pipeline.ingest import run_ingest
+    from pipeline.phantom import write_phantom
 
     monkeypatch.chdir(tmp_path)
     params = stage_params(tmp_path, source="nih", root=str(small_nih_root))
@@ -277,5 +279,7 @@ def test_phantom_source_needs_root_at_paths_phantom(tmp_path, monkeypatch):
     from pipeline.ingest import run_ingest
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(MetadataError, match="must be data/ingest/phantom \\(paths.phantom\\)"):
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match="must be data/ingest/phantom \\(paths.phantom\\)"):
         run_ingest(stage_params(tmp_path, root="elsewhere"))

@@ -197,9 +197,9 @@ def test_progress_lines_go_to_stderr(tmp_path, capsys):
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert captured.out == ""
-    assert lines[-1] == "phantom: 20/20 images"
+    assert lines[-1].startswith("phantom: 20/20 images (")
     assert 5 <= len(lines) <= 11
-    assert all(re.fullmatch(r"phantom: \d+/20 images", line) for line in lines)
+    assert all(re.fullmatch(r"phantom: \d+/20 images \(\d+/s, \d+s elapsed, ~\d+s left\)", line) for line in lines)
 
 
 def test_replaces_existing_dir_and_leaves_no_temp(tmp_path):

@@ -75,3 +75,17 @@ def test_real_nih_pngs(nih_subset, tmp_path):
     records = read_back(tmp_path / "out", index)
     for row in sample.itertuples(index=False):
         np.testing.assert_array_equal(records[row.image_id][0], load_xray(row.path, 64))
+
+
+def test_a_record_is_the_same_bytes_in_every_process():
+    """Protobuf map order varies per process unless serialisation is deterministic."""
+    import subprocess
+    import sys
+
+    from tests.conftest import PROJECT_ROOT
+
+    code = ("from pipeline.tfrecords import serialize_example; import sys; "
+            "sys.stdout.write(serialize_example(b'png', [1] + [0] * 13, 'a.png', 1, 40, 'F', 'PA', 1024, 1024).hex())")
+    outputs = {subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              check=True).stdout for _ in range(4)}
+    assert len(outputs) == 1

@@ -1,0 +1,25 @@
+"""Chest X-ray pipeline. The prediction API is importable from here:
+
+    from pipeline import load_model, preprocess_xray, generate_gradcam
+
+It is loaded on first use (PEP 562), because worker processes import
+pipeline.imaging and must not pull TensorFlow in with this package.
+"""
+from __future__ import annotations
+
+import importlib
+
+LAZY_API = {
+    "load_model": "pipeline.predict",
+    "preprocess_xray": "pipeline.predict",
+    "generate_gradcam": "pipeline.predict",
+    "XrayModel": "pipeline.predict",
+    "ModelLoadError": "pipeline.predict",
+}
+__all__ = list(LAZY_API)
+
+
+def __getattr__(name: str):
+    if name not in LAZY_API:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(LAZY_API[name]), name)

@@ -25,7 +25,9 @@ TINY = {
     "train.backbone": "small_cnn",
     "train.epochs": 2,
     "train.batch_size": 8,
-    "explain.per_finding": 1,
+    "explain.top_k": 1,
+    "explain.false_positives": 1,
+    "explain.max_localisation_images": 10,
 }
 
 
@@ -95,6 +97,30 @@ def test_every_stage_writes_its_outputs(repro):
     assert (project / "models" / "model.keras").stat().st_size > 0
     overlays = list((project / "reports" / "gradcam").glob("*.png"))
     assert overlays, "explain wrote no Grad-CAM overlay"
+    assert (project / "reports" / "gradcam" / "index.html").is_file()
+
+
+def test_explain_gallery_and_localisation_scores(repro):
+    project, result = repro
+    metrics = json.loads((project / "metrics" / "explain.json").read_text())
+    localisation = metrics["localisation"]
+    overall = localisation["overall"]
+    assert overall["n"] > 0, "no boxed test image was scored"
+    for key in ("pointing_game", "iobb_0.1", "iobb_0.25", "iobb_0.5"):
+        assert 0.0 <= overall[key] <= 1.0 and 0.0 <= overall[f"{key}_random"] <= 1.0
+    assert list(localisation["per_finding"]) == list(FINDINGS)
+    assert sum(s["n"] for s in localisation["per_finding"].values()) == overall["n"]
+    gradcam = project / "reports" / "gradcam"
+    scored = (gradcam / "localisation.csv").read_text().splitlines()[1:]
+    assert len(scored) == overall["n"] and len({line.split(",")[0] for line in scored}) <= 10  # the cap
+    overlays = sorted(p.name for p in gradcam.glob("*.png"))
+    gallery = metrics["gallery"]
+    assert len(overlays) == gallery["true_positives"] + gallery["false_positives"]
+    assert gallery["true_positives"] <= len(FINDINGS) and gallery["false_positives"] <= len(FINDINGS)
+    page = (gradcam / "index.html").read_text()
+    assert page.count('src="data:image/jpeg;base64,') == len(overlays)
+    assert "http:" not in page and "https:" not in page and "<script" not in page
+    assert "pointing game" in (result.stdout + result.stderr)
 
 
 def test_metrics_file_shape(repro):
@@ -123,6 +149,9 @@ def test_model_registered_with_champion_and_metrics_in_mlflow(repro):
         assert f"threshold_{finding}" in run.data.metrics
     assert {"git_commit", "data_hash"} <= set(run.data.tags)
     assert any(f"test_auc_{f}" in run.data.metrics for f in FINDINGS)
+    explain = {"explain_pointing_game", "explain_pointing_game_random", "explain_iobb_0.25"}
+    assert explain <= set(run.data.metrics)
+    assert "gradcam/index.html" in {a.path for a in client.list_artifacts(run.info.run_id, "gradcam")}
 
 
 def test_second_repro_runs_nothing(repro):

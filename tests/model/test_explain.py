@@ -1,0 +1,187 @@
+"""The explain stage's parts: example selection, localisation targets and scores,
+gallery entries and the gallery page, on hand-made data and a tiny real model."""
+import base64
+from html.parser import HTMLParser
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import ConfigError
+from pipeline.explain import (
+    check_settings,
+    examples_table,
+    explain_examples,
+    explain_metrics,
+    localisation_targets,
+    localise,
+    mlflow_metrics,
+    select_examples,
+    summary_line,
+    truth_boxes,
+)
+from pipeline.gallery import render_gallery_html
+from pipeline.labels import FINDINGS
+from pipeline.localisation import summarise
+from tests.model.test_gradcam import bright_spot_model, spot_images
+
+SETTINGS = {
+    "method": "gradcam", "layer": None, "top_k": 2, "false_positives": 1, "heatmap_threshold": 0.5,
+    "iobb_thresholds": [0.1, 0.25, 0.5], "max_localisation_images": 10, "batch_size": 2,
+}
+
+
+def predictions_table(rows: dict[str, dict[str, tuple[int, float]]]) -> pd.DataFrame:
+    """{image_id: {finding: (label, prob)}}, every other finding (0, 0.0)."""
+    table = []
+    for image_id, values in rows.items():
+        row = {"image_id": image_id}
+        row.update({f"label_{f}": values.get(f, (0, 0.0))[0] for f in FINDINGS})
+        row.update({f"prob_{f}": values.get(f, (0, 0.0))[1] for f in FINDINGS})
+        table.append(row)
+    return pd.DataFrame(table)
+
+
+def test_true_and_false_positives_at_the_threshold():
+    predictions = predictions_table({
+        "a.png": {"Mass": (1, 0.9)},
+        "b.png": {"Mass": (1, 0.7)},
+        "g.png": {"Mass": (1, 0.7)},  # ties with b: image_id decides
+        "c.png": {"Mass": (1, 0.4)},  # below the threshold: a false negative
+        "d.png": {"Mass": (0, 0.95)},
+        "e.png": {"Mass": (0, 0.6)},
+        "f.png": {"Mass": (0, 0.1)},
+    })
+    thresholds = {f: 0.5 for f in FINDINGS} | {"Hernia": 0.0}
+    examples = select_examples(predictions, thresholds, top_k=2, false_positives=1)
+    assert examples.to_dict("records") == [
+        {"image_id": "a.png", "finding": "Hernia", "kind": "FP", "probability": 0.0, "threshold": 0.0},
+        {"image_id": "a.png", "finding": "Mass", "kind": "TP", "probability": 0.9, "threshold": 0.5},
+        {"image_id": "b.png", "finding": "Mass", "kind": "TP", "probability": 0.7, "threshold": 0.5},
+        {"image_id": "d.png", "finding": "Mass", "kind": "FP", "probability": 0.95, "threshold": 0.5},
+    ]
+    assert select_examples(predictions, thresholds, 0, 0).empty
+
+
+def test_localisation_targets_are_the_test_boxes_capped_deterministically():
+    boxes = pd.DataFrame(
+        [(f"{i:03d}.png", "Mass", i, 0, 4, 4) for i in range(30)] + [("005.png", "Nodule", 1, 1, 2, 2)],
+        columns=["image_id", "finding", "x", "y", "w", "h"],
+    )
+    test_ids = {f"{i:03d}.png" for i in range(0, 30, 2)}  # 15 test images, 005 not among them
+    everything = localisation_targets(boxes, test_ids, 100, seed=1)
+    assert set(everything["image_id"]) == test_ids and len(everything) == 15
+    capped = localisation_targets(boxes, test_ids | {"005.png"}, 5, seed=1)
+    assert capped["image_id"].nunique() == 5 and set(capped["image_id"]) <= test_ids | {"005.png"}
+    pd.testing.assert_frame_equal(capped, localisation_targets(boxes, test_ids | {"005.png"}, 5, seed=1))
+    if "005.png" in set(capped["image_id"]):  # an image comes with all its boxes
+        assert len(capped[capped["image_id"] == "005.png"]) == 2
+    assert list(capped["image_id"]) == sorted(capped["image_id"])
+
+
+def test_settings_are_checked():
+    assert check_settings(SETTINGS) == SETTINGS
+    with pytest.raises(ConfigError, match="explain.method"):
+        check_settings(SETTINGS | {"method": "cam"})
+    with pytest.raises(ConfigError, match="explain.heatmap_threshold"):
+        check_settings(SETTINGS | {"heatmap_threshold": 0})
+    with pytest.raises(ConfigError, match="explain.top_k is missing"):
+        check_settings({k: v for k, v in SETTINGS.items() if k != "top_k"})
+
+
+@pytest.fixture(scope="module")
+def tiny_run():
+    """A bright-spot model, three 32px test images (spots where the boxes are),
+    the boxes on 64px originals, and the stage's selection."""
+    images = {
+        image_id: {"image": pixels.astype(np.uint8) * 255, "orig_size": (64, 64)}
+        for image_id, pixels in zip(["s0.png", "s1.png", "s2.png"], spot_images([(8, 8), (20, 24), (16, 16)]))
+    }
+    boxes = pd.DataFrame(
+        [("s0.png", "Mass", 10, 10, 12, 12), ("s1.png", "Mass", 40, 32, 16, 16),
+         ("s1.png", "Nodule", 0, 0, 8, 8)],
+        columns=["image_id", "finding", "x", "y", "w", "h"],
+    )
+    truth = truth_boxes(boxes, images, 32, "crop")
+    examples = pd.DataFrame(
+        [("s0.png", "Mass", "TP", 0.9, 0.5), ("s2.png", "Mass", "FP", 0.8, 0.5)],
+        columns=["image_id", "finding", "kind", "probability", "threshold"],
+    )
+    settings = SETTINGS | {"layer": "features"}
+    return bright_spot_model(), images, truth, examples, settings
+
+
+def test_localisation_scores_and_random_baseline(tiny_run):
+    model, images, truth, _, settings = tiny_run
+    assert truth[("s0.png", "Mass")] == [(5.0, 5.0, 6.0, 6.0)]
+    scores = localise(model, truth, images, settings, "features", seed=3)
+    assert list(zip(scores["image_id"], scores["finding"])) == sorted(truth)
+    mass = scores[scores["finding"] == "Mass"]
+    assert mass["pointing_hit"].all() and (mass["best_iobb"] > 0.5).all()
+    nodule = scores[scores["finding"] == "Nodule"].iloc[0]
+    assert not nodule["pointing_hit"] and nodule["best_iobb"] == 0.0  # the spot is far from that box
+    again = localise(model, truth, images, settings | {"batch_size": 1}, "features", seed=3)
+    pd.testing.assert_frame_equal(scores, again)  # the random maps do not depend on batching
+    reseeded = localise(model, truth, images, settings, "features", seed=4)
+    assert not reseeded[["random_pointing_hit", "random_best_iobb"]].equals(
+        scores[["random_pointing_hit", "random_best_iobb"]])
+    assert scores["random_best_iobb"].between(0, 1).all()
+
+
+class PageParser(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.images, self.links, self.text = [], [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(attrs)
+        for name in ("href", "src", "action", "srcset"):
+            if name in attrs and tag != "img":
+                self.links.append(attrs[name])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_gallery_page_is_self_contained_and_complete(tiny_run):
+    model, images, truth, examples, settings = tiny_run
+    entries = explain_examples(model, examples, images, truth, settings, "features")
+    assert [e["overlay"] for e in entries] == ["Mass_s0.png", "Mass_s2.png"]
+    assert entries[0]["pointing_hit"] is True and entries[1]["pointing_hit"] is None  # the FP has no box
+    for entry in entries:
+        picture = cv2.imdecode(np.frombuffer(entry["png"], np.uint8), cv2.IMREAD_COLOR)
+        assert picture.shape == (32, 32, 3)
+    scores = localise(model, truth, images, settings, "features", seed=3)
+    metrics = explain_metrics(settings, "features", entries, summarise(scores, settings["iobb_thresholds"]))
+    assert metrics["gallery"] == {"true_positives": 1, "false_positives": 1}
+
+    page = render_gallery_html(entries, metrics)
+    parser = PageParser()
+    parser.feed(page)
+    assert not {"script", "link", "iframe", "object", "embed"} & set(parser.tags)
+    assert "http:" not in page and "https:" not in page and "url(" not in page and "@import" not in page
+    assert all(link.startswith("#") for link in parser.links)
+    assert len(parser.images) == len(entries)
+    for attrs, entry in zip(parser.images, entries):
+        prefix = "data:image/jpeg;base64,"
+        assert attrs["src"].startswith(prefix)
+        embedded = base64.b64decode(attrs["src"][len(prefix):])
+        assert embedded == entry["jpeg"] and cv2.imdecode(np.frombuffer(embedded, np.uint8), 1).shape[2] == 3
+        assert entry["image_id"] in attrs["alt"]
+    text = " ".join(parser.text)
+    for finding in FINDINGS:
+        assert finding in text
+    assert "TP" in text and "FP" in text and "threshold 0.500" in text and "best IoBB" in text
+    assert render_gallery_html(entries, metrics) == page  # no timestamps: same input, same bytes
+
+    table = examples_table(entries)
+    assert list(table["overlay"]) == ["Mass_s0.png", "Mass_s2.png"] and "png" not in table and "jpeg" not in table
+    named = mlflow_metrics(metrics)
+    assert named["explain_n"] == 3.0 and named["explain_n_Mass"] == 2.0
+    assert "explain_pointing_game_Mass" in named
+    assert "explain_pointing_game_Hernia" not in named  # undefined without boxes
+    assert "pointing game" in summary_line(metrics) and "T(IoBB)>0.25" in summary_line(metrics)

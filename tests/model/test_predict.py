@@ -1,0 +1,345 @@
+"""The prediction API and the `cxr` command line, on a real MLflow registry
+(SQLite in a temp dir) and real NIH images."""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.cli import main as cxr_main
+from pipeline.gradcam import grad_cam
+from pipeline.imaging import load_xray
+from pipeline.labels import FINDINGS
+from pipeline.models import build_model
+from pipeline.predict import ModelLoadError, generate_gradcam, load_model, preprocess_xray
+from pipeline.registry import model_card_metadata, register_model
+from tests.conftest import PROJECT_ROOT, write_png
+
+SIZE = 64
+CXR = Path(sys.executable).parent / "cxr"
+# Distinct per finding, so that a threshold applied to the wrong finding shows.
+THRESHOLDS = {f: round(0.40 + 0.01 * i, 2) for i, f in enumerate(FINDINGS)}
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """A tracking store where chestxray v1 is the champion, and v2's metadata
+    lists the findings in another order."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("registry")
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    model = build_model("small_cnn", SIZE, "none")
+    keras_path = root / "model.keras"
+    model.save(keras_path)
+    preprocessing = {"image_size": SIZE, "fit": "crop", "input": "float32 grey values 0..255, shape (size, size, 1)"}
+    metadata = model_card_metadata(THRESHOLDS, preprocessing, {"mean_auc": 0.5})
+    reordered = {**metadata, "findings": list(reversed(FINDINGS))}
+    was_set = mlflow.is_tracking_uri_set()
+    previous = mlflow.get_tracking_uri()
+    # register_model logs through MLflow's process-wide tracking URI (and
+    # MLflow mirrors it into MLFLOW_TRACKING_URI): both restored afterwards.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mlflow.set_tracking_uri(store)
+        try:
+            experiment = mlflow.create_experiment("predict-tests", artifact_location=(root / "artifacts").as_uri())
+            with mlflow.start_run(experiment_id=experiment) as run:
+                register_model(mlflow, model, "chestxray", metadata, {})
+            with mlflow.start_run(experiment_id=experiment):
+                register_model(mlflow, model, "chestxray", reordered, {})
+        finally:
+            mlflow.set_tracking_uri(previous if was_set else None)
+    return SimpleNamespace(store=store, keras_path=keras_path, keras_model=model, run_id=run.info.run_id)
+
+
+@pytest.fixture(scope="module")
+def champion(registry):
+    return load_model("models:/chestxray@champion", tracking_uri=registry.store)
+
+
+def random_images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (n, SIZE, SIZE, 1)).astype(np.float32)
+
+
+def png_colour_type(path: Path) -> int:
+    """From the IHDR chunk, without decoding the image: 0 gray, 2 RGB, 6 RGBA."""
+    with open(path, "rb") as file:
+        return file.read(26)[25]
+
+
+def nih_images(root: Path, gray: int = 2) -> list[Path]:
+    """An RGBA PNG among the real NIH images, and `gray` ordinary ones."""
+    files = sorted((root / "images_001" / "images").glob("*.png"))
+    rgba = next(p for p in files if png_colour_type(p) == 6)
+    assert cv2.imread(str(rgba), cv2.IMREAD_UNCHANGED).shape[2] == 4
+    return [rgba, *[p for p in files if png_colour_type(p) == 0][:gray]]
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def oversized_png(width: int = 30_000, height: int = 30_000) -> bytes:
+    """A well-formed PNG header claiming width x height pixels: a decompression bomb's opening."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\0" * (width + 1) * 4)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", rows) + png_chunk(b"IEND", b"")
+
+
+def sixteen_bit_png(path: Path) -> Path:
+    image = np.linspace(0, 65535, 90 * 120).reshape(90, 120).astype(np.uint16)
+    write_png(path, image)
+    assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    return path
+
+
+def rgb_jpeg(path: Path) -> Path:
+    image = np.random.default_rng(1).integers(0, 255, (100, 80, 3), dtype=np.uint8)
+    assert cv2.imwrite(str(path), image)
+    return path
+
+
+def bad_inputs(folder: Path, real_png: Path) -> dict[Path, str]:
+    """Files cxr must refuse, each with a word its error message must contain."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "notes.png").write_text("not an x-ray")
+    (folder / "empty.png").write_bytes(b"")
+    data = real_png.read_bytes()
+    (folder / "cut.png").write_bytes(data[: len(data) // 2])
+    (folder / "bomb.png").write_bytes(oversized_png())
+    (folder / "a-directory.png").mkdir(exist_ok=True)
+    return {
+        folder / "missing.png": "No such file",
+        folder / "notes.png": "not a readable",
+        folder / "empty.png": "0 bytes",
+        folder / "cut.png": "truncated",
+        folder / "bomb.png": "decompression bomb",
+        folder / "a-directory.png": "Is a directory",
+    }
+
+
+# --- import cost -----------------------------------------------------------
+
+
+def test_pipeline_imaging_and_cli_import_no_tensorflow():
+    # Preprocessing workers import pipeline.imaging; `cxr --help` should be instant.
+    code = (
+        "import sys, pipeline, pipeline.imaging, pipeline.cli; "
+        "print([m for m in ('tensorflow', 'keras', 'mlflow') if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_api_importable_from_the_package():
+    import pipeline
+    import pipeline.predict
+    from pipeline import generate_gradcam as from_package_gradcam
+    from pipeline import load_model as from_package_load
+    from pipeline import preprocess_xray as from_package_preprocess
+
+    assert from_package_load is pipeline.predict.load_model
+    assert from_package_preprocess is pipeline.predict.preprocess_xray
+    assert from_package_gradcam is pipeline.predict.generate_gradcam
+    with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
+        pipeline.no_such_thing
+
+
+# --- preprocessing ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("fit", ["crop", "pad"])
+def test_preprocess_is_the_training_convention(nih_subset, tmp_path, fit):
+    files = [*nih_images(nih_subset, gray=1), sixteen_bit_png(tmp_path / "16bit.png"), rgb_jpeg(tmp_path / "rgb.jpg")]
+    for path in files:
+        pixels = preprocess_xray(path, SIZE, fit)
+        assert pixels.dtype == np.float32 and pixels.shape == (SIZE, SIZE, 1)
+        np.testing.assert_array_equal(pixels[..., 0], load_xray(path, SIZE, fit))
+
+
+def test_model_preprocesses_with_its_own_size_and_fit(champion, tmp_path):
+    path = rgb_jpeg(tmp_path / "rgb.jpg")
+    np.testing.assert_array_equal(champion.preprocess(path), preprocess_xray(path, SIZE, "crop"))
+
+
+# --- loading ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("uri", ["models:/chestxray@champion", "models:/chestxray/1", "runs:/{run_id}/model"])
+def test_load_registered_model_with_its_model_card(registry, uri):
+    uri = uri.format(run_id=registry.run_id)
+    model = load_model(uri, tracking_uri=registry.store)
+    assert model.findings == FINDINGS and model.image_size == SIZE and model.fit == "crop"
+    assert model.thresholds == pytest.approx(THRESHOLDS) and list(model.thresholds) == list(FINDINGS)
+    assert model.source == uri and "metadata" in model.thresholds_source
+    images = random_images(2)
+    np.testing.assert_allclose(model.predict(images), registry.keras_model(images).numpy(), atol=1e-5)
+
+
+def test_tracking_store_from_the_environment(registry, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.store)
+    assert load_model("models:/chestxray@champion").thresholds == pytest.approx(THRESHOLDS)
+
+
+def test_load_bare_keras_file(registry, tmp_path):
+    model = load_model(registry.keras_path)
+    assert model.image_size == SIZE and model.fit == "crop" and model.source == str(registry.keras_path)
+    assert set(model.thresholds.values()) == {0.5} and "default 0.5" in model.thresholds_source
+    thresholds_file = tmp_path / "thresholds.json"
+    thresholds_file.write_text(json.dumps(THRESHOLDS))
+    from_file = load_model(registry.keras_path, thresholds=thresholds_file)
+    assert from_file.thresholds == pytest.approx(THRESHOLDS) and from_file.thresholds_source == str(thresholds_file)
+    assert load_model(registry.keras_path, thresholds=THRESHOLDS).thresholds == pytest.approx(THRESHOLDS)
+
+
+@pytest.mark.parametrize(
+    "uri,problem",
+    [
+        ("models:/chestxray@nope", "alias nope not found"),
+        ("models:/nothere/1", "nothere not found"),
+        ("models:/chestxray/2", "findings"),
+        ("runs:/0123456789abcdef/model", "0123456789abcdef not found"),
+        ("models:/chestxray", "not a supported MLflow model URI"),
+        ("{tmp}/missing.keras", "no such model file"),
+        ("{tmp}/notes.txt", "not a .keras file"),
+        ("{tmp}/broken.keras", "cannot load as a Keras model"),
+    ],
+)
+def test_unloadable_model_named_with_the_reason(registry, tmp_path, uri, problem):
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "broken.keras").write_bytes(b"PK not really a zip")
+    uri = uri.format(tmp=tmp_path)
+    with pytest.raises(ModelLoadError, match=problem) as error:
+        load_model(uri, tracking_uri=registry.store)
+    assert str(error.value).startswith(f"{uri}: ")
+
+
+def test_no_tracking_store_is_an_error_not_a_new_store(tmp_path):
+    store = tmp_path / "nowhere" / "mlflow.db"
+    with pytest.raises(ModelLoadError, match=r"models:/chestxray@champion: no MLflow tracking store"):
+        load_model("models:/chestxray@champion", tracking_uri=f"sqlite:///{store}")
+    assert not store.parent.exists()
+
+
+def test_thresholds_must_cover_every_finding(registry, tmp_path):
+    partial = tmp_path / "thresholds.json"
+    partial.write_text(json.dumps({"Mass": 0.3}))
+    with pytest.raises(ModelLoadError, match=f"{partial}: expected one threshold for each"):
+        load_model(registry.keras_path, thresholds=partial)
+
+
+# --- predicting and explaining ----------------------------------------------
+
+
+def test_predict_one_image_or_a_batch(champion, registry):
+    images = random_images(3)
+    expected = registry.keras_model(images).numpy()
+    batch = champion.predict(images)
+    assert batch.shape == (3, 14) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch, expected, atol=1e-5)
+    np.testing.assert_allclose(champion.predict(images[0]), expected[0], atol=1e-5)
+    np.testing.assert_allclose(champion.predict(images[0, ..., 0]), expected[0], atol=1e-5)
+    with pytest.raises(ValueError, match=r"expected \(64, 64, 1\) images"):
+        champion.predict(np.zeros((32, 32, 1), np.float32))
+
+
+def test_positive_findings_at_or_above_threshold(champion):
+    probabilities = np.array([THRESHOLDS[f] - 0.01 for f in FINDINGS], np.float32)
+    probabilities[FINDINGS.index("Mass")] = THRESHOLDS["Mass"]
+    probabilities[FINDINGS.index("Hernia")] = 0.99
+    assert champion.positive_findings(probabilities) == ["Hernia", "Mass"]
+
+
+def test_gradcam_for_the_top_finding_or_the_one_asked(champion, registry):
+    image = random_images(1, seed=3)[0]
+    top = int(np.argmax(champion.predict(image)))
+    heatmap = generate_gradcam(champion, image)
+    assert heatmap.shape == (SIZE, SIZE) and 0.0 <= heatmap.min() and heatmap.max() <= 1.0
+    np.testing.assert_allclose(heatmap, grad_cam(registry.keras_model, image[None], np.array([top]))[0], atol=1e-5)
+    np.testing.assert_allclose(heatmap, generate_gradcam(champion, image, finding=FINDINGS[top]), atol=1e-5)
+    other = (top + 1) % len(FINDINGS)
+    np.testing.assert_allclose(
+        generate_gradcam(registry.keras_model, image, finding=FINDINGS[other], layer_name="block2_relu"),
+        grad_cam(registry.keras_model, image[None], np.array([other]), layer_name="block2_relu")[0],
+        atol=1e-5,
+    )
+    with pytest.raises(ValueError, match="unknown finding 'Fracture'"):
+        generate_gradcam(champion, image, finding="Fracture")
+    with pytest.raises(ValueError, match="one image"):
+        generate_gradcam(champion, random_images(2))
+
+
+# --- the cxr command -----------------------------------------------------------
+
+
+def run_cxr(args: list[str], store: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    return subprocess.run([str(CXR), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cxr_json_on_real_and_bad_images(registry, champion, nih_subset, tmp_path):
+    real = nih_images(nih_subset)
+    good = [*real, sixteen_bit_png(tmp_path / "16bit.png"), rgb_jpeg(tmp_path / "colour.jpg")]
+    bad = bad_inputs(tmp_path / "bad", real[1])
+    # Good and bad interleaved, in batches of 4: a failure must not stop its batch.
+    images = [str(p) for pair in zip(good, bad) for p in pair] + [str(p) for p in list(bad)[len(good):]]
+    overlays = tmp_path / "overlays"
+    done = run_cxr(["predict", *images, "--json", "--gradcam", str(overlays), "--batch-size", "4"],
+                   registry.store, tmp_path)
+
+    assert done.returncode == 1, done.stderr
+    results = json.loads(done.stdout)
+    assert [r["image"] for r in results] == images
+    by_image = {r["image"]: r for r in results}
+    for path in good:
+        result = by_image[str(path)]
+        assert "error" not in result and list(result["probabilities"]) == list(FINDINGS)
+        probabilities = np.array(list(result["probabilities"].values()))
+        np.testing.assert_allclose(probabilities, champion.predict(champion.preprocess(path)), atol=1e-5)
+        assert result["findings"] == champion.positive_findings(probabilities)
+        explained = result["findings"] or [FINDINGS[int(np.argmax(probabilities))]]
+        assert list(result["gradcam"]) == explained
+        for picture in result["gradcam"].values():
+            assert Path(picture).parent == overlays and cv2.imread(picture).shape == (SIZE, SIZE, 3)
+    error_lines = [line for line in done.stderr.splitlines() if line.startswith("cxr: error: ")]
+    assert len(error_lines) == len(bad)
+    for path, problem in bad.items():
+        assert problem in by_image[str(path)]["error"]
+        assert any(str(path) in line and problem in line for line in error_lines), (path, done.stderr)
+    assert "Traceback" not in done.stderr
+
+
+def test_cxr_text_lines_from_a_keras_file(registry, tmp_path, capsys):
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps(THRESHOLDS))
+    images = [sixteen_bit_png(tmp_path / "16bit.png"), rgb_jpeg(tmp_path / "colour.jpg")]
+    status = cxr_main(["predict", *map(str, images), "--model", str(registry.keras_path),
+                       "--thresholds", str(thresholds)])
+    out, err = capsys.readouterr()
+    assert status == 0 and err == ""
+    lines = out.splitlines()
+    assert [line.split(": ")[0] for line in lines] == list(map(str, images))
+
+
+def test_cxr_unloadable_model_is_one_line_and_status_1(registry, tmp_path, capsys):
+    image = rgb_jpeg(tmp_path / "colour.jpg")
+    status = cxr_main(["predict", str(image), "--model", "models:/chestxray@nope", "--tracking-uri", registry.store])
+    out, err = capsys.readouterr()
+    assert status == 1 and out == ""
+    assert err.splitlines() == [err.strip()] and err.startswith("cxr: error: models:/chestxray@nope: ")
+
+
+@pytest.mark.parametrize("args", [[], ["predict"], ["predict", "x.png", "--batch-size", "0"], ["classify", "x.png"]])
+def test_cxr_usage_errors_exit_2(args, capsys):
+    assert cxr_main(args) == 2
+    assert "usage: cxr" in capsys.readouterr().err

@@ -1,4 +1,8 @@
-"""The MLflow model registry: every evaluated model becomes a version of `chestxray`."""
+"""The MLflow model registry: every evaluated model becomes a version of `chestxray`.
+
+Each new version gets the alias `challenger`; it takes `champion` only if it
+beats the current champion on the same test set (champion_decision).
+"""
 from __future__ import annotations
 
 import json
@@ -9,6 +13,8 @@ import keras
 from pipeline.labels import FINDINGS
 
 CHAMPION = "champion"
+CHALLENGER = "challenger"
+DEFAULT_MAX_CLASS_DROP = 0.02
 # What a registered model needs at serving time, pinned like the project.
 SERVING_PACKAGES = ("tensorflow-cpu", "keras", "numpy", "opencv-python-headless")
 
@@ -18,15 +24,73 @@ def serving_requirements() -> list[str]:
     return [f"{name}=={package_version(name)}" for name in SERVING_PACKAGES]
 
 
-def model_card_metadata(thresholds: dict[str, float], preprocessing: dict, metrics: dict) -> dict:
+def model_card_metadata(
+    thresholds: dict[str, float], preprocessing: dict, metrics: dict, test_manifest: str | None = None
+) -> dict:
     """What makes a registered model self-describing: label order, operating
-    thresholds and the preprocessing it expects."""
+    thresholds, the preprocessing it expects, and the scores and test set that
+    the champion rule compares."""
     return {
         "findings": list(FINDINGS),
         "thresholds": {f: float(thresholds[f]) for f in FINDINGS},
         "preprocessing": preprocessing,
         "mean_auc": metrics.get("mean_auc"),
+        "auc": metrics.get("auc", {}),
+        "test_manifest": test_manifest,
     }
+
+
+def champion_decision(challenger: dict, champion: dict | None, max_class_drop: float) -> tuple[bool, list[str]]:
+    """Whether the challenger takes the champion alias, and why (plain sentences).
+
+    Both are {"version", "mean_auc", "auc": {finding: auc or None}, "test_manifest"}.
+    AUCs compare only on the same test manifest; then the challenger needs a
+    mean AUC not lower and no finding's AUC lower by more than max_class_drop.
+    """
+    if champion is None:
+        return True, ["first version of the registered model: no champion to beat"]
+    if not challenger.get("test_manifest") or challenger.get("test_manifest") != champion.get("test_manifest"):
+        return False, [
+            f"champion version {champion['version']} was evaluated on a different test manifest "
+            f"({champion.get('test_manifest') or 'unknown'}, this model {challenger.get('test_manifest') or 'unknown'}): "
+            "AUCs are not comparable"
+        ]
+    reasons = []
+    ours, theirs = challenger.get("mean_auc"), champion.get("mean_auc")
+    if ours is None or (theirs is not None and ours < theirs):
+        reasons.append(f"mean AUC {_fmt(ours)} is lower than champion version {champion['version']}'s {_fmt(theirs)}")
+    for finding in FINDINGS:
+        mine, best = challenger["auc"].get(finding), champion.get("auc", {}).get(finding)
+        if mine is not None and best is not None and best - mine > max_class_drop:
+            reasons.append(f"{finding} AUC drops by {best - mine:.4f} ({_fmt(best)} -> {_fmt(mine)}), "
+                           f"more than max_class_drop {max_class_drop}")
+    if reasons:
+        return False, reasons
+    return True, [f"mean AUC {_fmt(ours)} >= champion version {champion['version']}'s {_fmt(theirs)} and no "
+                  f"finding's AUC drops by more than {max_class_drop}"]
+
+
+def _fmt(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
+
+
+def version_record(version) -> dict:
+    """A registered version's scores and test set, from its tags (None where untagged)."""
+    tags = version.tags or {}
+    mean_auc = tags.get("mean_auc")
+    return {
+        "version": int(version.version),
+        "mean_auc": float(mean_auc) if mean_auc not in (None, "None") else None,
+        "auc": json.loads(tags["auc"]) if "auc" in tags else {},
+        "test_manifest": tags.get("test_manifest") if tags.get("test_manifest") != "None" else None,
+    }
+
+
+def current_champion(client, registered_name: str) -> dict | None:
+    registered = client.get_registered_model(registered_name)
+    if CHAMPION not in (registered.aliases or {}):
+        return None
+    return version_record(client.get_model_version_by_alias(registered_name, CHAMPION))
 
 
 def register_model(
@@ -35,11 +99,14 @@ def register_model(
     registered_name: str,
     metadata: dict,
     tags: dict[str, str],
-) -> int:
-    """Log `model` to the active run, register it, tag the version, and give it
-    the champion alias if the registered model has no champion yet.
+    max_class_drop: float = DEFAULT_MAX_CLASS_DROP,
+) -> dict:
+    """Log `model` to the active run, register it as a new version tagged with
+    its scores, test manifest and `tags`, give it the challenger alias, and the
+    champion alias if champion_decision says so. The decision is tagged on the
+    version and the run.
 
-    Returns the new version number.
+    Returns {"version", "champion": bool, "reasons": [...], "previous_champion": record or None}.
     """
     info = mlflow.keras.log_model(
         model,
@@ -51,10 +118,24 @@ def register_model(
     )
     version = int(info.registered_model_version)
     client = mlflow.MlflowClient()
-    for key, value in tags.items():
+    record = {"version": version, "mean_auc": metadata.get("mean_auc"), "auc": metadata.get("auc", {}),
+              "test_manifest": metadata.get("test_manifest")}
+    previous = current_champion(client, registered_name)
+    promoted, reasons = champion_decision(record, previous, max_class_drop)
+    version_tags = {
+        **tags,
+        "mean_auc": f"{record['mean_auc']}",
+        "auc": json.dumps(record["auc"]),
+        "test_manifest": f"{record['test_manifest']}",
+        "thresholds": json.dumps(metadata["thresholds"]),
+        "champion_decision": CHAMPION if promoted else CHALLENGER,
+        "champion_reasons": json.dumps(reasons),
+    }
+    for key, value in version_tags.items():
         client.set_model_version_tag(registered_name, str(version), key, value)
-    client.set_model_version_tag(registered_name, str(version), "thresholds", json.dumps(metadata["thresholds"]))
-    registered = client.get_registered_model(registered_name)
-    if CHAMPION not in (registered.aliases or {}):
+    client.set_registered_model_alias(registered_name, CHALLENGER, str(version))
+    if promoted:
         client.set_registered_model_alias(registered_name, CHAMPION, str(version))
-    return version
+    mlflow.set_tags({"registry_version": str(version), "champion_decision": version_tags["champion_decision"],
+                     "champion_reasons": version_tags["champion_reasons"]})
+    return {"version": version, "champion": promoted, "reasons": reasons, "previous_champion": previous}

@@ -8,7 +8,7 @@ from collections.abc import Callable
 # Before TensorFlow is imported anywhere: keep its C++ logging to errors.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline.tracking import disable_telemetry  # noqa: E402
+from pipeline.tracking import TrackingServerError, disable_telemetry  # noqa: E402
 
 disable_telemetry()
 
@@ -27,7 +27,8 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
     from pipeline.labels import LabelError
     from pipeline.nih import MetadataError
 
-    expected = (StageError, ConfigError, ImageError, LabelError, MetadataError, FileNotFoundError, ValueError)
+    expected = (StageError, ConfigError, ImageError, LabelError, MetadataError, FileNotFoundError, ValueError,
+                TrackingServerError)
     try:
         main()
     except expected as exc:

@@ -9,11 +9,19 @@ import hashlib
 import json
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACT_DIR = Path("mlruns/artifacts")
 RUN_FILE_KEYS = ("run_id", "experiment_id", "tracking_uri")
+# Seconds to wait for a remote tracking server's /health before giving up.
+SERVER_CHECK_TIMEOUT = 5.0
+
+
+class TrackingServerError(RuntimeError):
+    """The MLflow tracking server named by MLFLOW_TRACKING_URI does not answer."""
 
 
 def disable_telemetry() -> None:
@@ -27,12 +35,39 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def check_tracking_server(uri: str, timeout: float = SERVER_CHECK_TIMEOUT) -> None:
+    """Raise TrackingServerError when an http(s) tracking server does not answer.
+
+    MLflow's own client retries a dead server with back-off for minutes, and
+    only at its first call: checked here, a stage fails in seconds, before it
+    trains. Any HTTP answer below 500 counts as up (a proxy may not route
+    /health, and a 401 is the server's own answer).
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code < 500:
+            return
+        reason = f"HTTP {exc.code} {exc.reason}"
+    except urllib.error.URLError as exc:
+        reason = str(exc.reason)
+    except OSError as exc:  # a timeout while reading the answer
+        reason = str(exc) or type(exc).__name__
+    raise TrackingServerError(
+        f"MLflow tracking server {uri} is not reachable: {reason}; start it or unset MLFLOW_TRACKING_URI"
+    )
+
+
 def configure_mlflow(experiment_name: str):
     """Point MLflow at the store and select (or create) the experiment."""
     disable_telemetry()
+    uri = tracking_uri()
+    check_tracking_server(uri)
     import mlflow
 
-    uri = tracking_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)

@@ -1,7 +1,22 @@
-"""Training: a Keras model from the TFRecord shards, class-weighted BCE."""
+"""Training: a Keras model from the TFRecord shards, class-weighted BCE or focal loss.
+
+The loop: an optional warm-up with the backbone frozen (pretrained weights
+only), then the whole model; early stopping on validation mean AUC; the best
+epoch checkpointed. It runs unchanged under the tf.distribute strategy that
+distribution_strategy() picks (the caller builds the model in its scope and
+train_model compiles in it). batch_size is the global batch, split across
+replicas.
+
+Reproducibility: seed_everything() seeds Python, NumPy and TF and can turn on
+TF's op determinism. Even then a CPU run is not bitwise repeatable across
+machines or thread counts (oneDNN kernels and reductions depend on them);
+on one machine with the same settings, runs agree to float round-off.
+"""
 from __future__ import annotations
 
+import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,6 +27,7 @@ import tensorflow as tf
 
 from pipeline.dataset import make_dataset, read_shard_index, shard_files
 from pipeline.labels import FINDINGS
+from pipeline.models import set_backbone_trainable
 
 # Positive weights are capped so a finding with a handful of positives does
 # not dominate the loss.
@@ -38,6 +54,115 @@ def weighted_binary_crossentropy(pos_weight: np.ndarray):
         return tf.reduce_mean(per_class, axis=-1)
 
     return loss
+
+
+def focal_loss(pos_weight: np.ndarray, gamma: float):
+    """Binary focal loss (Lin et al. 2017), per finding, averaged over findings:
+
+        -[w * y * (1 - p)^gamma * log(p) + (1 - y) * p^gamma * log(1 - p)]
+
+    w is the finding's positive weight (as for weighted BCE) in the role of the
+    paper's alpha, unnormalised, so gamma = 0 gives exactly weighted BCE; gamma
+    > 0 scales down the easy examples (mostly the many confident negatives).
+    """
+    if gamma < 0:
+        raise ValueError(f"train.focal_gamma must be >= 0, got {gamma}")
+    weight = tf.constant(pos_weight, dtype=tf.float32)
+
+    def loss(y_true, y_pred):
+        y_true = tf.cast(y_true, tf.float32)
+        y_pred = tf.clip_by_value(tf.cast(y_pred, tf.float32), 1e-7, 1 - 1e-7)
+        positive = weight * y_true * tf.pow(1 - y_pred, gamma) * tf.math.log(y_pred)
+        negative = (1 - y_true) * tf.pow(y_pred, gamma) * tf.math.log(1 - y_pred)
+        return tf.reduce_mean(-(positive + negative), axis=-1)
+
+    return loss
+
+
+LOSSES = ("weighted_bce", "focal")
+
+
+def make_loss(settings: dict, pos_weight: np.ndarray):
+    """train.loss: weighted_bce (default) or focal (with train.focal_gamma, default 2)."""
+    kind = settings.get("loss", "weighted_bce")
+    if kind == "weighted_bce":
+        return weighted_binary_crossentropy(pos_weight)
+    if kind == "focal":
+        return focal_loss(pos_weight, float(settings.get("focal_gamma", 2.0)))
+    raise ValueError(f"train.loss must be one of {', '.join(LOSSES)}, got {kind!r}")
+
+
+def gpu_count() -> int:
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def tf_config_workers() -> int:
+    """The number of workers TF_CONFIG's cluster names (0 when unset)."""
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw:
+        return 0
+    try:
+        return len(json.loads(raw).get("cluster", {}).get("worker", []))
+    except (ValueError, AttributeError) as exc:
+        raise ValueError(f"TF_CONFIG is not a JSON object with cluster.worker: {exc}") from exc
+
+
+def distribution_strategy() -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy when TF_CONFIG names several workers,
+    MirroredStrategy when more than one GPU is visible, else the default
+    (single-device) strategy. Call it before building the model: the model is
+    built and compiled in its scope()."""
+    if tf_config_workers() > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if gpu_count() > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def resolve_switch(name: str, value) -> bool:
+    """auto | true | false for a setting that pays off only on a GPU: auto = on with a GPU."""
+    if value in ("auto", None):
+        return gpu_count() > 0
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"train.{name} must be auto, true or false, got {value!r}")
+
+
+def configure_mixed_precision(setting) -> bool:
+    """train.mixed_precision: float16 compute with float32 weights. On a CPU it
+    is slower (no float16 units), hence auto = GPU only. Must run before the
+    model is built; the head stays float32 (pipeline.models)."""
+    enabled = resolve_switch("mixed_precision", setting)
+    keras.mixed_precision.set_global_policy("mixed_float16" if enabled else "float32")
+    return enabled
+
+
+def seed_everything(seed: int, deterministic) -> bool:
+    """Seed Python, NumPy and TF; with train.deterministic also TF's op
+    determinism (auto = on without a GPU, where it costs little; on a GPU it
+    slows some kernels and rejects ops without a deterministic version)."""
+    keras.utils.set_random_seed(seed)
+    if deterministic in ("auto", None):
+        enabled = gpu_count() == 0
+    else:
+        enabled = resolve_switch("deterministic", deterministic)
+    if enabled:
+        tf.config.experimental.enable_op_determinism()
+    return enabled
+
+
+def training_phases(epochs: int, warmup_epochs: int, pretrained: bool) -> list[tuple[int, int, bool]]:
+    """(first epoch, end epoch, backbone trainable) per fit call: the warm-up
+    freezes a pretrained backbone while the new head learns, so its random
+    gradients do not wreck the pretrained features; from scratch there is
+    nothing to protect and warm-up is skipped."""
+    if warmup_epochs < 0:
+        raise ValueError(f"train.warmup_epochs must be >= 0, got {warmup_epochs}")
+    warmup = min(warmup_epochs, epochs) if pretrained else 0
+    phases = [(0, warmup, False)] if warmup else []
+    if warmup < epochs:
+        phases.append((warmup, epochs, True))
+    return phases
 
 
 def learning_rate_schedule(kind: str, learning_rate: float, total_steps: int):
@@ -80,11 +205,14 @@ def train_model(
     settings: dict,
     seed: int,
     mlflow_module=None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> dict:
     """Fit `model`; the best epoch by validation mean AUC is saved to checkpoint_path.
 
-    Returns the history and a summary of the run.
+    `model` must have been built in `strategy`'s scope (default: the current
+    strategy). Returns the history and a summary of the run.
     """
+    strategy = strategy or tf.distribute.get_strategy()
     index = read_shard_index(tfrecord_dir)
     train_files = shard_files(tfrecord_dir, "train")
     val_files = shard_files(tfrecord_dir, "val")
@@ -100,34 +228,54 @@ def train_model(
     val_data = (make_dataset(val_files, batch_size, cache=True, records=index["splits"]["val"]["records"])
                 if has_val else None)
     steps_per_epoch = math.ceil(index["splits"]["train"]["records"] / batch_size)
-    model.compile(
-        optimizer=keras.optimizers.Adam(
-            learning_rate_schedule(settings.get("lr_schedule", "constant"), float(settings["learning_rate"]),
-                                   steps_per_epoch * epochs)
-        ),
-        loss=weighted_binary_crossentropy(positive_weights(index)),
-        metrics=[keras.metrics.AUC(multi_label=True, num_labels=len(FINDINGS), name="auc")],
-    )
+    loss = make_loss(settings, positive_weights(index))
     monitor = "val_auc" if has_val else "auc"
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(str(checkpoint_path), monitor=monitor, mode="max", save_best_only=True),
-        EpochLogger(epochs, mlflow_module),
-    ]
+    checkpoint = keras.callbacks.ModelCheckpoint(str(checkpoint_path), monitor=monitor, mode="max",
+                                                 save_best_only=True)
+    logger = EpochLogger(epochs, mlflow_module)
+    patience = int(settings.get("early_stopping_patience", 0) or 0)
+    stopper = (keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience)
+               if patience > 0 else None)
+    pretrained = str(settings.get("weights", "none")) != "none"
+    phases = training_phases(epochs, int(settings.get("warmup_epochs", 0) or 0), pretrained)
+    history: dict[str, list[float]] = {}
+    trainable_weights = []
     started = time.monotonic()
-    history = model.fit(
-        train_data, validation_data=val_data, epochs=epochs, callbacks=callbacks, verbose=0, shuffle=False
-    )
+    for first, end, backbone_trainable in phases:
+        trainable_weights.append(set_backbone_trainable(model, backbone_trainable))
+        # Recompile after (un)freezing: the trainable set is fixed at compile
+        # time, and each phase gets a fresh optimizer and learning-rate schedule.
+        with strategy.scope():
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate_schedule(
+                    settings.get("lr_schedule", "constant"), float(settings["learning_rate"]),
+                    steps_per_epoch * (end - first))),
+                loss=loss,
+                metrics=[keras.metrics.AUC(multi_label=True, num_labels=len(FINDINGS), name="auc")],
+            )
+        # Early stopping only in the last phase: stopping in the warm-up would
+        # skip fine-tuning altogether. The checkpoint keeps the best of all phases.
+        last_phase = end == epochs
+        callbacks = [checkpoint, logger, *([stopper] if stopper and last_phase else [])]
+        fitted = model.fit(train_data, validation_data=val_data, initial_epoch=first, epochs=end,
+                           callbacks=callbacks, verbose=0, shuffle=False)
+        for key, values in fitted.history.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
     seconds = time.monotonic() - started
-    monitored = history.history[monitor]
+    monitored = history[monitor]
     best = int(np.nanargmax(monitored)) if np.isfinite(monitored).any() else len(monitored) - 1
     return {
-        "history": {k: [float(v) for v in values] for k, values in history.history.items()},
+        "history": history,
         "summary": {
             "epochs": len(monitored),
+            "stopped_early": len(monitored) < epochs,
             "best_epoch": best + 1,
             f"best_{monitor}": float(monitored[best]),
+            "warmup_epochs": phases[0][1] if not phases[0][2] else 0,
+            "trainable_weights": trainable_weights[-1],
             "train_images": int(index["splits"]["train"]["records"]),
             "seconds": round(seconds, 1),
             "train_images_per_second": round(index["splits"]["train"]["records"] * len(monitored) / seconds, 2),
         },
+        "trainable_weights_per_phase": trainable_weights,
     }

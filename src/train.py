@@ -10,29 +10,34 @@ from pipeline.stage import run_stage  # noqa: E402
 def main() -> None:
     import csv
 
-    import keras
-
     from pipeline.atomic import atomic_path, write_json_atomic
     from pipeline.config import load_params, path_of, section
     from pipeline.models import build_model
     from pipeline.tracking import configure_mlflow, data_hash, flatten_params, git_commit
-    from pipeline.train import train_model
+    from pipeline.train import configure_mixed_precision, distribution_strategy, seed_everything, train_model
 
     params = load_params()
     settings = section(params, "train")
     tfrecords = path_of(params, "tfrecords")
     seed = int(params["seed"])
-    keras.utils.set_random_seed(seed)
-    model = build_model(
-        settings["backbone"], int(params["preprocess"]["image_size"]), str(settings["weights"]),
-        dropout=float(settings.get("dropout", 0.0)), batchnorm_momentum=settings.get("batchnorm_momentum"),
-    )
+    # The strategy first: MultiWorkerMirroredStrategy must exist before other TF ops.
+    strategy = distribution_strategy()
+    deterministic = seed_everything(seed, settings.get("deterministic", "auto"))
+    mixed = configure_mixed_precision(settings.get("mixed_precision", "auto"))
+    print(f"train: {type(strategy).__name__} over {strategy.num_replicas_in_sync} replica(s), "
+          f"mixed precision {'on' if mixed else 'off'}, op determinism {'on' if deterministic else 'off'}",
+          file=sys.stderr)
+    with strategy.scope():
+        model = build_model(
+            settings["backbone"], int(params["preprocess"]["image_size"]), str(settings["weights"]),
+            dropout=float(settings.get("dropout", 0.0)), batchnorm_momentum=settings.get("batchnorm_momentum"),
+        )
     mlflow = configure_mlflow(section(params, "mlflow")["experiment"])
     tags = {"git_commit": git_commit(), "data_hash": data_hash(tfrecords), "backbone": settings["backbone"]}
     with mlflow.start_run(run_name=f"{settings['backbone']}-{tags['data_hash'][:8]}", tags=tags) as run:
         mlflow.log_params(flatten_params({k: params[k] for k in ("seed", "ingest", "preprocess", "train")}))
         with atomic_path(path_of(params, "model")) as checkpoint:
-            result = train_model(model, tfrecords, checkpoint, settings, seed, mlflow)
+            result = train_model(model, tfrecords, checkpoint, settings, seed, mlflow, strategy)
         mlflow.log_metrics({f"train_{k}": float(v) for k, v in result["summary"].items()})
     write_json_atomic(path_of(params, "metrics") / "train.json", result["summary"])
     history = result["history"]

@@ -131,6 +131,14 @@ def test_metrics_file_shape(repro):
     assert all(0.0 <= t <= 1.0 for t in metrics["thresholds"].values())
     defined = [v for v in metrics["auc"].values() if v is not None]
     assert abs(sum(defined) / len(defined) - metrics["mean_auc"]) < 1e-9
+    low, high = metrics["mean_auc_ci"]
+    assert low <= metrics["mean_auc"] <= high
+    assert list(metrics["auprc"]) == list(FINDINGS) and 0.0 <= metrics["exact_match_accuracy"] <= 1.0
+    reports = project / "reports" / "evaluate"
+    assert (reports / "model_card.html").is_file()
+    assert {p.stem for p in (reports / "plots" / "roc").glob("*.csv")} <= set(FINDINGS)
+    plots = run(["dvc", "plots", "show", "--json"], project)
+    assert "plots/roc/" in plots.stdout and "plots/pr/" in plots.stdout
 
 
 def test_model_registered_with_champion_and_metrics_in_mlflow(repro):
@@ -143,10 +151,17 @@ def test_model_registered_with_champion_and_metrics_in_mlflow(repro):
     assert len(versions) == 1
     champion = client.get_model_version_by_alias("chestxray", "champion")
     assert champion.version == versions[0].version
-    assert {"git_commit", "data_hash", "mean_auc"} <= set(champion.tags)
+    assert client.get_model_version_by_alias("chestxray", "challenger").version == champion.version
+    tags = {"git_commit", "data_hash", "mean_auc", "auc", "params", "test_manifest", "champion_decision"}
+    assert tags <= set(champion.tags) and champion.tags["champion_decision"] == "champion"
+    evaluate = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert evaluate["registry"]["champion"] and evaluate["registry"]["version"] == int(champion.version)
+    assert champion.tags["test_manifest"] == evaluate["test_manifest"]
     run = client.get_run(champion.run_id)
     for finding in FINDINGS:
         assert f"threshold_{finding}" in run.data.metrics
+    assert "test_mean_auc_ci_low" in run.data.metrics and run.data.tags["champion_decision"] == "champion"
+    assert "model_card.html" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"git_commit", "data_hash"} <= set(run.data.tags)
     assert any(f"test_auc_{f}" in run.data.metrics for f in FINDINGS)
     explain = {"explain_pointing_game", "explain_pointing_game_random", "explain_iobb_0.25"}

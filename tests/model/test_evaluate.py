@@ -56,3 +56,93 @@ def test_thresholds_from_val_applied_to_test():
     positive = test[0][:, i] == 1
     assert metrics["sensitivity"]["Mass"] == pytest.approx((test[1][positive, i] >= threshold).mean())
     assert metrics["test_images"] == 300 and set(metrics["auc"]) == set(FINDINGS)
+
+
+def test_bootstrap_aucs_equal_sklearn_on_the_same_resamples():
+    from pipeline.evaluate import bootstrap_aucs, bootstrap_indices
+
+    labels, probs = random_split(n=60, seed=3)
+    probs = np.round(probs, 1)  # ties, which the rank formula counts as one half
+    fast = bootstrap_aucs(labels, probs, 40, seed=7)
+    for row, indices in zip(fast, np.concatenate(list(bootstrap_indices(60, 40, 7)))):
+        for i in range(14):
+            y, p = labels[indices, i], probs[indices, i]
+            expected = roc_auc_score(y, p) if 0 < y.sum() < len(y) else np.nan
+            np.testing.assert_allclose(row[i], expected, atol=1e-12)
+
+
+def test_auc_interval_contains_the_estimate_and_shrinks_with_n():
+    from pipeline.evaluate import auc_intervals
+
+    widths = []
+    for n in (200, 3200):
+        labels, probs = random_split(n=n, seed=4)
+        intervals = auc_intervals(labels, probs, 300, seed=0)
+        auc = per_class_auc(labels, probs)
+        for f in FINDINGS:
+            assert intervals["auc_ci_low"][f] <= auc[f] <= intervals["auc_ci_high"][f]
+        low, high = intervals["mean_auc_ci"]
+        assert low <= mean_of_defined(auc) <= high
+        widths.append(np.mean([intervals["auc_ci_high"][f] - intervals["auc_ci_low"][f] for f in FINDINGS]))
+    assert widths[1] < widths[0] / 2  # ~1/sqrt(n): 16x the images, a quarter of the width
+
+
+def test_auprc_equals_sklearn_average_precision():
+    from sklearn.metrics import average_precision_score
+
+    from pipeline.evaluate import per_class_auprc
+
+    labels, probs = random_split(seed=5)
+    auprc = per_class_auprc(labels, probs)
+    for i, f in enumerate(FINDINGS):
+        assert auprc[f] == pytest.approx(average_precision_score(labels[:, i], probs[:, i]))
+
+
+def test_threshold_methods_on_a_hand_case():
+    y = np.array([0, 0, 0, 1, 0, 1, 1, 1, 0, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.4, 0.35, 0.6, 0.7, 0.8, 0.85, 0.9])
+    # youden: at 0.4 sens 1, spec 4/5 -> J 0.8; at 0.6 sens 4/5, spec 4/5 -> J 0.6
+    assert choose_threshold(y, p, "youden") == pytest.approx(0.4)
+    # max_f1: at 0.4 TP 5, FP 1 -> F1 10/11; at 0.6 TP 4, FP 1 -> 8/10
+    assert choose_threshold(y, p, "max_f1") == pytest.approx(0.4)
+    # sensitivity 0.8: 4 of 5 positives (0.9, 0.8, 0.7, 0.6) -> 0.6; 0.6 of them -> 3 -> 0.7
+    assert choose_threshold(y, p, "sensitivity", target_sensitivity=0.8) == pytest.approx(0.6)
+    assert choose_threshold(y, p, "sensitivity", target_sensitivity=0.6) == pytest.approx(0.7)
+    assert choose_threshold(y, p, "sensitivity", target_sensitivity=1.0) == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="sensitivity"):
+        choose_threshold(y, p, "median")
+
+
+def test_operating_point_metrics_on_a_hand_case():
+    from pipeline.evaluate import operating_point_metrics
+
+    labels = np.zeros((6, 14), int)
+    probs = np.zeros((6, 14))
+    labels[:, 0] = [1, 1, 1, 0, 0, 0]
+    probs[:, 0] = [0.9, 0.8, 0.1, 0.7, 0.2, 0.1]  # at 0.5: TP 2, FN 1, FP 1, TN 2
+    thresholds = {f: 0.5 for f in FINDINGS}
+    figures = operating_point_metrics(labels, probs, thresholds)
+    a = FINDINGS[0]
+    assert figures["sensitivity"][a] == pytest.approx(2 / 3) and figures["specificity"][a] == pytest.approx(2 / 3)
+    assert figures["ppv"][a] == pytest.approx(2 / 3) and figures["npv"][a] == pytest.approx(2 / 3)
+    assert figures["f1"][a] == pytest.approx(2 / 3) and figures["accuracy"][a] == pytest.approx(4 / 6)
+    # the other findings: no positive, nothing called -> sensitivity and PPV undefined, all right
+    assert figures["sensitivity"][FINDINGS[1]] is None and figures["ppv"][FINDINGS[1]] is None
+    assert figures["accuracy"][FINDINGS[1]] == 1.0
+    assert figures["exact_match_accuracy"] == pytest.approx(4 / 6)
+
+
+def test_curves_and_manifest_hash():
+    from pipeline.evaluate import curves, manifest_hash
+
+    labels, probs = random_split(seed=6)
+    drawn = curves(labels, probs)
+    assert list(drawn["roc"]) == list(FINDINGS) and list(drawn["pr"]) == list(FINDINGS)
+    roc = drawn["roc"]["Mass"]
+    assert roc[0]["fpr"] == 0 and roc[-1]["fpr"] == 1 and roc[-1]["tpr"] == 1
+    ids = [f"{k:05d}.png" for k in range(len(labels))]
+    order = np.random.default_rng(0).permutation(len(labels))
+    assert manifest_hash(ids, labels) == manifest_hash([ids[k] for k in order], labels[order])
+    changed = labels.copy()
+    changed[0, 0] ^= 1
+    assert manifest_hash(ids, labels) != manifest_hash(ids, changed)

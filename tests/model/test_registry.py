@@ -1,0 +1,112 @@
+"""The champion/challenger rule on a real MLflow registry (SQLite in a temp dir)
+with real tiny Keras models, and the registered model as an MLflow pyfunc."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.labels import FINDINGS
+from pipeline.models import build_model
+from pipeline.registry import champion_decision, model_card_metadata, register_model
+
+SIZE = 32
+NAME = "chestxray"
+PREPROCESSING = {"image_size": SIZE, "fit": "crop"}
+BASE_AUC = {f: 0.80 for f in FINDINGS}
+
+
+def evaluated(mean_auc: float, auc: dict, manifest: str = "test-a") -> dict:
+    return model_card_metadata({f: 0.5 for f in FINDINGS}, PREPROCESSING, {"mean_auc": mean_auc, "auc": auc}, manifest)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """v1 champion; v2 better on the mean but Mass drops 0.05; v3 better everywhere;
+    v4 better still but scored on another test manifest."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("registry")
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    model = build_model("small_cnn", SIZE, "none")
+    candidates = [
+        evaluated(0.80, BASE_AUC),
+        evaluated(0.81, {**BASE_AUC, "Mass": 0.75, "Hernia": 0.90}),
+        evaluated(0.82, {f: 0.82 for f in FINDINGS}),
+        evaluated(0.90, {f: 0.90 for f in FINDINGS}, manifest="test-b"),
+    ]
+    was_set, previous = mlflow.is_tracking_uri_set(), mlflow.get_tracking_uri()
+    decisions = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mlflow.set_tracking_uri(store)
+        try:
+            experiment = mlflow.create_experiment("registry-tests", artifact_location=(root / "artifacts").as_uri())
+            for metadata in candidates:
+                with mlflow.start_run(experiment_id=experiment) as run:
+                    decisions.append({**register_model(mlflow, model, NAME, metadata, {"data_hash": "d"}),
+                                      "run_id": run.info.run_id})
+        finally:
+            mlflow.set_tracking_uri(previous if was_set else None)
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    return store, client, decisions, model
+
+
+def test_first_version_is_champion(registry):
+    _, _, decisions, _ = registry
+    assert decisions[0]["version"] == 1 and decisions[0]["champion"]
+    assert "first version" in decisions[0]["reasons"][0]
+
+
+def test_worse_finding_stays_challenger_with_the_drop_as_reason(registry):
+    _, client, decisions, _ = registry
+    assert decisions[1]["version"] == 2 and not decisions[1]["champion"]
+    assert any("Mass" in r and "0.0500" in r for r in decisions[1]["reasons"])
+    tags = client.get_model_version(NAME, "2").tags
+    assert tags["champion_decision"] == "challenger" and "Mass" in tags["champion_reasons"]
+    assert json.loads(tags["auc"])["Mass"] == 0.75 and tags["test_manifest"] == "test-a"
+    run_tags = client.get_run(decisions[1]["run_id"]).data.tags
+    assert run_tags["champion_decision"] == "challenger" and run_tags["registry_version"] == "2"
+
+
+def test_better_version_becomes_champion(registry):
+    _, _, decisions, _ = registry
+    assert decisions[2]["version"] == 3 and decisions[2]["champion"]
+    assert decisions[2]["previous_champion"]["version"] == 1
+
+
+def test_other_test_manifest_is_not_promoted(registry):
+    _, client, decisions, _ = registry
+    assert not decisions[3]["champion"] and "different test manifest" in decisions[3]["reasons"][0]
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 3
+    assert int(client.get_model_version_by_alias(NAME, "challenger").version) == 4
+
+
+def test_rule_without_registry():
+    champion = {"version": 1, "mean_auc": 0.8, "auc": BASE_AUC, "test_manifest": "m"}
+    equal = {**champion, "version": 2}
+    assert champion_decision(equal, champion, 0.02)[0]  # not lower is enough
+    small_drop = {**equal, "auc": {**BASE_AUC, "Edema": 0.785}}
+    assert champion_decision(small_drop, champion, 0.02)[0]
+    lower_mean = {**equal, "mean_auc": 0.79}
+    promoted, reasons = champion_decision(lower_mean, champion, 0.02)
+    assert not promoted and "mean AUC" in reasons[0]
+    assert not champion_decision({**equal, "test_manifest": None}, {**champion, "test_manifest": None}, 0.02)[0]
+
+
+def test_champion_loads_as_pyfunc_with_14_outputs(registry):
+    import mlflow
+
+    store, _, _, model = registry
+    was_set, previous = mlflow.is_tracking_uri_set(), mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store)
+    try:
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    finally:
+        mlflow.set_tracking_uri(previous if was_set else None)
+    images = np.random.default_rng(0).uniform(0, 255, (3, SIZE, SIZE, 1)).astype(np.float32)
+    predicted = np.asarray(pyfunc.predict(images))
+    assert predicted.shape == (3, len(FINDINGS))
+    np.testing.assert_allclose(predicted, model(images).numpy(), atol=1e-5)
+    assert pyfunc.metadata.metadata["findings"] == list(FINDINGS)

@@ -1,0 +1,135 @@
+"""The training loop's knobs: focal loss, warm-up, early stopping, ImageNet cache, strategy, precision."""
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.ingest import build_manifest
+from pipeline.models import build_model, set_backbone_trainable
+from pipeline.preprocess import write_tfrecord_shards
+from pipeline.train import (
+    configure_mixed_precision,
+    distribution_strategy,
+    focal_loss,
+    make_loss,
+    train_model,
+    training_phases,
+    weighted_binary_crossentropy,
+)
+
+
+@pytest.fixture
+def tiny_shards(small_nih_root, tmp_path):
+    """TFRecord shards of 12 small real PNGs at 32 px."""
+    manifest, _ = build_manifest(small_nih_root, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=0)
+    out = tmp_path / "tfrecords"
+    out.mkdir()
+    index, _ = write_tfrecord_shards(manifest, out, image_size=32, shard_size=100)
+    (out / "index.json").write_text(json.dumps(index))
+    return out
+
+
+def test_focal_loss_matches_a_hand_computation():
+    weight = np.ones(14, np.float32)
+    weight[0] = 3.0
+    y_true = np.zeros((1, 14), np.float32)
+    y_true[0, 0] = 1.0
+    y_pred = np.full((1, 14), 0.5, np.float32)
+    y_pred[0, 0], y_pred[0, 1] = 0.8, 0.3
+    # positive finding 0: -3 * 0.2^2 * ln 0.8; negative finding 1: -0.3^2 * ln 0.7;
+    # the other 12 negatives at p = 0.5: -0.5^2 * ln 0.5 each; mean over 14.
+    expected = (-3 * 0.2**2 * math.log(0.8) - 0.3**2 * math.log(0.7) - 12 * 0.25 * math.log(0.5)) / 14
+    value = float(focal_loss(weight, gamma=2.0)(tf.constant(y_true), tf.constant(y_pred))[0])
+    assert value == pytest.approx(expected, rel=1e-5)
+
+
+def test_focal_with_gamma_zero_is_weighted_bce():
+    weight = np.linspace(1, 5, 14).astype(np.float32)
+    y_true = tf.constant(np.random.default_rng(0).integers(0, 2, (3, 14)), tf.float32)
+    y_pred = tf.constant(np.random.default_rng(1).uniform(0.05, 0.95, (3, 14)), tf.float32)
+    np.testing.assert_allclose(focal_loss(weight, 0.0)(y_true, y_pred),
+                               weighted_binary_crossentropy(weight)(y_true, y_pred), rtol=1e-6)
+
+
+def test_unknown_loss_is_named():
+    with pytest.raises(ValueError, match="train.loss.*'hinge'"):
+        make_loss({"loss": "hinge"}, np.ones(14, np.float32))
+
+
+def test_warmup_only_for_pretrained_weights():
+    assert training_phases(4, 1, pretrained=True) == [(0, 1, False), (1, 4, True)]
+    assert training_phases(4, 1, pretrained=False) == [(0, 4, True)]
+    assert training_phases(2, 5, pretrained=True) == [(0, 2, False)]
+
+
+def test_warmup_freezes_the_backbone_then_unfreezes_it(tiny_shards, tmp_path):
+    # "Pretrained" offline: a small_cnn's saved weights loaded through train.weights: path.
+    saved = tmp_path / "pretrained.weights.h5"
+    build_model("small_cnn", 32, "none").save_weights(saved)
+    strategy = distribution_strategy()
+    with strategy.scope():
+        model = build_model("small_cnn", 32, str(saved))
+    all_weights = len(model.trainable_weights)
+    settings = {"batch_size": 4, "epochs": 2, "learning_rate": 1e-3, "weights": str(saved), "warmup_epochs": 1}
+    result = train_model(model, tiny_shards, tmp_path / "model.keras", settings, seed=0, strategy=strategy)
+    # warm-up: the head's kernel and bias only; then everything again
+    assert result["trainable_weights_per_phase"] == [2, all_weights]
+    assert result["summary"]["warmup_epochs"] == 1 and result["summary"]["epochs"] == 2
+    assert len(model.trainable_weights) == all_weights
+    assert set_backbone_trainable(model, False) == 2
+
+
+def test_early_stopping_stops_when_val_auc_stalls(tiny_shards, tmp_path):
+    # Learning rate 0 and frozen BatchNorm statistics: val AUC never improves,
+    # so patience 1 stops after the second epoch.
+    model = build_model("small_cnn", 32, "none", batchnorm_momentum=1.0)
+    settings = {"batch_size": 4, "epochs": 6, "learning_rate": 0.0, "early_stopping_patience": 1}
+    result = train_model(model, tiny_shards, tmp_path / "model.keras", settings, seed=0)
+    assert result["summary"]["epochs"] == 2 < settings["epochs"]
+    assert result["summary"]["stopped_early"] is True
+    assert len(result["history"]["loss"]) == 2 and (tmp_path / "model.keras").is_file()
+
+
+def test_missing_imagenet_weights_name_the_file_and_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError) as raised:
+        build_model("densenet121", 64, "imagenet")
+    message = str(raised.value)
+    assert "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert str(tmp_path / "models") in message
+    with pytest.raises(FileNotFoundError, match="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_128_no_top.h5"):
+        build_model("mobilenetv2", 128, "imagenet")
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "alexnet", "small_cnn"])
+def test_imagenet_for_our_own_backbones_is_an_error(backbone):
+    with pytest.raises(ValueError, match=f"imagenet has no weights for train.backbone '{backbone}'"):
+        build_model(backbone, 64, "imagenet")
+
+
+def test_alexnet_needs_32_px():
+    with pytest.raises(ValueError, match="too small for train.backbone 'alexnet'"):
+        build_model("alexnet", 24, "none")
+
+
+def test_strategy_here_is_the_default_one(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert distribution_strategy() is tf.distribute.get_strategy()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["localhost:1"]}, "task": {"index": 0}}))
+    assert distribution_strategy().num_replicas_in_sync == 1
+
+
+def test_mixed_precision_keeps_the_head_float32():
+    assert configure_mixed_precision("auto") is False  # no GPU here
+    try:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        model = build_model("small_cnn", 32, "none")
+        assert model.layers[-1].compute_dtype == "float32" and model.layers[-1].input.dtype == "float32"
+        assert model.output.dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    with pytest.raises(ValueError, match="train.mixed_precision.*'yes'"):
+        configure_mixed_precision("yes")

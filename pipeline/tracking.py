@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -35,6 +36,16 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def redacted(uri: str) -> str:
+    """The URI with any password replaced by ***, for messages and logs."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 def check_tracking_server(uri: str, timeout: float = SERVER_CHECK_TIMEOUT) -> None:
     """Raise TrackingServerError when an http(s) tracking server does not answer.
 
@@ -57,7 +68,7 @@ def check_tracking_server(uri: str, timeout: float = SERVER_CHECK_TIMEOUT) -> No
     except OSError as exc:  # a timeout while reading the answer
         reason = str(exc) or type(exc).__name__
     raise TrackingServerError(
-        f"MLflow tracking server {uri} is not reachable: {reason}; start it or unset MLFLOW_TRACKING_URI"
+        f"MLflow tracking server {redacted(uri)} is not reachable: {reason}; start it or unset MLFLOW_TRACKING_URI"
     )
 
 

@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from common import results_body, timed, update_results  # noqa: E402
+from common import add_output_arguments, report, timed  # noqa: E402
 
 IMAGES = PROJECT_ROOT.parent / "shared" / "data" / "nih-subset" / "images_001" / "images"
 SECTION = "bench_gradcam"
@@ -66,8 +66,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--backbone", default="densenet121")
     parser.add_argument("--size", type=int, default=320)
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    parser.add_argument("--note", default="")
+    add_output_arguments(parser)
     args = parser.parse_args()
 
     from pipeline.gradcam import grad_cam, last_feature_map_layer
@@ -106,12 +105,7 @@ def main() -> None:
         f"largest difference between (a') and (b) heatmaps: {agree:.2e}",
         f"target (b) >= 5 x (a): {'meets' if speedup >= 5 else 'MISSES'}",
     ]
-    print("\n".join(lines))
-    if not args.no_write:
-        update_results(SECTION, results_body(
-            "bench_gradcam: batched Grad-CAM on the CPU", ".venv/bin/python benchmarks/bench_gradcam.py",
-            lines, args.note))
-        print("wrote benchmarks/RESULTS.md")
+    report(args, SECTION, "bench_gradcam: batched Grad-CAM on the CPU", lines)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pandas as pd  # noqa: E402
 
-from common import cores, results_body, timed, update_results  # noqa: E402
+from common import add_output_arguments, cores, report, timed  # noqa: E402
 from pipeline.labels import FINDINGS  # noqa: E402
 from pipeline.manifest import MANIFEST_COLUMNS  # noqa: E402
 
@@ -186,8 +186,7 @@ def main() -> None:
     parser.add_argument("--naive", type=int, default=600, help="rows for the naive loop (default 600)")
     parser.add_argument("--workers", type=int, default=cores())
     parser.add_argument("--batch-size", type=int, default=8, help="as params.yaml train.batch_size")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    parser.add_argument("--note", default="")
+    add_output_arguments(parser)
     args = parser.parse_args()
     files = sorted(IMAGES.glob("*.png"))
     if not files:
@@ -230,12 +229,7 @@ def main() -> None:
         f"the input pipeline is {read[args.batch_size] / train:.0f} x faster",
         *[f"target {name}: {'meets' if ok else 'MISSES'}" for name, ok in checks.items()],
     ]
-    print("\n".join(lines))
-    if not args.no_write:
-        update_results(SECTION, results_body(
-            "bench_preprocess: preprocess and the input pipeline on real NIH PNGs",
-            ".venv/bin/python benchmarks/bench_preprocess.py", lines, args.note))
-        print("wrote benchmarks/RESULTS.md")
+    report(args, SECTION, "bench_preprocess: preprocess and the input pipeline on real NIH PNGs", lines)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pipeline.manifest import MANIFEST_COLUMNS, MANIFEST_DTYPES  # noqa: E402
 from pipeline.nih import read_nih_metadata  # noqa: E402
 from pipeline.split import assign_patient_splits  # noqa: E402
 
-from common import results_body, timed, update_results  # noqa: E402
+from common import add_output_arguments, report, timed  # noqa: E402
 
 DEFAULT_CSV = PROJECT_ROOT.parent / "shared" / "data" / "nih-subset" / "Data_Entry_2017_v2020.csv.gz"
 TARGET_S = 10.0
@@ -50,8 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     parser.add_argument("--repeat", type=int, default=3, help="timed runs after the first (default 3)")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    parser.add_argument("--note", default="", help="a line for RESULTS.md, e.g. what else the machine ran")
+    add_output_arguments(parser)
     args = parser.parse_args()
     if not args.csv.is_file():
         sys.exit(f"bench_validate: {args.csv} not found (the real NIH CSV lives in ../shared/data/nih-subset)")
@@ -75,12 +74,7 @@ def main() -> None:
         f"  building the manifest from the CSV (read, labels, split): {build_s:.2f} s",
         f"  target < {TARGET_S:.0f} s: {verdict}",
     ]
-    print("\n".join(lines))
-    if not args.no_write:
-        update_results(SECTION, results_body(
-            "bench_validate: the manifest suite on all 112,120 NIH rows",
-            ".venv/bin/python benchmarks/bench_validate.py", lines, args.note))
-        print("wrote benchmarks/RESULTS.md")
+    report(args, SECTION, "bench_validate: the manifest suite on all 112,120 NIH rows", lines)
 
 
 if __name__ == "__main__":

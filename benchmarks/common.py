@@ -59,3 +59,17 @@ def results_body(title: str, command: str, lines: list[str], note: str = "") -> 
         *([f"- note: {note}"] if note else []),
         "", "```", *lines, "```",
     ])
+
+
+def add_output_arguments(parser) -> None:
+    """--no-write and --note, which report() reads."""
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--note", default="", help="a line for RESULTS.md, e.g. what else the machine ran")
+
+
+def report(args, section: str, title: str, lines: list[str]) -> None:
+    """Print the result lines and, unless --no-write, put them into RESULTS.md's `section`."""
+    print("\n".join(lines))
+    if not args.no_write:
+        update_results(section, results_body(title, f".venv/bin/python benchmarks/{section}.py", lines, args.note))
+        print("wrote benchmarks/RESULTS.md")

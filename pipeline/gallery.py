@@ -8,8 +8,8 @@ give the same bytes.
 from __future__ import annotations
 
 import base64
-import html
 
+from pipeline.html_page import escape, html_page
 from pipeline.labels import FINDINGS
 from pipeline.localisation import iobb_key
 
@@ -17,11 +17,10 @@ PAGE_FILE = "index.html"
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
 KIND_NAMES = {"TP": "true positive", "FP": "false positive"}
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 80em; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.8em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; font-size: .9em; }
-th, td { border: 1px solid #ccc; padding: .3em .5em; text-align: right; }
-th:first-child, td:first-child { text-align: left; } th { background: #f3f3f3; }
+body { max-width: 80em; }
+h2 { font-size: 1.15em; margin-top: 1.8em; border-bottom: 1px solid #ccc; }
+th, td { text-align: right; }
+th:first-child, td:first-child { text-align: left; }
 .random { color: #777; }
 .cards { display: flex; flex-wrap: wrap; gap: 1em; }
 figure { margin: 0; width: 260px; border: 1px solid #ddd; padding: .4em; }
@@ -31,10 +30,6 @@ figcaption { font-size: .85em; line-height: 1.4; margin-top: .3em; }
 .TP { background: #2e7d32; } .FP { background: #c62828; }
 .legend span { display: inline-block; width: 1em; height: .8em; vertical-align: middle; margin-right: .3em; }
 """
-
-
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
 
 
 def _rate(value: float | None) -> str:
@@ -60,7 +55,7 @@ def localisation_table(localisation: dict, iobb_thresholds: list[float]) -> str:
         "".join(f"<th>T(IoBB) &gt; {t:g}</th>" for t in iobb_thresholds)
     rows = [("all findings", localisation["overall"])]
     rows += [(finding, scores) for finding, scores in localisation["per_finding"].items() if scores["n"]]
-    body = "".join(f"<tr><td>{_e(name)}</td><td>{scores['n']}</td>{_score_cells(scores, keys)}</tr>"
+    body = "".join(f"<tr><td>{escape(name)}</td><td>{scores['n']}</td>{_score_cells(scores, keys)}</tr>"
                    for name, scores in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -78,15 +73,15 @@ def _card(entry: dict, iobb_thresholds: list[float]) -> str:
     kind = entry["kind"]
     alt = f"{KIND_NAMES[kind]} {entry['finding']} on {entry['image_id']}"
     return (
-        f'<figure><img src="{data_uri(entry["jpeg"])}" alt="{_e(alt)}">'
-        f'<figcaption><span class="kind {kind}">{kind}</span> <code>{_e(entry["image_id"])}</code><br>'
+        f'<figure><img src="{data_uri(entry["jpeg"])}" alt="{escape(alt)}">'
+        f'<figcaption><span class="kind {kind}">{kind}</span> <code>{escape(entry["image_id"])}</code><br>'
         f'p = {entry["probability"]:.3f} (threshold {entry["threshold"]:.3f})<br>'
         f'{_localisation_text(entry, iobb_thresholds)}</figcaption></figure>'
     )
 
 
 def _finding_section(finding: str, entries: list[dict], iobb_thresholds: list[float]) -> str:
-    parts = [f'<h2 id="{_e(finding)}">{_e(finding)}</h2>']
+    parts = [f'<h2 id="{escape(finding)}">{escape(finding)}</h2>']
     for kind in KIND_NAMES:
         chosen = [e for e in entries if e["kind"] == kind]
         cards = "".join(_card(e, iobb_thresholds) for e in chosen) or \
@@ -101,16 +96,13 @@ def render_gallery_html(entries: list[dict], metrics: dict) -> str:
     method = METHOD_NAMES[metrics["method"]]
     thresholds = metrics["iobb_thresholds"]
     fraction = metrics["heatmap_threshold"]
-    nav = " · ".join(f'<a href="#{_e(f)}">{_e(f)}</a>' for f in FINDINGS)
+    nav = " · ".join(f'<a href="#{escape(f)}">{escape(f)}</a>' for f in FINDINGS)
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{method} gallery: test split</title><style>{STYLE}</style></head><body>",
         f"<h1>{method} gallery: test split</h1>",
         f"<p>Per finding, the test images with the highest scores among the true positives (TP: finding "
         f"present, score at or above the finding's threshold, chosen on the validation split) and the false "
         f"positives (FP: finding absent, score at or above the threshold). Heatmaps: {method} on layer "
-        f"<code>{_e(metrics['layer'])}</code>, scaled to their maximum.</p>",
+        f"<code>{escape(metrics['layer'])}</code>, scaled to their maximum.</p>",
         '<p class="legend"><span style="background:#0f0"></span>ground-truth box '
         f'<span style="background:#fff;border:1px solid #999"></span>regions of the heatmap at or above '
         f'{fraction:g} of its maximum <span style="background:#f0f"></span>(cross) the heatmap\'s peak</p>',
@@ -123,5 +115,4 @@ def render_gallery_html(entries: list[dict], metrics: dict) -> str:
     ]
     for finding in FINDINGS:
         parts.append(_finding_section(finding, [e for e in entries if e["finding"] == finding], thresholds))
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    return html_page(f"{method} gallery: test split", "\n".join(parts), STYLE)

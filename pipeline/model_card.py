@@ -6,27 +6,22 @@ or as an MLflow artifact. No timestamps: the same inputs give the same bytes.
 """
 from __future__ import annotations
 
-import html
-
+from pipeline.html_page import escape, html_page
 from pipeline.labels import FINDINGS
 
 CARD_FILE = "model_card.html"
 PLOT_SIZE = 180  # px, each finding's ROC square
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 90em; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.8em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; font-size: .88em; }
-th, td { border: 1px solid #ccc; padding: .3em .5em; text-align: right; }
-th:first-child, td:first-child { text-align: left; } th { background: #f3f3f3; }
+body { max-width: 90em; }
+h2 { font-size: 1.15em; margin-top: 1.8em; border-bottom: 1px solid #ccc; }
+table { font-size: .88em; }
+th, td { text-align: right; }
+th:first-child, td:first-child { text-align: left; }
 .worse { background: #fdecea; } .decision { font-weight: bold; }
 .curves { display: flex; flex-wrap: wrap; gap: 1em; }
 figure { margin: 0; } figcaption { font-size: .85em; text-align: center; }
 svg { background: #fafafa; border: 1px solid #ddd; }
 """
-
-
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -42,10 +37,10 @@ def roc_svg(points: list[dict], size: int = PLOT_SIZE) -> str:
 
 
 def data_section(summary: dict, metrics: dict) -> str:
-    splits = ", ".join(f"{_e(k)} {_e(v)}" for k, v in summary["split_sizes"].items())
-    rows = "".join(f"<tr><td>{_e(f)}</td><td>{metrics['test_positives'][f]}</td></tr>" for f in FINDINGS)
-    return (f"<h2>Data</h2><p>Images per split: {splits}. Data hash <code>{_e(summary['data_hash'])}</code>, "
-            f"test manifest <code>{_e(summary['test_manifest'])}</code>.</p>"
+    splits = ", ".join(f"{escape(k)} {escape(v)}" for k, v in summary["split_sizes"].items())
+    rows = "".join(f"<tr><td>{escape(f)}</td><td>{metrics['test_positives'][f]}</td></tr>" for f in FINDINGS)
+    return (f"<h2>Data</h2><p>Images per split: {splits}. Data hash <code>{escape(summary['data_hash'])}</code>, "
+            f"test manifest <code>{escape(summary['test_manifest'])}</code>.</p>"
             f"<table><thead><tr><th>finding</th><th>test positives</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
@@ -58,24 +53,24 @@ def findings_section(metrics: dict) -> str:
         ci = f"{_num(metrics['auc_ci_low'][f])}–{_num(metrics['auc_ci_high'][f])}"
         cells = [_num(metrics["auc"][f]), ci, _num(metrics["auprc"][f]), _num(metrics["thresholds"][f]),
                  *(_num(metrics[k][f]) for k in ("sensitivity", "specificity", "ppv", "npv", "f1"))]
-        rows.append(f"<tr><td>{_e(f)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        rows.append(f"<tr><td>{escape(f)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     low, high = metrics["mean_auc_ci"]
     head = "".join(f"<th>{c}</th>" for c in ("finding", *PER_FINDING_COLUMNS))
     return (f"<h2>Per finding (test)</h2><p>Mean AUC {_num(metrics['mean_auc'])} (95% CI {_num(low)}–{_num(high)}, "
             f"{metrics['bootstrap_resamples']} bootstrap resamples); thresholds chosen on val by "
-            f"{_e(metrics['threshold_method'])}; exact-match accuracy {_num(metrics['exact_match_accuracy'])}.</p>"
+            f"{escape(metrics['threshold_method'])}; exact-match accuracy {_num(metrics['exact_match_accuracy'])}.</p>"
             f'<table id="per-finding"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
 def curves_section(roc: dict[str, list[dict]]) -> str:
-    figures = "".join(f"<figure>{roc_svg(roc[f])}<figcaption>{_e(f)}</figcaption></figure>"
+    figures = "".join(f"<figure>{roc_svg(roc[f])}<figcaption>{escape(f)}</figcaption></figure>"
                       for f in FINDINGS if f in roc)
     return f'<h2>ROC curves (test)</h2><div class="curves">{figures}</div>'
 
 
 def champion_section(metrics: dict, registry: dict) -> str:
     verdict = "takes the champion alias" if registry["champion"] else "stays challenger"
-    reasons = "".join(f"<li>{_e(r)}</li>" for r in registry["reasons"])
+    reasons = "".join(f"<li>{escape(r)}</li>" for r in registry["reasons"])
     text = f'<h2>Champion comparison</h2><p class="decision">Version {registry["version"]} {verdict}.</p><ul>{reasons}</ul>'
     previous = registry.get("previous_champion")
     if not previous:
@@ -84,7 +79,7 @@ def champion_section(metrics: dict, registry: dict) -> str:
     for f in FINDINGS:
         theirs, ours = previous["auc"].get(f), metrics["auc"][f]
         worse = theirs is not None and ours is not None and ours < theirs
-        rows.append(f'<tr class="{"worse" if worse else ""}"><td>{_e(f)}</td><td>{_num(theirs)}</td>'
+        rows.append(f'<tr class="{"worse" if worse else ""}"><td>{escape(f)}</td><td>{_num(theirs)}</td>'
                     f"<td>{_num(ours)}</td></tr>")
     head = f"<th>finding</th><th>champion v{previous['version']} AUC</th><th>this model AUC</th>"
     mean = (f'<tr><td>mean</td><td>{_num(previous["mean_auc"])}</td><td>{_num(metrics["mean_auc"])}</td></tr>')
@@ -94,9 +89,8 @@ def champion_section(metrics: dict, registry: dict) -> str:
 def model_card_html(name: str, summary: dict, metrics: dict, roc: dict[str, list[dict]], registry: dict) -> str:
     """The page: data, per-finding figures, ROC curves and the champion decision."""
     title = f"Model card: {name} version {registry['version']}"
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-            f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>"
-            f"<p>Backbone {_e(summary['backbone'])}, input {_e(summary['image_size'])}px ({_e(summary['fit'])}), "
-            f"git commit <code>{_e(summary['git_commit'])}</code>.</p>"
+    return html_page(title, f"<h1>{escape(title)}</h1>"
+            f"<p>Backbone {escape(summary['backbone'])}, input {escape(summary['image_size'])}px ({escape(summary['fit'])}), "
+            f"git commit <code>{escape(summary['git_commit'])}</code>.</p>"
             + data_section(summary, metrics) + findings_section(metrics) + curves_section(roc)
-            + champion_section(metrics, registry) + "</body></html>\n")
+            + champion_section(metrics, registry), STYLE)

@@ -9,26 +9,21 @@ network, no JavaScript, no timestamps (the same result gives the same bytes).
 """
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
+from pipeline.html_page import escape, html_page
 from pipeline.validate import ValidationResult
 
 REPORT_FILE = "index.html"
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 1.6em; }
+h2 { font-size: 1.1em; margin-top: 1.6em; }
 .status { display: inline-block; padding: .2em .6em; border-radius: .3em; color: #fff; font-weight: bold; }
 .pass { background: #2e7d32; } .fail { background: #c62828; } .warn { background: #ef6c00; }
-table { border-collapse: collapse; width: 100%; font-size: .9em; }
-th, td { border: 1px solid #ccc; padding: .3em .5em; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; } tr.failed-error td { background: #fdecea; } tr.failed-warning td { background: #fff4e5; }
+table { width: 100%; }
+th, td { text-align: left; vertical-align: top; }
+tr.failed-error td { background: #fdecea; } tr.failed-warning td { background: #fff4e5; }
 code { font-size: .95em; }
 """
-
-
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
 
 
 def _outcome(check: dict) -> tuple[str, str]:
@@ -43,17 +38,17 @@ def _outcome(check: dict) -> tuple[str, str]:
 def _examples(check: dict) -> str:
     parts = []
     if check.get("error"):
-        parts.append(_e(check["error"]))
+        parts.append(escape(check["error"]))
     if check.get("missing"):
-        parts.append("missing column(s): " + _e(", ".join(check["missing"])))
+        parts.append("missing column(s): " + escape(", ".join(check["missing"])))
     if check.get("unexpected"):
-        parts.append("unexpected column(s): " + _e(", ".join(map(str, check["unexpected"]))))
+        parts.append("unexpected column(s): " + escape(", ".join(map(str, check["unexpected"]))))
     for example in check.get("examples", []):
         if "splits" in example:
-            parts.append(f"row {example['row']}: patient_id {_e(example['patient_id'])} in "
-                         f"{_e(', '.join(example['splits']))}")
+            parts.append(f"row {example['row']}: patient_id {escape(example['patient_id'])} in "
+                         f"{escape(', '.join(example['splits']))}")
         else:
-            parts.append(f"row {_e(example['row'])}: <code>{_e(repr(example['value']))}</code>")
+            parts.append(f"row {escape(example['row'])}: <code>{escape(repr(example['value']))}</code>")
     return "<br>".join(parts)
 
 
@@ -61,11 +56,11 @@ def _check_row(check: dict) -> str:
     css, word = _outcome(check)
     cells = [
         word,
-        f"<code>{_e(check['expectation'])}</code>",
-        _e(check["column"] or ""),
-        _e(check["description"]),
-        _e(check["severity"]),
-        _e(check["unexpected_count"]),
+        f"<code>{escape(check['expectation'])}</code>",
+        escape(check["column"] or ""),
+        escape(check["description"]),
+        escape(check["severity"]),
+        escape(check["unexpected_count"]),
         _examples(check),
     ]
     return f'<tr class="{css}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
@@ -86,11 +81,8 @@ def render_validation_html(result: ValidationResult, source: str) -> str:
     status = '<span class="status pass">passed</span>' if result.success else \
         '<span class="status fail">FAILED</span>'
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>Manifest validation: {_e(source)}</title><style>{STYLE}</style></head><body>",
         f"<h1>Manifest validation {status}</h1>",
-        f"<p><code>{_e(source)}</code>: {result.rows} rows, {len(result.checks)} checks, "
+        f"<p><code>{escape(source)}</code>: {result.rows} rows, {len(result.checks)} checks, "
         f"{len(errors)} failed, {len(result.warnings)} warnings. Row numbers count manifest data "
         f"rows from 1 (row 1 is line 2 of the CSV). Suite: <code>pipeline/validate.py</code> "
         f"(Great Expectations).</p>",
@@ -99,9 +91,9 @@ def render_validation_html(result: ValidationResult, source: str) -> str:
         parts += ["<h2>Failed checks</h2>", _table(errors)]
     if result.warnings:
         parts.append('<h2>Warnings</h2><ul>' +
-                     "".join(f"<li>{_e(w)}</li>" for w in result.warnings) + "</ul>")
-    parts += ["<h2>All checks</h2>", _table(result.checks), "</body></html>"]
-    return "\n".join(parts) + "\n"
+                     "".join(f"<li>{escape(w)}</li>" for w in result.warnings) + "</ul>")
+    parts += ["<h2>All checks</h2>", _table(result.checks)]
+    return html_page(f"Manifest validation: {source}", "\n".join(parts), STYLE)
 
 
 def write_validation_report(result: ValidationResult, source: str, out_dir: Path) -> Path:

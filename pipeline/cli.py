@@ -1,6 +1,12 @@
 """cxr: chest X-ray findings from the command line.
 
     cxr predict IMAGE... [--model URI] [--gradcam DIR] [--json] [--tracking-uri URI]
+                [--age YEARS --sex M|F --view PA|AP | --metadata CSV]
+
+A model trained with patient metadata (train.use_metadata) needs each
+image's age, sex and view: the same for every image with --age/--sex/--view,
+or per image from --metadata (NIH's Data_Entry_2017.csv, or any CSV with
+image_id, age, sex and view), matched by file name.
 
 Results go to stdout (one line per image, or one JSON list with --json);
 problems go to stderr as `cxr: error: <file>: <reason>`. A bad image does not
@@ -13,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +28,8 @@ import cv2
 import numpy as np
 
 from pipeline.imaging import ImageError
+from pipeline.labels import SEXES, VIEWS
+from pipeline.metadata import PatientMetadataError, encode_metadata
 from pipeline.tracking import DEFAULT_TRACKING_URI, disable_telemetry
 
 if TYPE_CHECKING:  # the real import loads TensorFlow, so it waits until after argument parsing
@@ -40,6 +49,7 @@ class ImageResult:
     findings: list[str] = field(default_factory=list)
     gradcam: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    metadata: dict | None = None
 
     def as_json(self, with_gradcam: bool) -> dict:
         if self.error is not None:
@@ -110,7 +120,52 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--batch-size", type=positive_int, default=16, metavar="N", help="images per model call (default 16)"
     )
+    patient = predict.add_argument_group(
+        "patient metadata", "needed by a model trained with train.use_metadata; ignored (with a note) otherwise"
+    )
+    patient.add_argument("--age", type=float, metavar="YEARS", help="patient age, for every image")
+    patient.add_argument("--sex", choices=SEXES, type=str.upper, help="patient sex, for every image")
+    patient.add_argument("--view", choices=VIEWS, type=str.upper, help="view position, for every image")
+    patient.add_argument(
+        "--metadata", type=Path, metavar="CSV",
+        help="per-image age, sex and view: NIH's Data_Entry_2017.csv or a CSV with columns image_id, age, sex, "
+             "view (e.g. data/ingest/manifest.csv), matched by file name",
+    )
     return parser
+
+
+MetadataLookup = Callable[[str], dict]
+
+
+class UsageError(ValueError):
+    """Arguments that do not fit together; exit status 2."""
+
+
+def metadata_lookup(args: argparse.Namespace) -> MetadataLookup | None:
+    """image path -> its {"age", "sex", "view"} (PatientMetadataError if it has
+    none), from --age/--sex/--view or --metadata; None when neither is given."""
+    given = [name for name in ("age", "sex", "view") if getattr(args, name) is not None]
+    if given and len(given) < 3:
+        raise UsageError("give --age, --sex and --view together")
+    if given and args.metadata is not None:
+        raise UsageError("give either --age/--sex/--view or --metadata, not both")
+    if given:
+        row = {"age": args.age, "sex": args.sex, "view": args.view}
+        encode_metadata(**row)  # a bad age fails here, once, not per image
+        return lambda image: row
+    if args.metadata is None:
+        return None
+    from pipeline.predict import read_patient_metadata
+
+    table = read_patient_metadata(args.metadata)
+
+    def lookup(image: str) -> dict:
+        name = Path(image).name
+        if name not in table:
+            raise PatientMetadataError(f"no row for {name} in {args.metadata}")
+        return table[name]
+
+    return lookup
 
 
 def quiet_environment() -> None:
@@ -136,20 +191,29 @@ def overlay_stems(images: list[str]) -> list[str]:
 
 
 def predict_batch(
-    model: XrayModel, results: list[ImageResult], gradcam_dir: Path | None, batch_size: int
+    model: XrayModel, results: list[ImageResult], gradcam_dir: Path | None, batch_size: int,
+    metadata: MetadataLookup | None = None,
 ) -> None:
-    """Fill in `results`: one model call for the batch's readable images."""
+    """Fill in `results`: one model call for the batch's readable images (and
+    their metadata, when `metadata` is given)."""
     loaded: list[tuple[ImageResult, np.ndarray]] = []
     for result in results:
         try:
+            if metadata is not None:
+                result.metadata = metadata(result.image)
+                encode_metadata(**result.metadata)
             loaded.append((result, model.preprocess(result.image)))
+        except PatientMetadataError as exc:
+            result.error = f"{result.image}: patient metadata: {exc}"
+            print(f"cxr: error: {result.error}", file=sys.stderr, flush=True)
         except ImageError as exc:
             result.error = str(exc)
             print(f"cxr: error: {result.error}", file=sys.stderr, flush=True)
     if not loaded:
         return
     images = np.stack([image for _, image in loaded])
-    for (result, _), probabilities in zip(loaded, model.predict(images, batch_size=batch_size)):
+    rows = [result.metadata for result, _ in loaded] if metadata is not None else None
+    for (result, _), probabilities in zip(loaded, model.predict(images, rows, batch_size=batch_size)):
         result.probabilities = {f: float(p) for f, p in zip(model.findings, probabilities)}
         result.findings = model.positive_findings(probabilities)
     if gradcam_dir is not None:
@@ -161,13 +225,15 @@ def write_overlays(
 ) -> None:
     """Grad-CAM overlay PNGs, batched over (image, finding) pairs."""
     from pipeline.gradcam import grad_cam, overlay_heatmap
+    from pipeline.predict import metadata_batch
 
     pairs = [(i, finding) for i, result in enumerate(results) for finding in result.findings_to_explain()]
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         indices = np.array([i for i, _ in chunk])
         classes = np.array([model.findings.index(finding) for _, finding in chunk])
-        heatmaps = grad_cam(model.keras_model, images[indices], classes)
+        rows = [results[i].metadata for i in indices] if model.uses_metadata else None
+        heatmaps = grad_cam(model.keras_model, images[indices], classes, metadata=metadata_batch(rows, len(chunk)))
         for (i, finding), heatmap in zip(chunk, heatmaps):
             path = out_dir / f"{results[i].overlay_stem}_{finding}.png"
             if not cv2.imwrite(str(path), overlay_heatmap(images[i], heatmap)):
@@ -184,6 +250,14 @@ def predict_command(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return EXIT_FAILED
     quiet_environment()
+    try:
+        metadata = metadata_lookup(args)
+    except (UsageError, PatientMetadataError) as exc:  # PatientMetadataError here: a bad --age
+        print(f"cxr: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:  # an unreadable --metadata CSV
+        print(f"cxr: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     from pipeline.predict import ModelLoadError, load_model
 
     try:
@@ -191,11 +265,19 @@ def predict_command(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         print(f"cxr: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    if model.uses_metadata and metadata is None:
+        print(f"cxr: error: {model.source} was trained with patient metadata (train.use_metadata): give --age, "
+              f"--sex and --view, or --metadata CSV", file=sys.stderr)
+        return EXIT_USAGE
+    if metadata is not None and not model.uses_metadata:
+        print(f"cxr: note: {model.source} takes no patient metadata; --age/--sex/--view/--metadata ignored",
+              file=sys.stderr)
+        metadata = None
     results = [ImageResult(image, stem) for image, stem in zip(args.images, overlay_stems(args.images))]
     try:
         for start in range(0, len(results), args.batch_size):
             batch = results[start : start + args.batch_size]
-            predict_batch(model, batch, args.gradcam, args.batch_size)
+            predict_batch(model, batch, args.gradcam, args.batch_size, metadata)
             if not args.json:
                 for result in batch:
                     if result.error is None:

@@ -3,7 +3,9 @@
 Yields batches of (image, labels): image float32 (batch, size, size, 1) with
 grey values 0..255, labels float32 (batch, 14) in FINDINGS order. That is
 the one input convention of train, evaluate, explain and predict (see
-pipeline.imaging); the model normalises inside itself.
+pipeline.imaging); the model normalises inside itself. For a model with
+patient metadata (pipeline.metadata) the inputs are a dict
+{"image": ..., "metadata": float32 (batch, 3)} instead of the image alone.
 
 Augmentation (train only) works on whole batches: one affine resample per
 image for rotation, zoom and shift (and the optional flip), then brightness
@@ -20,6 +22,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from pipeline.metadata import AGE_SCALE, ANTERO_POSTERIOR, IMAGE_INPUT, MALE, METADATA_INPUT
 from pipeline.tfrecords import INDEX_FILE, parse_example
 
 # Augmentation settings (params.yaml train.augment) and what 0/false means: off.
@@ -38,11 +41,23 @@ def shard_files(tfrecord_dir: Path, split: str) -> list[str]:
     return [str(Path(tfrecord_dir) / s["file"]) for s in index["shards"] if s["split"] == split]
 
 
+def metadata_vector(age: tf.Tensor, sex: tf.Tensor, view: tf.Tensor) -> tf.Tensor:
+    """pipeline.metadata.encode_metadata for a record's features (validated
+    values: the validate stage checked age, sex and view)."""
+    return tf.stack([
+        tf.cast(age, tf.float32) / AGE_SCALE,
+        tf.cast(tf.equal(sex, MALE), tf.float32),
+        tf.cast(tf.equal(view, ANTERO_POSTERIOR), tf.float32),
+    ])
+
+
 def decode_record(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-    """One serialized Example -> its features, image as uint8 (size, size, 1)."""
+    """One serialized Example -> its features, image as uint8 (size, size, 1),
+    plus "metadata", the encoded patient metadata."""
     example = parse_example(serialized)
     example["image"] = tf.io.decode_image(example["image"], channels=1, expand_animations=False)
     example["labels"] = tf.cast(example["labels"], tf.float32)
+    example[METADATA_INPUT] = metadata_vector(example["age"], example["sex"], example["view"])
     return example
 
 
@@ -129,8 +144,10 @@ def make_dataset(
     cache: bool = False,
     with_ids: bool = False,
     records: int | None = None,
+    metadata: bool = False,
 ) -> tf.data.Dataset:
-    """Batches of (image, labels), or (image, labels, image_id) with with_ids.
+    """Batches of (image, labels), or (image, labels, image_id) with with_ids;
+    with metadata, ({"image", "metadata"}, labels[, image_id]).
 
     training: shards and records shuffled (reshuffled each epoch from `seed`)
     and `augmentation` applied; otherwise records come in shard order.
@@ -154,7 +171,8 @@ def make_dataset(
         dataset = dataset.cache()
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    keys = ("image", "labels", "image_id") if with_ids else ("image", "labels")
+    # Metadata rides behind the labels until the end, so augmentation sees (image, labels, ...).
+    keys = ("image", "labels", *((METADATA_INPUT,) if metadata else ()), *(("image_id",) if with_ids else ()))
     dataset = dataset.map(lambda ex: tuple(ex[k] for k in keys), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if settings and any(settings.values()):
@@ -167,6 +185,9 @@ def make_dataset(
     else:
         dataset = dataset.map(lambda image, *rest: (tf.cast(image, tf.float32), *rest),
                               num_parallel_calls=tf.data.AUTOTUNE)
+    if metadata:
+        dataset = dataset.map(lambda image, labels, vector, *ids: (
+            {IMAGE_INPUT: image, METADATA_INPUT: vector}, labels, *ids))
     if records is not None:
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(math.ceil(records / batch_size)))
     return dataset.prefetch(tf.data.AUTOTUNE)

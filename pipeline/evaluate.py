@@ -12,6 +12,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from pipeline.dataset import make_dataset, shard_files
 from pipeline.labels import FINDINGS
+from pipeline.models import uses_metadata
 
 THRESHOLD_METHODS = ("youden", "max_f1", "sensitivity")
 # Used when a split has no positive (or no negative) for a finding, so no
@@ -30,8 +31,8 @@ def predict_split(model: keras.Model, tfrecord_dir: Path, split: str, batch_size
     files = shard_files(tfrecord_dir, split)
     if not files:
         return np.zeros((0, len(FINDINGS))), np.zeros((0, len(FINDINGS))), []
-    for images, y, image_ids in make_dataset(files, batch_size, with_ids=True):
-        probs.append(model.predict_on_batch(images))
+    for inputs, y, image_ids in make_dataset(files, batch_size, with_ids=True, metadata=uses_metadata(model)):
+        probs.append(model.predict_on_batch(inputs))
         labels.append(y.numpy())
         ids.extend(i.decode() for i in image_ids.numpy())
     if not probs:

@@ -22,6 +22,8 @@ from pipeline.dataset import decode_record, shard_files
 from pipeline.gradcam import METHODS, feature_map_shape, grad_cam, overlay_heatmap, random_grids, to_heatmaps
 from pipeline.labels import FINDINGS
 from pipeline.localisation import RANDOM_PREFIX, SCORE_COLUMNS, Box, detected_boxes, iobb_key, score_heatmap
+from pipeline.metadata import METADATA_INPUT
+from pipeline.models import uses_metadata
 from pipeline.tracking import metric_name
 
 TRUE_POSITIVE, FALSE_POSITIVE = "TP", "FP"
@@ -104,7 +106,8 @@ def load_test_images(tfrecord_dir: Path, image_ids: set[str]) -> dict[str, dict]
         key = record["image_id"].numpy().decode()
         if key in image_ids:
             size = (int(record["orig_width"]), int(record["orig_height"]))
-            found[key] = {"image": record["image"].numpy(), "orig_size": size}
+            found[key] = {"image": record["image"].numpy(), "orig_size": size,
+                          "metadata": record[METADATA_INPUT].numpy()}
     missing = sorted(image_ids - found.keys())
     if missing:
         raise FileNotFoundError(f"{len(missing)} test image(s) of evaluate's predictions are not in the test "
@@ -139,11 +142,13 @@ def heatmap_batches(
 ) -> Iterator[tuple[int, list[Pair], np.ndarray]]:
     """(index of the batch's first pair, the batch's pairs, their heatmaps)."""
     size = settings["batch_size"]
+    with_metadata = uses_metadata(model)
     for start in range(0, len(pairs), size):
         batch = pairs[start : start + size]
         pixels = np.stack([images[image_id]["image"] for image_id, _ in batch]).astype(np.float32)
         classes = np.array([FINDINGS.index(finding) for _, finding in batch])
-        yield start, batch, grad_cam(model, pixels, classes, layer, settings["method"])
+        metadata = np.stack([images[image_id]["metadata"] for image_id, _ in batch]) if with_metadata else None
+        yield start, batch, grad_cam(model, pixels, classes, layer, settings["method"], metadata)
 
 
 def localise(

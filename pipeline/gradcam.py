@@ -19,6 +19,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline.metadata import NUM_METADATA
+from pipeline.models import image_size_of, model_inputs, uses_metadata
+
 METHODS = ("gradcam", "gradcam++")
 
 
@@ -79,7 +82,7 @@ def _logit_model(model: keras.Model, layer_name: str) -> tuple[keras.Model, kera
     if not isinstance(head, keras.layers.Dense):
         raise ValueError(f"Grad-CAM needs a Dense output layer for the class logits; {model.name} ends in "
                          f"{type(head).__name__}")
-    return keras.Model(model.inputs, [model.get_layer(layer_name).output, head.input]), head
+    return keras.Model(model.input, [model.get_layer(layer_name).output, head.input]), head
 
 
 def _gradcam_weights(gradients: tf.Tensor, features: tf.Tensor) -> tf.Tensor:
@@ -111,23 +114,30 @@ def _compiled_cam(model: keras.Model, layer_name: str, method: str):
     if (layer_name, method) not in cache:
         grad_model, head = _logit_model(model, layer_name)
         weigh = _WEIGHTS[method]
-        size = model.input_shape[1:]
+        size = image_size_of(model)
 
-        @tf.function(input_signature=[tf.TensorSpec([None, *size], tf.float32), tf.TensorSpec([None], tf.int32)],
-                     reduce_retracing=True)
-        def cams(images, indices):
+        def cams(images, indices, metadata):
             with tf.GradientTape() as tape:
-                features, head_inputs = grad_model(images, training=False)
+                features, head_inputs = grad_model(model_inputs(model, images, metadata), training=False)
                 logits = tf.matmul(head_inputs, head.kernel)
                 if head.use_bias:
                     logits = logits + head.bias
                 # Samples are independent at inference, so the gradient of the
-                # sum gives every image its own gradient in one pass.
+                # sum gives every image its own gradient in one pass. With
+                # metadata the logit gains a term that does not depend on the
+                # image features, so the map still shows image evidence only.
                 target = tf.reduce_sum(tf.gather(logits, indices, axis=1, batch_dims=1))
             gradients = tape.gradient(target, features)
             return tf.nn.relu(tf.reduce_sum(weigh(gradients, features) * features, axis=-1))
 
-        cache[(layer_name, method)] = cams
+        signature = [tf.TensorSpec([None, size, size, 1], tf.float32), tf.TensorSpec([None], tf.int32)]
+        if uses_metadata(model):
+            compiled = tf.function(cams, input_signature=[*signature, tf.TensorSpec([None, NUM_METADATA], tf.float32)],
+                                   reduce_retracing=True)
+        else:
+            compiled = tf.function(lambda images, indices: cams(images, indices, None), input_signature=signature,
+                                   reduce_retracing=True)
+        cache[(layer_name, method)] = compiled
     return cache[(layer_name, method)]
 
 
@@ -137,17 +147,24 @@ def grad_cam(
     class_indices: np.ndarray,
     layer_name: str | None = None,
     method: str = "gradcam",
+    metadata: np.ndarray | None = None,
 ) -> np.ndarray:
     """Heatmaps in [0, 1], shape (n, H, W), for image i and finding class_indices[i].
 
     The ReLU of the target layer's feature maps weighted per `method`
-    ("gradcam" or "gradcam++"), made into heatmaps by to_heatmaps.
+    ("gradcam" or "gradcam++"), made into heatmaps by to_heatmaps. A model
+    with patient metadata needs each image's encoded `metadata` (n, 3).
     """
     if method not in _WEIGHTS:
         raise ValueError(f"Grad-CAM method must be one of {', '.join(METHODS)}, got {method!r}")
+    model_inputs(model, None, metadata)  # fails early, saying what is missing or extra
     cams = _compiled_cam(model, resolve_layer(model, layer_name), method)
     images = tf.convert_to_tensor(images, tf.float32)
-    cam = cams(images, tf.convert_to_tensor(np.asarray(class_indices), tf.int32))
+    indices = tf.convert_to_tensor(np.asarray(class_indices), tf.int32)
+    if metadata is None:
+        cam = cams(images, indices)
+    else:
+        cam = cams(images, indices, tf.convert_to_tensor(metadata, tf.float32))
     return to_heatmaps(cam, tuple(images.shape[1:3]))
 
 

@@ -33,6 +33,8 @@ LABEL_SEPARATOR = "|"
 
 SEXES = ("M", "F")
 VIEWS = ("PA", "AP")
+# Patient age in years that validation accepts (NIH has a few typos above 120).
+MIN_AGE, MAX_AGE = 0, 120
 SPLITS = ("train", "val", "test")
 
 

@@ -91,6 +91,7 @@ def model_card_html(name: str, summary: dict, metrics: dict, roc: dict[str, list
     title = f"Model card: {name} version {registry['version']}"
     return html_page(title, f"<h1>{escape(title)}</h1>"
             f"<p>Backbone {escape(summary['backbone'])}, input {escape(summary['image_size'])}px ({escape(summary['fit'])}), "
+            f"{escape(summary.get('inputs', 'image only'))}, "
             f"git commit <code>{escape(summary['git_commit'])}</code>.</p>"
             + data_section(summary, metrics) + findings_section(metrics) + curves_section(roc)
             + champion_section(metrics, registry), STYLE)

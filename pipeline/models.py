@@ -8,6 +8,11 @@ Every model ends in the same layers, which Grad-CAM relies on: the backbone's
 last 4-D feature map, then "pool" (global average), optional "dropout", and
 the Dense sigmoid head "findings" (its kernel gives the class logits).
 
+With use_metadata the model has two inputs, {"image", "metadata"}
+(pipeline.metadata): the metadata passes through a small Dense layer
+("metadata_dense") and is concatenated with the pooled image features
+("fuse") before the head, so the findings see both.
+
 Backbones: keras.applications (densenet121, resnet50, vgg16, mobilenetv2,
 efficientnetb0) and our own definitions of resnet18, alexnet and small_cnn,
 which Keras does not ship (and which have no ImageNet weights here).
@@ -21,6 +26,7 @@ import keras
 from keras import layers
 
 from pipeline.labels import NUM_FINDINGS
+from pipeline.metadata import IMAGE_INPUT, METADATA_INPUT, NUM_METADATA
 
 # keras.applications constructors by our param name.
 KERAS_BACKBONES = {
@@ -50,7 +56,11 @@ IMAGENET_INPUT_MODE = {
 MOBILENETV2_SIZES = (96, 128, 160, 192, 224)
 # The smallest input each of our own backbones gives a non-empty feature map for.
 MIN_IMAGE_SIZE = {"alexnet": 32, "resnet18": 32, "small_cnn": 8}
-HEAD_LAYERS = ("pool", "dropout", "findings")
+# Trained from the start, also while a pretrained backbone is frozen for warm-up.
+HEAD_LAYERS = ("pool", "metadata_dense", "fuse", "dropout", "findings")
+# Width of the metadata embedding: three inputs need few units, and a small
+# embedding cannot drown the 1,024 DenseNet features it is concatenated with.
+METADATA_UNITS = 16
 
 
 def small_cnn(inputs: keras.KerasTensor) -> keras.KerasTensor:
@@ -182,8 +192,13 @@ def build_model(
     weights: str = "none",
     dropout: float = 0.0,
     batchnorm_momentum: float | None = None,
+    use_metadata: bool = False,
 ) -> keras.Model:
     """The classifier; outputs 14 probabilities in FINDINGS order.
+
+    use_metadata: a second input, "metadata" (pipeline.metadata), fused with
+    the pooled image features before the head; the model then takes a dict
+    {"image": ..., "metadata": ...}.
 
     `weights`: "none", "imagenet" (Keras's cached file, see README) or a path
     to a weights file for the whole model. Under a mixed-precision policy the
@@ -200,7 +215,7 @@ def build_model(
         weights_file = Path(weights)
         if not weights_file.is_file():
             raise FileNotFoundError(f"train.weights: {weights_file} not found")
-    inputs = keras.Input((image_size, image_size, 1), name="image")
+    inputs = keras.Input((image_size, image_size, 1), name=IMAGE_INPUT)
     backbone_weights = "imagenet" if weights == "imagenet" else "none"
     x = normalise(inputs, backbone_weights, backbone)
     if backbone in OWN_BACKBONES:
@@ -215,15 +230,45 @@ def build_model(
             base.load_weights(imagenet_file)
         features = base.output
     pooled = layers.GlobalAveragePooling2D(name="pool", dtype="float32")(features)
+    graph_inputs = inputs
+    if use_metadata:
+        metadata = keras.Input((NUM_METADATA,), name=METADATA_INPUT)
+        embedded = layers.Dense(METADATA_UNITS, activation="relu", name="metadata_dense", dtype="float32")(metadata)
+        pooled = layers.Concatenate(name="fuse", dtype="float32")([pooled, embedded])
+        graph_inputs = {IMAGE_INPUT: inputs, METADATA_INPUT: metadata}
     if dropout > 0:
         pooled = layers.Dropout(dropout, name="dropout", dtype="float32")(pooled)
     outputs = layers.Dense(NUM_FINDINGS, activation="sigmoid", name="findings", dtype="float32")(pooled)
-    model = keras.Model(inputs, outputs, name=f"chestxray_{backbone}")
+    model = keras.Model(graph_inputs, outputs, name=f"chestxray_{backbone}{'_metadata' if use_metadata else ''}")
     if batchnorm_momentum is not None:
         set_batchnorm_momentum(model, batchnorm_momentum)
     if weights_file is not None:
         model.load_weights(weights_file)
     return model
+
+
+def uses_metadata(model: keras.Model) -> bool:
+    """Whether the model takes patient metadata beside the image."""
+    return any(tensor.name == METADATA_INPUT for tensor in model.inputs)
+
+
+def image_size_of(model: keras.Model) -> int:
+    """The side of the square image the model takes."""
+    image = next((t for t in model.inputs if t.name == IMAGE_INPUT), model.inputs[0])
+    return int(image.shape[1])
+
+
+def model_inputs(model: keras.Model, images, metadata=None):
+    """What to call `model` with: the images, or {"image", "metadata"} for a
+    metadata model, which must then be given `metadata`."""
+    if not uses_metadata(model):
+        if metadata is not None:
+            raise ValueError(f"model {model.name} takes no patient metadata (trained without train.use_metadata)")
+        return images
+    if metadata is None:
+        raise ValueError(f"model {model.name} was trained with patient metadata (train.use_metadata): "
+                         "give each image's age, sex and view")
+    return {IMAGE_INPUT: images, METADATA_INPUT: metadata}
 
 
 def set_backbone_trainable(model: keras.Model, trainable: bool) -> int:

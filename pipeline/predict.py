@@ -5,6 +5,10 @@ training did, predict the 14 findings and explain one with Grad-CAM.
     model = load_model("models:/chestxray@champion")
     image = model.preprocess("chest.png")  # or preprocess_xray(path, size, fit)
     probabilities, heatmap = model.predict(image), generate_gradcam(model, image)
+
+A model trained with patient metadata (train.use_metadata) also needs each
+image's age, sex and view: model.predict(image, metadata={"age": 61,
+"sex": "F", "view": "AP"}), or a list of such dicts for a batch.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ import numpy as np
 from pipeline.gradcam import grad_cam
 from pipeline.imaging import load_xray
 from pipeline.labels import FINDINGS, NUM_FINDINGS
+from pipeline.metadata import encode_metadata_input
+from pipeline.models import image_size_of, model_inputs, uses_metadata
 from pipeline.tracking import disable_telemetry, tracking_uri as configured_tracking_uri
 
 DEFAULT_THRESHOLD = 0.5
@@ -57,6 +63,36 @@ def image_batch(images: np.ndarray, image_size: int) -> tuple[np.ndarray, bool]:
     return array, single
 
 
+def metadata_batch(metadata, count: int) -> np.ndarray | None:
+    """None, or metadata in any form encode_metadata_input takes -> float32 (count, 3)."""
+    return None if metadata is None else encode_metadata_input(metadata, count)
+
+
+def read_patient_metadata(path: Path | str) -> dict[str, dict]:
+    """{image file name: {"age", "sex", "view"}} from NIH's Data_Entry_2017.csv
+    (or the Kaggle sample's CSV) or any CSV with columns image_id, age, sex and
+    view, such as the ingest stage's manifest.csv."""
+    import pandas as pd
+
+    from pipeline.nih import REQUIRED_COLUMNS, MetadataError, read_nih_metadata
+
+    path = Path(path)
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+        if REQUIRED_COLUMNS[0] in header:
+            frame = read_nih_metadata(path)
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            missing = [c for c in ("image_id", "age", "sex", "view") if c not in frame.columns]
+            if missing:
+                raise ValueError(f"{path}: no column {', '.join(missing)} (expected NIH's Data_Entry_2017.csv "
+                                 f"or columns image_id, age, sex, view)")
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, MetadataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read patient metadata: {exc}") from exc
+    return {str(row.image_id): {"age": row.age, "sex": row.sex, "view": row.view}
+            for row in frame.itertuples(index=False)}
+
+
 def finding_index(finding: str | int) -> int:
     """A finding's position in the model output, by name or index."""
     if isinstance(finding, str):
@@ -85,10 +121,17 @@ class XrayModel:
     def preprocess(self, path: Path | str) -> np.ndarray:
         return preprocess_xray(path, self.image_size, self.fit)
 
-    def predict(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Probabilities in `findings` order: (14,) for one image, (n, 14) for a batch."""
+    @property
+    def uses_metadata(self) -> bool:
+        """Whether predict needs each image's age, sex and view."""
+        return uses_metadata(self.keras_model)
+
+    def predict(self, images: np.ndarray, metadata=None, batch_size: int = 32) -> np.ndarray:
+        """Probabilities in `findings` order: (14,) for one image, (n, 14) for a batch.
+        `metadata`: required by a model trained with it (see metadata_batch)."""
         batch, single = image_batch(images, self.image_size)
-        probabilities = self.keras_model.predict(batch, batch_size=batch_size, verbose=0)
+        inputs = model_inputs(self.keras_model, batch, metadata_batch(metadata, len(batch)))
+        probabilities = self.keras_model.predict(inputs, batch_size=batch_size, verbose=0)
         return probabilities[0] if single else probabilities
 
     def positive_findings(self, probabilities: np.ndarray) -> list[str]:
@@ -104,18 +147,20 @@ def generate_gradcam(
     image: np.ndarray,
     layer_name: str | None = None,
     finding: str | int | None = None,
+    metadata=None,
 ) -> np.ndarray:
     """Grad-CAM heatmap (H, W) in [0, 1] for one preprocessed image; by default
-    for the finding the model rates most probable."""
+    for the finding the model rates most probable. `metadata` as for predict."""
     keras_model = model.keras_model if isinstance(model, XrayModel) else model
-    batch, single = image_batch(image, keras_model.input_shape[1])
+    batch, single = image_batch(image, image_size_of(keras_model))
     if not single:
         raise ValueError(f"generate_gradcam takes one image, got a batch of shape {batch.shape}")
+    encoded = metadata_batch(metadata, 1)
     if finding is None:
-        index = int(np.argmax(keras_model(batch, training=False)[0]))
+        index = int(np.argmax(keras_model(model_inputs(keras_model, batch, encoded), training=False)[0]))
     else:
         index = finding_index(finding)
-    return grad_cam(keras_model, batch, np.array([index]), layer_name)[0]
+    return grad_cam(keras_model, batch, np.array([index]), layer_name, metadata=encoded)[0]
 
 
 def load_model(
@@ -154,7 +199,7 @@ def load_keras_file(path: Path) -> XrayModel:
     return XrayModel(
         keras_model,
         thresholds={f: DEFAULT_THRESHOLD for f in FINDINGS},
-        image_size=int(keras_model.input_shape[1]),
+        image_size=image_size_of(keras_model),
         source=str(path),
         thresholds_source=f"default {DEFAULT_THRESHOLD} (a bare .keras file has no thresholds)",
     )
@@ -223,11 +268,28 @@ def load_mlflow_model(uri: str, store: str) -> XrayModel:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=location, dst_path=download_dir, tracking_uri=store
             )
-            metadata = mlflow.models.Model.load(str(Path(local) / "MLmodel")).metadata or {}
-            keras_model = mlflow.keras.load_model(local, load_model_kwargs={"compile": False})
+            mlmodel = mlflow.models.Model.load(str(Path(local) / "MLmodel"))
+            keras_model = registered_keras_model(uri, Path(local), mlmodel.flavors)
+            metadata = mlmodel.metadata or {}
     except MlflowException as exc:
         raise ModelLoadError(f"{uri}: {exc.message} (tracking store {store})") from exc
     return model_from_metadata(uri, keras_model, metadata)
+
+
+def registered_keras_model(uri: str, local: Path, flavors: dict) -> keras.Model:
+    """The Keras model inside a downloaded MLflow model: the .keras artifact of
+    our pyfunc (pipeline.serving), or a Keras-flavour model (versions
+    registered before the pyfunc wrapper)."""
+    from pipeline.serving import KERAS_ARTIFACT
+
+    artifact = flavors.get("python_function", {}).get("artifacts", {}).get(KERAS_ARTIFACT)
+    if artifact is not None:
+        return keras.models.load_model(local / artifact["path"], compile=False)
+    if "keras" in flavors:
+        import mlflow
+
+        return mlflow.keras.load_model(str(local), load_model_kwargs={"compile": False})
+    raise ModelLoadError(f"{uri}: neither a chestxray pyfunc nor a Keras model (flavours: {', '.join(flavors)})")
 
 
 def model_from_metadata(uri: str, keras_model: keras.Model, metadata: dict) -> XrayModel:
@@ -243,9 +305,9 @@ def model_from_metadata(uri: str, keras_model: keras.Model, metadata: dict) -> X
             f"pipeline.labels.FINDINGS {list(FINDINGS)}"
         )
     image_size = int(metadata["preprocessing"]["image_size"])
-    if keras_model.input_shape[1:3] != (image_size, image_size):
+    if image_size_of(keras_model) != image_size:
         raise ModelLoadError(
-            f"{uri}: metadata says image size {image_size}, the model takes {keras_model.input_shape[1:3]}"
+            f"{uri}: metadata says image size {image_size}, the model takes {image_size_of(keras_model)}"
         )
     return XrayModel(
         keras_model,

@@ -6,7 +6,9 @@ beats the current champion on the same test set (champion_decision).
 from __future__ import annotations
 
 import json
+import tempfile
 from importlib.metadata import version as package_version
+from pathlib import Path
 
 import keras
 
@@ -16,7 +18,9 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 DEFAULT_MAX_CLASS_DROP = 0.02
 # What a registered model needs at serving time, pinned like the project.
-SERVING_PACKAGES = ("tensorflow-cpu", "keras", "numpy", "opencv-python-headless")
+SERVING_PACKAGES = ("mlflow", "tensorflow-cpu", "keras", "numpy", "pandas", "opencv-python-headless")
+# The pipeline package travels with the model, so the pyfunc loads without the project installed.
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def serving_requirements() -> list[str]:
@@ -101,21 +105,29 @@ def register_model(
     tags: dict[str, str],
     max_class_drop: float = DEFAULT_MAX_CLASS_DROP,
 ) -> dict:
-    """Log `model` to the active run, register it as a new version tagged with
+    """Log `model` to the active run as a pyfunc with named outputs
+    (pipeline.serving), register it as a new version tagged with
     its scores, test manifest and `tags`, give it the challenger alias, and the
     champion alias if champion_decision says so. The decision is tagged on the
     version and the run.
 
     Returns {"version", "champion": bool, "reasons": [...], "previous_champion": record or None}.
     """
-    info = mlflow.keras.log_model(
-        model,
-        name="model",
-        registered_model_name=registered_name,
-        pip_requirements=serving_requirements(),
-        metadata=metadata,
-        await_registration_for=60,
-    )
+    from pipeline.serving import KERAS_ARTIFACT, ChestXrayPyfunc
+
+    with tempfile.TemporaryDirectory(prefix="cxr-register-") as folder:
+        keras_file = Path(folder) / "model.keras"
+        model.save(keras_file)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=ChestXrayPyfunc(),
+            artifacts={KERAS_ARTIFACT: str(keras_file)},
+            code_paths=[str(PACKAGE_DIR)],
+            registered_model_name=registered_name,
+            pip_requirements=serving_requirements(),
+            metadata=metadata,
+            await_registration_for=60,
+        )
     version = int(info.registered_model_version)
     client = mlflow.MlflowClient()
     record = {"version": version, "mean_auc": metadata.get("mean_auc"), "auc": metadata.get("auc", {}),

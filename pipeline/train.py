@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from pipeline.dataset import make_dataset, read_shard_index, shard_files
 from pipeline.labels import FINDINGS
-from pipeline.models import set_backbone_trainable
+from pipeline.models import set_backbone_trainable, uses_metadata
 
 # Positive weights are capped so a finding with a handful of positives does
 # not dominate the loss.
@@ -206,11 +206,14 @@ def train_model(
     seed: int,
     mlflow_module=None,
     strategy: tf.distribute.Strategy | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> dict:
     """Fit `model`; the best epoch by validation mean AUC is saved to checkpoint_path.
 
     `model` must have been built in `strategy`'s scope (default: the current
-    strategy). Returns the history and a summary of the run.
+    strategy); a model with a metadata input is fed the records' patient
+    metadata. `callbacks` are added to every fit call, after our own. Returns the history
+    and a summary of the run.
     """
     strategy = strategy or tf.distribute.get_strategy()
     index = read_shard_index(tfrecord_dir)
@@ -220,12 +223,15 @@ def train_model(
         raise ValueError(f"{tfrecord_dir}: the train split has no records")
     batch_size = int(settings["batch_size"])
     epochs = int(settings["epochs"])
+    metadata = uses_metadata(model)
     train_data = make_dataset(
         train_files, batch_size, training=True, augmentation=settings.get("augment") or None,
         seed=seed, cache=bool(settings.get("cache", False)), records=index["splits"]["train"]["records"],
+        metadata=metadata,
     )
     has_val = index["splits"]["val"]["records"] > 0
-    val_data = (make_dataset(val_files, batch_size, cache=True, records=index["splits"]["val"]["records"])
+    val_data = (make_dataset(val_files, batch_size, cache=True, records=index["splits"]["val"]["records"],
+                             metadata=metadata)
                 if has_val else None)
     steps_per_epoch = math.ceil(index["splits"]["train"]["records"] / batch_size)
     loss = make_loss(settings, positive_weights(index))
@@ -256,9 +262,9 @@ def train_model(
         # Early stopping only in the last phase: stopping in the warm-up would
         # skip fine-tuning altogether. The checkpoint keeps the best of all phases.
         last_phase = end == epochs
-        callbacks = [checkpoint, logger, *([stopper] if stopper and last_phase else [])]
+        phase_callbacks = [checkpoint, logger, *([stopper] if stopper and last_phase else []), *(callbacks or [])]
         fitted = model.fit(train_data, validation_data=val_data, initial_epoch=first, epochs=end,
-                           callbacks=callbacks, verbose=0, shuffle=False)
+                           callbacks=phase_callbacks, verbose=0, shuffle=False)
         for key, values in fitted.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
     seconds = time.monotonic() - started
@@ -274,6 +280,7 @@ def train_model(
             "warmup_epochs": phases[0][1] if not phases[0][2] else 0,
             "trainable_weights": trainable_weights[-1],
             "train_images": int(index["splits"]["train"]["records"]),
+            "uses_metadata": metadata,
             "seconds": round(seconds, 1),
             "train_images_per_second": round(index["splits"]["train"]["records"] * len(monitored) / seconds, 2),
         },

@@ -32,6 +32,8 @@ import pandas as pd
 from pipeline.labels import (
     FINDINGS,
     LABEL_SEPARATOR,
+    MAX_AGE,
+    MIN_AGE,
     NO_FINDING,
     SEXES,
     SPLITS,
@@ -54,7 +56,6 @@ FINDING_LABELS_REGEX = (
     rf"|(?:{_FINDING_ALTERNATION})(?:{re.escape(LABEL_SEPARATOR)}(?:{_FINDING_ALTERNATION}))*)$"
 )
 INTEGER_TYPES = ["int64", "int32", "int16", "int8", "Int64", "Int32", "Int16", "Int8"]
-MIN_AGE, MAX_AGE = 0, 120
 MISMATCH_COLUMN = "_multi_hot_mismatch"
 PATIENT_SPLITS_COLUMN = "_patient_split_count"
 HELPER_COLUMNS = (MISMATCH_COLUMN, PATIENT_SPLITS_COLUMN)  # appended after the manifest's

@@ -56,7 +56,8 @@ def main() -> None:
     from pipeline.config import load_params, path_of, section
     from pipeline.evaluate import curves, evaluation_metrics, manifest_hash, predict_split, predictions_table
     from pipeline.model_card import CARD_FILE, model_card_html
-    from pipeline.models import load_model
+    from pipeline.metadata import METADATA_ENCODING
+    from pipeline.models import load_model, uses_metadata
     from pipeline.registry import DEFAULT_MAX_CLASS_DROP, model_card_metadata, register_model
     from pipeline.tracking import configure_mlflow, data_hash, git_commit, resume_run
 
@@ -84,7 +85,8 @@ def main() -> None:
     name = mlflow_settings["registered_model"]
     summary = {"split_sizes": split_sizes(tfrecords), "data_hash": data_hash(tfrecords), "git_commit": git_commit(),
                "test_manifest": test_manifest, "backbone": params["train"]["backbone"],
-               "image_size": params["preprocess"]["image_size"], "fit": params["preprocess"]["fit"]}
+               "image_size": params["preprocess"]["image_size"], "fit": params["preprocess"]["fit"],
+               "inputs": "image and patient metadata (age, sex, view)" if uses_metadata(model) else "image only"}
     mlflow = configure_mlflow(mlflow_settings["experiment"])
     with resume_run(mlflow, path_of(params, "mlflow_run")):
         mlflow.log_metrics(mlflow_metrics(metrics))
@@ -92,6 +94,8 @@ def main() -> None:
         mlflow.log_artifacts(str(reports / "plots"), "plots")
         preprocessing = {k: params["preprocess"][k] for k in ("image_size", "fit")}
         preprocessing["input"] = "float32 grey values 0..255, shape (size, size, 1)"
+        if uses_metadata(model):
+            preprocessing["input"] = {"image": preprocessing["input"], "metadata": METADATA_ENCODING}
         registry = register_model(
             mlflow, model, name, model_card_metadata(metrics["thresholds"], preprocessing, metrics, test_manifest),
             {"data_hash": summary["data_hash"], "git_commit": summary["git_commit"],

@@ -31,6 +31,7 @@ def main() -> None:
         model = build_model(
             settings["backbone"], int(params["preprocess"]["image_size"]), str(settings["weights"]),
             dropout=float(settings.get("dropout", 0.0)), batchnorm_momentum=settings.get("batchnorm_momentum"),
+            use_metadata=bool(settings.get("use_metadata", False)),
         )
     mlflow = configure_mlflow(section(params, "mlflow")["experiment"])
     tags = {"git_commit": git_commit(), "data_hash": data_hash(tfrecords), "backbone": settings["backbone"]}

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -31,6 +34,30 @@ def nih_64px() -> Path:
     if not (NIH_64PX / "train").is_dir():
         pytest.skip(f"real NIH 64px images not found at {NIH_64PX} (../shared is only in developer and CI checkouts)")
     return NIH_64PX
+
+
+@contextmanager
+def mlflow_store(store: str) -> Iterator:
+    """MLflow's process-wide tracking URI set to `store` inside the block (as
+    register_model and mlflow.pyfunc need), and restored after it, with
+    MLFLOW_TRACKING_URI (which MLflow mirrors it into). Yields mlflow."""
+    import mlflow
+
+    was_set, previous = mlflow.is_tracking_uri_set(), mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mlflow.set_tracking_uri(store)
+        try:
+            yield mlflow
+        finally:
+            mlflow.set_tracking_uri(previous if was_set else None)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def write_png(path: Path, image: np.ndarray) -> Path:

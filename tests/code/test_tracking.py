@@ -1,15 +1,9 @@
 """Tracking-server checks: fail fast, in one line, without leaking a password."""
-import socket
 
 import pytest
 
 from pipeline.tracking import TrackingServerError, check_tracking_server, redacted
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.conftest import free_port
 
 
 def test_a_dead_server_is_named_without_its_password():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,18 +16,12 @@ from pathlib import Path
 import pytest
 
 from pipeline.labels import FINDINGS
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, free_port
 from tests.e2e.test_pipeline import TINY, make_project, pipeline_env
 
 pytestmark = pytest.mark.slow
 
 SERVER_START_TIMEOUT = 90.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_health(url: str, server: subprocess.Popen, log: Path) -> None:

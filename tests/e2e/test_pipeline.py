@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -209,3 +210,36 @@ def test_exp_run_on_a_real_partial_nih_download(tmp_path, nih_subset):
     preprocess = json.loads((project / "metrics" / "preprocess.json").read_text())
     assert sum(preprocess["records"].values()) == 300 and preprocess["quarantined"] == 0
     assert not (project / "models").exists(), "exp run of preprocess must not train"
+
+
+def test_use_metadata_reruns_train_evaluate_and_explain_only(repro):
+    """`dvc exp run -S train.use_metadata=true`: the data stages are kept; the
+    model with patient metadata is trained, evaluated, explained and registered
+    with its input encoding, and serves through the predict API."""
+    project, _ = repro
+    result = run(["dvc", "exp", "run", "-S", "train.use_metadata=true"], project)
+    output = result.stdout + result.stderr
+    ran = {stage for stage in ("ingest", "validate", "preprocess", "train", "evaluate", "explain")
+           if f"Running stage '{stage}'" in output}
+    assert ran == {"train", "evaluate", "explain"}, output
+    assert json.loads((project / "metrics" / "train.json").read_text())["uses_metadata"] is True
+    assert json.loads((project / "metrics" / "explain.json").read_text())["localisation"]["overall"]["n"] > 0
+
+    from pipeline.metadata import METADATA_ENCODING
+    from pipeline.predict import load_model
+
+    store = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    served = load_model("models:/chestxray/2", tracking_uri=store)
+    assert served.uses_metadata
+    image = served.preprocess(next((project / "data" / "ingest" / "phantom" / "images").glob("*.png")))
+    probabilities = served.predict(image, {"age": 50, "sex": "F", "view": "PA"})
+    assert probabilities.shape == (len(FINDINGS),) and np.all((probabilities >= 0) & (probabilities <= 1))
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    location = client.get_model_version_download_uri("chestxray", "2")
+    local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(project / "v2"), tracking_uri=store)
+    # The MLmodel of version 2 says how its metadata input is encoded.
+    card = mlflow.models.Model.load(str(Path(local) / "MLmodel")).metadata
+    assert card["preprocessing"]["input"]["metadata"] == METADATA_ENCODING
+    assert "patient metadata" in (project / "reports" / "evaluate" / "model_card.html").read_text()

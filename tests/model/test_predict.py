@@ -22,7 +22,7 @@ from pipeline.labels import FINDINGS
 from pipeline.models import build_model
 from pipeline.predict import ModelLoadError, generate_gradcam, load_model, preprocess_xray
 from pipeline.registry import model_card_metadata, register_model
-from tests.conftest import PROJECT_ROOT, write_png
+from tests.conftest import PROJECT_ROOT, mlflow_store, write_png
 
 SIZE = 64
 CXR = Path(sys.executable).parent / "cxr"
@@ -44,21 +44,12 @@ def registry(tmp_path_factory):
     preprocessing = {"image_size": SIZE, "fit": "crop", "input": "float32 grey values 0..255, shape (size, size, 1)"}
     metadata = model_card_metadata(THRESHOLDS, preprocessing, {"mean_auc": 0.5})
     reordered = {**metadata, "findings": list(reversed(FINDINGS))}
-    was_set = mlflow.is_tracking_uri_set()
-    previous = mlflow.get_tracking_uri()
-    # register_model logs through MLflow's process-wide tracking URI (and
-    # MLflow mirrors it into MLFLOW_TRACKING_URI): both restored afterwards.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mlflow.set_tracking_uri(store)
-        try:
-            experiment = mlflow.create_experiment("predict-tests", artifact_location=(root / "artifacts").as_uri())
-            with mlflow.start_run(experiment_id=experiment) as run:
-                register_model(mlflow, model, "chestxray", metadata, {})
-            with mlflow.start_run(experiment_id=experiment):
-                register_model(mlflow, model, "chestxray", reordered, {})
-        finally:
-            mlflow.set_tracking_uri(previous if was_set else None)
+    with mlflow_store(store):
+        experiment = mlflow.create_experiment("predict-tests", artifact_location=(root / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment) as run:
+            register_model(mlflow, model, "chestxray", metadata, {})
+        with mlflow.start_run(experiment_id=experiment):
+            register_model(mlflow, model, "chestxray", reordered, {})
     return SimpleNamespace(store=store, keras_path=keras_path, keras_model=model, run_id=run.info.run_id)
 
 

@@ -10,6 +10,7 @@ import pytest
 from pipeline.labels import FINDINGS
 from pipeline.models import build_model
 from pipeline.registry import champion_decision, model_card_metadata, register_model
+from tests.conftest import mlflow_store
 
 SIZE = 32
 NAME = "chestxray"
@@ -36,19 +37,13 @@ def registry(tmp_path_factory):
         evaluated(0.82, {f: 0.82 for f in FINDINGS}),
         evaluated(0.90, {f: 0.90 for f in FINDINGS}, manifest="test-b"),
     ]
-    was_set, previous = mlflow.is_tracking_uri_set(), mlflow.get_tracking_uri()
     decisions = []
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mlflow.set_tracking_uri(store)
-        try:
-            experiment = mlflow.create_experiment("registry-tests", artifact_location=(root / "artifacts").as_uri())
-            for metadata in candidates:
-                with mlflow.start_run(experiment_id=experiment) as run:
-                    decisions.append({**register_model(mlflow, model, NAME, metadata, {"data_hash": "d"}),
-                                      "run_id": run.info.run_id})
-        finally:
-            mlflow.set_tracking_uri(previous if was_set else None)
+    with mlflow_store(store):
+        experiment = mlflow.create_experiment("registry-tests", artifact_location=(root / "artifacts").as_uri())
+        for metadata in candidates:
+            with mlflow.start_run(experiment_id=experiment) as run:
+                decisions.append({**register_model(mlflow, model, NAME, metadata, {"data_hash": "d"}),
+                                  "run_id": run.info.run_id})
     client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
     return store, client, decisions, model
 
@@ -95,18 +90,59 @@ def test_rule_without_registry():
     assert not champion_decision({**equal, "test_manifest": None}, {**champion, "test_manifest": None}, 0.02)[0]
 
 
-def test_champion_loads_as_pyfunc_with_14_outputs(registry):
-    import mlflow
+def load_pyfunc(store: str, uri: str):
+    with mlflow_store(store) as mlflow:
+        return mlflow.pyfunc.load_model(uri)
 
+
+def test_champion_loads_as_pyfunc_with_a_column_per_finding(registry):
     store, _, _, model = registry
-    was_set, previous = mlflow.is_tracking_uri_set(), mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(store)
-    try:
-        pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
-    finally:
-        mlflow.set_tracking_uri(previous if was_set else None)
+    pyfunc = load_pyfunc(store, f"models:/{NAME}@champion")
     images = np.random.default_rng(0).uniform(0, 255, (3, SIZE, SIZE, 1)).astype(np.float32)
-    predicted = np.asarray(pyfunc.predict(images))
-    assert predicted.shape == (3, len(FINDINGS))
-    np.testing.assert_allclose(predicted, model(images).numpy(), atol=1e-5)
+    predicted = pyfunc.predict(images)
+    assert list(predicted.columns) == list(FINDINGS) and len(predicted) == 3
+    np.testing.assert_allclose(predicted.to_numpy(), model(images).numpy(), atol=1e-5)
     assert pyfunc.metadata.metadata["findings"] == list(FINDINGS)
+    assert pyfunc.metadata.flavors["python_function"]["artifacts"]["keras_model"]["path"].endswith(".keras")
+
+
+def test_a_metadata_model_serves_through_pyfunc(tmp_path):
+    """Registered with patient metadata: the pyfunc takes {"image", "metadata"},
+    the metadata as rows of age/sex/view or encoded, and so does load_model."""
+    import pandas as pd
+
+    from pipeline.metadata import encode_metadata_rows
+    from pipeline.predict import load_model
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    model = build_model("small_cnn", SIZE, "none", use_metadata=True)
+    with mlflow_store(store) as mlflow:
+        experiment = mlflow.create_experiment("metadata", artifact_location=(tmp_path / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment):
+            register_model(mlflow, model, NAME, evaluated(0.8, BASE_AUC), {})
+    images = np.random.default_rng(1).uniform(0, 255, (2, SIZE, SIZE, 1)).astype(np.float32)
+    rows = [{"age": 70, "sex": "M", "view": "AP"}, {"age": 20, "sex": "F", "view": "PA"}]
+    expected = model({"image": images, "metadata": encode_metadata_rows(rows)}).numpy()
+    pyfunc = load_pyfunc(store, f"models:/{NAME}/1")
+    for metadata in (pd.DataFrame(rows), rows, encode_metadata_rows(rows)):
+        predicted = pyfunc.predict({"image": images, "metadata": metadata})
+        np.testing.assert_allclose(predicted[list(FINDINGS)].to_numpy(), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="trained with patient metadata"):
+        pyfunc.predict(images)
+    served = load_model(f"models:/{NAME}/1", tracking_uri=store)
+    np.testing.assert_allclose(served.predict(images, rows), expected, atol=1e-5)
+
+
+def test_versions_registered_as_keras_models_before_the_pyfunc_still_load(tmp_path):
+    from pipeline.predict import load_model
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    model = build_model("small_cnn", SIZE, "none")
+    with mlflow_store(store) as mlflow:
+        experiment = mlflow.create_experiment("old", artifact_location=(tmp_path / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment):
+            mlflow.keras.log_model(model, name="model", registered_model_name=NAME,
+                                   metadata=evaluated(0.8, BASE_AUC), pip_requirements=["keras"])
+    images = np.random.default_rng(2).uniform(0, 255, (2, SIZE, SIZE, 1)).astype(np.float32)
+    served = load_model(f"models:/{NAME}/1", tracking_uri=store)
+    np.testing.assert_allclose(served.predict(images), model(images).numpy(), atol=1e-5)

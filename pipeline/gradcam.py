@@ -25,6 +25,9 @@ from pipeline.models import image_size_of, model_inputs, uses_metadata
 METHODS = ("gradcam", "gradcam++")
 
 
+POOLING_LAYERS = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
+
+
 def _feature_map_layers(model: keras.Model) -> list[str]:
     """Names of the layers with a 4-D (batch, h, w, c) output, last first."""
     return [
@@ -36,12 +39,15 @@ def _feature_map_layers(model: keras.Model) -> list[str]:
 
 
 def last_feature_map_layer(model: keras.Model) -> str:
-    """Name of the last layer with a 4-D output: the final convolutional
-    feature map, whatever the backbone."""
+    """Name of the last layer with a 4-D output that is not a pooling layer:
+    the final convolutional feature map, whatever the backbone. A trailing
+    pool (VGG16's block5_pool) only halves the map's resolution; Selvaraju et
+    al. explain VGG16 at its last convolution, block5_conv3."""
     candidates = _feature_map_layers(model)
     if not candidates:
         raise ValueError(f"model {model.name} has no 4-D feature map for Grad-CAM")
-    return candidates[0]
+    return next((name for name in candidates if not isinstance(model.get_layer(name), POOLING_LAYERS)),
+                candidates[0])
 
 
 def resolve_layer(model: keras.Model, layer_name: str | None) -> str:

@@ -19,6 +19,7 @@ which Keras does not ship (and which have no ImageNet weights here).
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -44,7 +45,8 @@ CAFFE_MEAN = (103.939, 116.779, 123.68)
 # How each keras.applications backbone's ImageNet weights expect their input
 # (keras.applications.<name>.preprocess_input): "torch" = 0..1 then ImageNet
 # mean/std, "caffe" = 0..255 minus channel means, "tf" = -1..1, "raw" = 0..255
-# (EfficientNet rescales and normalises inside itself).
+# (EfficientNet rescales and normalises inside itself; see normalise for the
+# one scaling Keras leaves out of a model built without weights="imagenet").
 IMAGENET_INPUT_MODE = {
     "densenet121": "torch",
     "resnet50": "caffe",
@@ -129,6 +131,9 @@ def normalise(inputs: keras.KerasTensor, weights: str, backbone: str = "densenet
     grayscale meets the backbone: one channel from scratch, three identical
     channels for ImageNet weights."""
     if weights == "none":
+        if backbone == "efficientnetb0":
+            # EfficientNet rescales by 1/255 inside itself: feed it 0..255.
+            return layers.Identity(name="normalise")(inputs)
         # From scratch: one channel, roughly zero mean and unit spread.
         return layers.Rescaling(1 / 63.75, offset=-2.0, name="normalise")(inputs)
     rgb = layers.Concatenate(name="gray_to_rgb")([inputs, inputs, inputs])
@@ -138,7 +143,15 @@ def normalise(inputs: keras.KerasTensor, weights: str, backbone: str = "densenet
     if mode == "tf":
         return layers.Rescaling(1 / 127.5, offset=-1.0, name="normalise")(rgb)
     if mode == "raw":
-        return layers.Identity(name="normalise")(rgb)
+        # EfficientNet rescales (1/255) and normalises (ImageNet mean and
+        # variance, read from the weights file) inside itself, then Keras adds a
+        # further per-channel 1/sqrt(std) scaling, but only in a model built with
+        # weights="imagenet". We build with weights=None and load the cached file
+        # (no download attempt), so that scaling is done here, before the model,
+        # in the equivalent form x' = 255 m + (x - 255 m) / sqrt(std).
+        factors = [1 / math.sqrt(s) for s in IMAGENET_STD]
+        offsets = [255 * m * (1 - f) for m, f in zip(IMAGENET_MEAN, factors)]
+        return layers.Rescaling(factors, offset=offsets, name="normalise")(rgb)
     scaled = layers.Rescaling(1 / 255.0, name="to_unit")(rgb)
     return layers.Normalization(
         mean=list(IMAGENET_MEAN), variance=[s * s for s in IMAGENET_STD], name="normalise"
@@ -186,6 +199,87 @@ def check_image_size(backbone: str, image_size: int) -> None:
                          f"(at least {minimum} px)")
 
 
+def assemble_model(
+    backbone: str,
+    image_size: int,
+    layout: str = "none",
+    dropout: float = 0.0,
+    use_metadata: bool = False,
+    imagenet_file: Path | None = None,
+) -> keras.Model:
+    """The classifier's graph. layout: "none" (one channel, from scratch) or
+    "imagenet" (three identical channels with the backbone's ImageNet input
+    scaling, the backbone's weights read from imagenet_file when given)."""
+    inputs = keras.Input((image_size, image_size, 1), name=IMAGE_INPUT)
+    x = normalise(inputs, layout, backbone)
+    if backbone in OWN_BACKBONES:
+        features = OWN_BACKBONES[backbone](x)
+    else:
+        # input_tensor builds the backbone's layers into this graph (not a nested
+        # model), so Grad-CAM can reach its last feature map by layer name.
+        base = KERAS_BACKBONES[backbone](include_top=False, weights=None, input_tensor=x)
+        if imagenet_file is not None:
+            # What Keras does with weights="imagenet", from the file checked
+            # before rather than through a download attempt.
+            base.load_weights(imagenet_file)
+        features = base.output
+    pooled = layers.GlobalAveragePooling2D(name="pool", dtype="float32")(features)
+    graph_inputs = inputs
+    if use_metadata:
+        metadata = keras.Input((NUM_METADATA,), name=METADATA_INPUT)
+        embedded = layers.Dense(METADATA_UNITS, activation="relu", name="metadata_dense", dtype="float32")(metadata)
+        pooled = layers.Concatenate(name="fuse", dtype="float32")([pooled, embedded])
+        graph_inputs = {IMAGE_INPUT: inputs, METADATA_INPUT: metadata}
+    if dropout > 0:
+        pooled = layers.Dropout(dropout, name="dropout", dtype="float32")(pooled)
+    outputs = layers.Dense(NUM_FINDINGS, activation="sigmoid", name="findings", dtype="float32")(pooled)
+    return keras.Model(graph_inputs, outputs, name=f"chestxray_{backbone}{'_metadata' if use_metadata else ''}")
+
+
+def saved_weight_count(path: Path) -> int | None:
+    """The number of weight arrays in an HDF5 weights file (Keras's .weights.h5
+    or the legacy .h5), or None for another format."""
+    import h5py
+
+    if path.suffix != ".h5":
+        return None
+    arrays: list[str] = []
+    try:
+        with h5py.File(path, "r") as file:
+            file.visititems(lambda name, item: arrays.append(name) if isinstance(item, h5py.Dataset) else None)
+    except OSError as exc:
+        raise ValueError(f"train.weights: {path} is not a readable HDF5 weights file ({exc})") from exc
+    return len(arrays)
+
+
+def model_from_weights_file(
+    path: Path, backbone: str, image_size: int, dropout: float = 0.0, use_metadata: bool = False
+) -> keras.Model:
+    """A model with the whole-model weights saved from one of ours: one started
+    from scratch (one channel) or from ImageNet weights (three channels); the
+    input layout the file fits is the one built."""
+    layouts = ("none", "imagenet") if backbone in KERAS_BACKBONES else ("none",)
+    saved = saved_weight_count(path)
+    problems = []
+    for layout in layouts:
+        model = assemble_model(backbone, image_size, layout, dropout, use_metadata)
+        # Keras skips parts of a file that do not match, with a warning only, and
+        # keeps their fresh weights: a different count means the file is not this model's.
+        if saved is not None and saved != len(model.weights):
+            problems.append(f"{layout} layout: the file holds {saved} weights, the model has {len(model.weights)}")
+            continue
+        try:
+            model.load_weights(path)
+            return model
+        except (ValueError, KeyError) as exc:
+            problems.append(f"{layout} layout: {str(exc).splitlines()[0][:200]}")
+    raise ValueError(
+        f"train.weights: {path} does not fit a {backbone} model at {image_size} px with dropout {dropout} and "
+        f"use_metadata {use_metadata} (the weights must come from a model with these settings), in the input "
+        f"layout(s) {' or '.join(layouts)}: {'; '.join(problems)}"
+    )
+
+
 def build_model(
     backbone: str = "densenet121",
     image_size: int = 320,
@@ -201,49 +295,23 @@ def build_model(
     {"image": ..., "metadata": ...}.
 
     `weights`: "none", "imagenet" (Keras's cached file, see README) or a path
-    to a weights file for the whole model. Under a mixed-precision policy the
-    head ("pool" onwards) stays float32, so the probabilities and Grad-CAM's
-    logits are computed in float32.
+    to a weights file saved from one of our models (model_from_weights_file).
+    Under a mixed-precision policy the head ("pool" onwards) stays float32, so
+    the probabilities and Grad-CAM's logits are computed in float32.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"train.backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
     check_image_size(backbone, image_size)
-    weights_file = imagenet_file = None
-    if weights == "imagenet":
-        imagenet_file = imagenet_weights_file(backbone, image_size)
-    elif weights != "none":
+    if weights in ("none", "imagenet"):
+        imagenet_file = imagenet_weights_file(backbone, image_size) if weights == "imagenet" else None
+        model = assemble_model(backbone, image_size, weights, dropout, use_metadata, imagenet_file)
+    else:
         weights_file = Path(weights)
         if not weights_file.is_file():
             raise FileNotFoundError(f"train.weights: {weights_file} not found")
-    inputs = keras.Input((image_size, image_size, 1), name=IMAGE_INPUT)
-    backbone_weights = "imagenet" if weights == "imagenet" else "none"
-    x = normalise(inputs, backbone_weights, backbone)
-    if backbone in OWN_BACKBONES:
-        features = OWN_BACKBONES[backbone](x)
-    else:
-        # input_tensor builds the backbone's layers into this graph (not a nested
-        # model), so Grad-CAM can reach its last feature map by layer name.
-        base = KERAS_BACKBONES[backbone](include_top=False, weights=None, input_tensor=x)
-        if imagenet_file is not None:
-            # What Keras does with weights="imagenet", from the file checked above
-            # rather than through a download attempt.
-            base.load_weights(imagenet_file)
-        features = base.output
-    pooled = layers.GlobalAveragePooling2D(name="pool", dtype="float32")(features)
-    graph_inputs = inputs
-    if use_metadata:
-        metadata = keras.Input((NUM_METADATA,), name=METADATA_INPUT)
-        embedded = layers.Dense(METADATA_UNITS, activation="relu", name="metadata_dense", dtype="float32")(metadata)
-        pooled = layers.Concatenate(name="fuse", dtype="float32")([pooled, embedded])
-        graph_inputs = {IMAGE_INPUT: inputs, METADATA_INPUT: metadata}
-    if dropout > 0:
-        pooled = layers.Dropout(dropout, name="dropout", dtype="float32")(pooled)
-    outputs = layers.Dense(NUM_FINDINGS, activation="sigmoid", name="findings", dtype="float32")(pooled)
-    model = keras.Model(graph_inputs, outputs, name=f"chestxray_{backbone}{'_metadata' if use_metadata else ''}")
+        model = model_from_weights_file(weights_file, backbone, image_size, dropout, use_metadata)
     if batchnorm_momentum is not None:
         set_batchnorm_momentum(model, batchnorm_momentum)
-    if weights_file is not None:
-        model.load_weights(weights_file)
     return model
 
 

@@ -107,6 +107,10 @@ def test_layer_is_automatic_or_checked_by_name():
     with pytest.raises(ValueError, match="'pool'.*no 4-D"):
         resolve_layer(model, "pool")
     assert last_feature_map_layer(build_model("densenet121", 64)) == "relu"
+    # Not VGG16's trailing block5_pool: its last convolution, at twice the resolution.
+    vgg = build_model("vgg16", 64)
+    assert last_feature_map_layer(vgg) == "block5_conv3"
+    assert feature_map_shape(vgg, "block5_conv3") == (4, 4) and feature_map_shape(vgg, "block5_pool") == (2, 2)
 
 
 def test_random_baseline_is_seeded_and_shaped_like_a_heatmap():

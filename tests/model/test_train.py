@@ -73,3 +73,30 @@ def test_every_backbone_builds_and_trains_a_step_on_real_images(backbone, nih_64
 def test_missing_weights_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.weights.h5"):
         build_model("small_cnn", 32, str(tmp_path / "nope.weights.h5"))
+
+
+@pytest.mark.parametrize("backbone", ["mobilenetv2", "vgg16"])
+def test_weights_saved_from_an_imagenet_started_model_load(tmp_path, backbone):
+    """train.weights: a path saved from a model started from ImageNet weights
+    (three channels, the backbone's ImageNet scaling) builds that layout."""
+    from pipeline.models import assemble_model
+
+    started_from_imagenet = assemble_model(backbone, 32, "imagenet")
+    saved = tmp_path / "imagenet-started.weights.h5"
+    started_from_imagenet.save_weights(saved)
+    model = build_model(backbone, 32, str(saved))
+    assert model.get_layer("gray_to_rgb") is not None
+    images = np.random.default_rng(3).uniform(0, 255, (2, 32, 32, 1)).astype(np.float32)
+    np.testing.assert_allclose(model(images).numpy(), started_from_imagenet(images).numpy(), atol=1e-6)
+
+
+def test_weights_of_another_model_are_refused_with_the_reason(tmp_path):
+    saved = tmp_path / "small.weights.h5"
+    build_model("small_cnn", 32, "none").save_weights(saved)
+    with pytest.raises(ValueError, match=r"small\.weights\.h5 does not fit a mobilenetv2 model at 32 px.*none or imagenet"):
+        build_model("mobilenetv2", 32, str(saved))
+    with pytest.raises(ValueError, match="use_metadata True"):
+        build_model("small_cnn", 32, str(saved), use_metadata=True)
+    (tmp_path / "notes.weights.h5").write_text("not weights")
+    with pytest.raises(ValueError, match="notes.weights.h5 is not a readable HDF5 weights file"):
+        build_model("small_cnn", 32, str(tmp_path / "notes.weights.h5"))

@@ -104,6 +104,40 @@ def test_missing_imagenet_weights_name_the_file_and_the_cache(tmp_path, monkeypa
         build_model("mobilenetv2", 128, "imagenet")
 
 
+def test_efficientnet_imagenet_input_scaled_as_keras_scales_it(tmp_path, monkeypatch):
+    """Keras's EfficientNetB0 built with weights="imagenet" computes, before its
+    first convolution, ((x / 255 - mean) / std) / sqrt(std) per channel. Ours is
+    built with weights=None and loads the cached file; its stem must see the same.
+    The cached file here is a stand-in with ImageNet's normalisation statistics."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, imagenet_weights_name
+
+    size = 32
+    stand_in = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(size, size, 3))
+    normalization = next(layer for layer in stand_in.layers if isinstance(layer, keras.layers.Normalization))
+    normalization.set_weights(
+        [np.array(IMAGENET_MEAN), np.square(IMAGENET_STD), np.array(1)])
+    (tmp_path / "models").mkdir()
+    with h5py.File(tmp_path / "models" / imagenet_weights_name("efficientnetb0", size), "w") as file:
+        legacy_h5_format.save_weights_to_hdf5_group(file, stand_in)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    model = build_model("efficientnetb0", size, "imagenet")
+    stem_input = keras.Model(model.input, model.get_layer("stem_conv_pad").input)
+    grey = np.random.default_rng(0).uniform(0, 255, (2, size, size, 1)).astype(np.float32)
+    mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
+    expected = ((grey / 255.0 - mean) / std) / np.sqrt(std)
+    np.testing.assert_allclose(stem_input(grey).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_efficientnet_from_scratch_is_rescaled_once():
+    model = build_model("efficientnetb0", 32, "none")
+    stem_input = keras.Model(model.input, model.get_layer("stem_conv_pad").input)
+    grey = np.full((1, 32, 32, 1), 255.0, np.float32)
+    np.testing.assert_allclose(stem_input(grey).numpy(), 1.0, rtol=1e-6)  # 0..255 -> 0..1, not 0.004
+
+
 @pytest.mark.parametrize("backbone", ["resnet18", "alexnet", "small_cnn"])
 def test_imagenet_for_our_own_backbones_is_an_error(backbone):
     with pytest.raises(ValueError, match=f"imagenet has no weights for train.backbone '{backbone}'"):

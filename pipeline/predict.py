@@ -280,7 +280,7 @@ def registered_keras_model(uri: str, local: Path, flavors: dict) -> keras.Model:
     """The Keras model inside a downloaded MLflow model: the .keras artifact of
     our pyfunc (pipeline.serving), or a Keras-flavour model (versions
     registered before the pyfunc wrapper)."""
-    from pipeline.serving import KERAS_ARTIFACT
+    from pipeline.registry import KERAS_ARTIFACT
 
     artifact = flavors.get("python_function", {}).get("artifacts", {}).get(KERAS_ARTIFACT)
     if artifact is not None:

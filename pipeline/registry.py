@@ -21,6 +21,8 @@ DEFAULT_MAX_CLASS_DROP = 0.02
 SERVING_PACKAGES = ("mlflow", "tensorflow-cpu", "keras", "numpy", "pandas", "opencv-python-headless")
 # The pipeline package travels with the model, so the pyfunc loads without the project installed.
 PACKAGE_DIR = Path(__file__).resolve().parent
+# The name of the registered pyfunc's .keras artifact (pipeline.serving).
+KERAS_ARTIFACT = "keras_model"
 
 
 def serving_requirements() -> list[str]:
@@ -113,7 +115,7 @@ def register_model(
 
     Returns {"version", "champion": bool, "reasons": [...], "previous_champion": record or None}.
     """
-    from pipeline.serving import KERAS_ARTIFACT, ChestXrayPyfunc
+    from pipeline.serving import ChestXrayPyfunc
 
     with tempfile.TemporaryDirectory(prefix="cxr-register-") as folder:
         keras_file = Path(folder) / "model.keras"

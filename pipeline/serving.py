@@ -10,7 +10,8 @@ takes {"image": images, "metadata": ...}, the metadata either encoded
 a list of dicts). `mlflow models serve` answers with the finding names too.
 
 The Keras model travels as the artifact KERAS_ARTIFACT (a plain .keras
-file), so pipeline.predict.load_model reads it without unpickling anything.
+file), so pipeline.predict.load_model reads it without unpickling anything,
+or importing this module (MLflow warns, once, when the class is defined).
 """
 from __future__ import annotations
 
@@ -20,8 +21,7 @@ import pandas as pd
 
 from pipeline.labels import FINDINGS
 from pipeline.metadata import IMAGE_INPUT, METADATA_INPUT, encode_metadata_input
-
-KERAS_ARTIFACT = "keras_model"
+from pipeline.registry import KERAS_ARTIFACT
 
 
 # MLflow 3.17 warns (once, at class creation) that predict has no type hints;

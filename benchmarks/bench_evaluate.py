@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from common import results_body, timed, update_results  # noqa: E402
+from common import add_output_arguments, report, timed  # noqa: E402
 from pipeline.evaluate import bootstrap_indices, evaluation_metrics  # noqa: E402
 from pipeline.labels import FINDINGS  # noqa: E402
 
@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=25_000)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--naive", type=int, default=20, help="resamples timed for the sklearn loop")
+    add_output_arguments(parser)
     args = parser.parse_args()
     val, test = synthetic_split(args.images, 1), synthetic_split(args.images, 2)
     metrics, ours = timed(evaluation_metrics, val, test, "youden", resamples=args.resamples, seed=0)
@@ -68,10 +69,7 @@ def main() -> None:
         f"  ({naive_full / ours:.0f}x (a))",
         f"mean AUC {metrics['mean_auc']:.4f}, 95% CI {low:.4f}-{high:.4f}",
     ]
-    print("\n".join(lines))
-    command = f"python benchmarks/bench_evaluate.py --images {args.images} --resamples {args.resamples} " \
-              f"--naive {args.naive}"
-    update_results(SECTION, results_body("Evaluate: bootstrap AUC confidence intervals", command, lines))
+    report(args, SECTION, "Evaluate: bootstrap AUC confidence intervals", lines)
 
 
 if __name__ == "__main__":

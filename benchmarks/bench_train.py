@@ -40,7 +40,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from common import cores, results_body, update_results  # noqa: E402
+from common import add_output_arguments, cores, report  # noqa: E402
 from pipeline.labels import FINDINGS  # noqa: E402
 from pipeline.manifest import MANIFEST_COLUMNS  # noqa: E402
 
@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="the first is left out of the rates")
     parser.add_argument("--rounds", type=int, default=2,
                         help="rounds of (bare, ours, cached, augmented), each variant's best round kept")
-    parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
+    add_output_arguments(parser)
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first epoch is left out)")
@@ -206,18 +206,13 @@ def main() -> None:
             worst = min(worst, ours / bare)
             line = (f"{spec:<18}{bare:>9.1f}/s{ours:>9.1f}/s{ours / bare:>9.2f}x{cached:>9.1f}/s"
                     f"{cached / bare:>11.2f}x{augmented:>9.1f}/s{augmented / bare:>8.2f}x{epoch_end:>10.2f}s")
-            print(line, flush=True)
             lines.append(line)
     verdict = f"target ours >= {TARGET} x bare: {'met' if worst >= TARGET else 'NOT met'} (worst {worst:.2f}x)"
-    print(verdict)
     lines.append(verdict)
-    if not args.no_write:
-        command = "benchmarks/bench_train.py " + " ".join(sys.argv[1:])
-        note = (f"{args.images} train records, batch {args.batch}, {args.epochs} epochs (first left out), "
-                f"best of {args.rounds} interleaved rounds, "
-                f"{cores()} cores{gpu_note()}; training images/s; epoch end = our seconds per epoch after the "
-                f"last batch (best-model checkpoint), not in the rates")
-        update_results(SECTION, results_body("Training loop vs bare model.fit", command.strip(), lines, note))
+    note = (f"{args.images} train records, batch {args.batch}, {args.epochs} epochs (first left out), "
+            f"best of {args.rounds} interleaved rounds, {cores()} cores{gpu_note()}; training images/s; "
+            f"epoch end = our seconds per epoch after the last batch (best-model checkpoint), not in the rates")
+    report(args, SECTION, "Training loop vs bare model.fit", lines, note)
 
 
 if __name__ == "__main__":

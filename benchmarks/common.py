@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -67,9 +68,11 @@ def add_output_arguments(parser) -> None:
     parser.add_argument("--note", default="", help="a line for RESULTS.md, e.g. what else the machine ran")
 
 
-def report(args, section: str, title: str, lines: list[str]) -> None:
-    """Print the result lines and, unless --no-write, put them into RESULTS.md's `section`."""
+def report(args, section: str, title: str, lines: list[str], note: str = "") -> None:
+    """Print the result lines and, unless --no-write, put them into RESULTS.md's
+    `section`, with the command line that gave them and `note` beside --note's."""
     print("\n".join(lines))
     if not args.no_write:
-        update_results(section, results_body(title, f".venv/bin/python benchmarks/{section}.py", lines, args.note))
+        command = " ".join([f".venv/bin/python benchmarks/{section}.py", *sys.argv[1:]])
+        update_results(section, results_body(title, command, lines, "; ".join(n for n in (note, args.note) if n)))
         print("wrote benchmarks/RESULTS.md")

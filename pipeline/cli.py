@@ -49,7 +49,7 @@ class ImageResult:
     findings: list[str] = field(default_factory=list)
     gradcam: dict[str, str] = field(default_factory=dict)
     error: str | None = None
-    metadata: dict | None = None
+    metadata: np.ndarray | None = None  # encoded (pipeline.metadata), for a model that takes it
 
     def as_json(self, with_gradcam: bool) -> dict:
         if self.error is not None:
@@ -200,8 +200,7 @@ def predict_batch(
     for result in results:
         try:
             if metadata is not None:
-                result.metadata = metadata(result.image)
-                encode_metadata(**result.metadata)
+                result.metadata = encode_metadata(**metadata(result.image))
             loaded.append((result, model.preprocess(result.image)))
         except PatientMetadataError as exc:
             result.error = f"{result.image}: patient metadata: {exc}"
@@ -212,8 +211,8 @@ def predict_batch(
     if not loaded:
         return
     images = np.stack([image for _, image in loaded])
-    rows = [result.metadata for result, _ in loaded] if metadata is not None else None
-    for (result, _), probabilities in zip(loaded, model.predict(images, rows, batch_size=batch_size)):
+    encoded = np.stack([result.metadata for result, _ in loaded]) if metadata is not None else None
+    for (result, _), probabilities in zip(loaded, model.predict(images, encoded, batch_size=batch_size)):
         result.probabilities = {f: float(p) for f, p in zip(model.findings, probabilities)}
         result.findings = model.positive_findings(probabilities)
     if gradcam_dir is not None:
@@ -225,15 +224,14 @@ def write_overlays(
 ) -> None:
     """Grad-CAM overlay PNGs, batched over (image, finding) pairs."""
     from pipeline.gradcam import grad_cam, overlay_heatmap
-    from pipeline.predict import metadata_batch
 
     pairs = [(i, finding) for i, result in enumerate(results) for finding in result.findings_to_explain()]
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         indices = np.array([i for i, _ in chunk])
         classes = np.array([model.findings.index(finding) for _, finding in chunk])
-        rows = [results[i].metadata for i in indices] if model.uses_metadata else None
-        heatmaps = grad_cam(model.keras_model, images[indices], classes, metadata=metadata_batch(rows, len(chunk)))
+        encoded = np.stack([results[i].metadata for i in indices]) if model.uses_metadata else None
+        heatmaps = grad_cam(model.keras_model, images[indices], classes, metadata=encoded)
         for (i, finding), heatmap in zip(chunk, heatmaps):
             path = out_dir / f"{results[i].overlay_stem}_{finding}.png"
             if not cv2.imwrite(str(path), overlay_heatmap(images[i], heatmap)):

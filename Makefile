@@ -57,12 +57,14 @@ run: $(STAMP)
 # `dvc repro` only when data, params or code changed (says so otherwise);
 # what the retrain workflow in .github/workflows runs.
 retrain: $(STAMP)
-	python -m pipeline.retrain
+	python -m pipeline.model.retrain
 
 test: $(STAMP) $(CHROMIUM_STAMP) $(ACTIONLINT_STAMP)
+	ruff check .
 	python -m pytest $(PYTEST_ARGS)
 
 test-quick: $(STAMP)
+	ruff check .
 	python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 mlflow-ui: $(STAMP)

@@ -21,12 +21,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
+import numpy as np
+from common import add_output_arguments, report, timed
+from sklearn.metrics import roc_auc_score
 
-from common import add_output_arguments, report, timed  # noqa: E402
-from pipeline.evaluate import bootstrap_indices, evaluation_metrics  # noqa: E402
-from pipeline.labels import FINDINGS  # noqa: E402
+from pipeline.core.labels import FINDINGS
+from pipeline.model.metrics import bootstrap_indices, evaluation_metrics
 
 SECTION = "bench_evaluate"
 # NIH ChestX-ray14 prevalences (share of images with the finding), FINDINGS order.

@@ -26,16 +26,15 @@ sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-
-from common import add_output_arguments, report, timed  # noqa: E402
+import numpy as np
+from common import add_output_arguments, report, timed
 
 IMAGES = PROJECT_ROOT.parent / "shared" / "data" / "nih-subset" / "images_001" / "images"
 SECTION = "bench_gradcam"
 
 
 def load_images(n: int, size: int) -> tuple[np.ndarray, str]:
-    from pipeline.imaging import load_xray
+    from pipeline.records.imaging import load_xray
 
     files = sorted(IMAGES.glob("*.png"))[:n]
     if len(files) == n:
@@ -69,8 +68,8 @@ def main() -> None:
     add_output_arguments(parser)
     args = parser.parse_args()
 
-    from pipeline.gradcam import grad_cam, last_feature_map_layer
-    from pipeline.models import build_model
+    from pipeline.explain.gradcam import grad_cam, last_feature_map_layer
+    from pipeline.model.architectures import build_model
 
     images, source = load_images(args.images, args.size)
     classes = np.arange(args.images) % 14

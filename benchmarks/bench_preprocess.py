@@ -32,11 +32,11 @@ sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import pandas as pd  # noqa: E402
+import pandas as pd
+from common import add_output_arguments, cores, report, timed
 
-from common import add_output_arguments, cores, report, timed  # noqa: E402
-from pipeline.labels import FINDINGS  # noqa: E402
-from pipeline.manifest import MANIFEST_COLUMNS  # noqa: E402
+from pipeline.core.labels import FINDINGS
+from pipeline.data.manifest import MANIFEST_COLUMNS
 
 IMAGES = PROJECT_ROOT.parent / "shared" / "data" / "nih-subset" / "images_001" / "images"
 SECTION = "bench_preprocess"
@@ -60,7 +60,7 @@ def limit_rate(files: list[Path]) -> float:
     """(a) decode + resize, images/s on one core."""
     import cv2
 
-    from pipeline.imaging import decode_to_gray8, resize_square
+    from pipeline.records.imaging import decode_to_gray8, resize_square
 
     cv2.setNumThreads(1)
 
@@ -95,10 +95,10 @@ def naive_rate(files: list[Path], n: int, out: Path) -> float:
 def child_preprocess(manifest_csv: str, out: str, workers: int) -> None:
     """(c), in a child process; prints its throughput as JSON."""
     out = Path(out)
-    from pipeline.manifest import read_manifest
-    from pipeline.preprocess import write_tfrecord_shards
+    from pipeline.data.manifest import read_manifest
+    from pipeline.records.preprocess import write_tfrecord_shards
 
-    importlib.import_module("pipeline.tfrecords")  # TensorFlow (~4 s to import): start-up, not throughput
+    importlib.import_module("pipeline.records.tfrecords")  # TensorFlow (~4 s to import): start-up, not throughput
 
     manifest = read_manifest(manifest_csv)
     out.mkdir()
@@ -145,7 +145,7 @@ def input_rate(tfrecord_dir: Path, batch_size: int, seconds: float = 10.0) -> fl
     in steady state: after 100 batches (tf.data's autotuning), over `seconds`."""
     import yaml
 
-    from pipeline.dataset import make_dataset, shard_files
+    from pipeline.records.dataset import make_dataset, shard_files
 
     augment = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["train"]["augment"]
     dataset = make_dataset(shard_files(tfrecord_dir, "train"), batch_size, training=True,
@@ -166,7 +166,7 @@ def densenet_train_rate(batch_size: int, steps: int = 4) -> float:
     import keras
     import numpy as np
 
-    from pipeline.models import build_model
+    from pipeline.model.architectures import build_model
 
     model = build_model("densenet121", SIZE, weights="none")
     model.compile(optimizer="adam", loss="binary_crossentropy")

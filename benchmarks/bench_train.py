@@ -36,13 +36,13 @@ sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import keras
+import numpy as np
+import pandas as pd
+from common import add_output_arguments, cores, report
 
-from common import add_output_arguments, cores, report  # noqa: E402
-from pipeline.labels import FINDINGS  # noqa: E402
-from pipeline.manifest import MANIFEST_COLUMNS  # noqa: E402
+from pipeline.core.labels import FINDINGS
+from pipeline.data.manifest import MANIFEST_COLUMNS
 
 SHARED = PROJECT_ROOT.parent / "shared" / "data"
 SOURCES = (SHARED / "nih-subset" / "images_001" / "images", SHARED / "nih-64px" / "train")
@@ -70,7 +70,7 @@ def train_manifest(files: list[Path], n: int) -> pd.DataFrame:
 
 
 def write_shards(files: list[Path], n: int, size: int, out: Path) -> Path:
-    from pipeline.preprocess import write_tfrecord_shards
+    from pipeline.records.preprocess import write_tfrecord_shards
 
     out.mkdir(parents=True)
     index, _ = write_tfrecord_shards(train_manifest(files, n), out, size, shard_size=max(1, n // 4))
@@ -80,7 +80,7 @@ def write_shards(files: list[Path], n: int, size: int, out: Path) -> Path:
 
 def in_memory(shards: Path, batch: int) -> tuple[np.ndarray, np.ndarray]:
     """Every train record decoded once: (images float32 0..255, labels)."""
-    from pipeline.dataset import make_dataset, read_shard_index, shard_files
+    from pipeline.records.dataset import make_dataset, read_shard_index, shard_files
 
     records = read_shard_index(shards)["splits"]["train"]["records"]
     images, labels = zip(*make_dataset(shard_files(shards, "train"), batch, records=records).as_numpy_iterator())
@@ -119,8 +119,8 @@ class TrainTimer(keras.callbacks.Callback):
 def bare_rate(backbone: str, size: int, batch: int, epochs: int, x: np.ndarray, y: np.ndarray,
               pos_weight: np.ndarray) -> float:
     """(a) model.fit on in-memory arrays, compiled as train_model compiles."""
-    from pipeline.models import build_model
-    from pipeline.train import weighted_binary_crossentropy
+    from pipeline.model.architectures import build_model
+    from pipeline.model.train import weighted_binary_crossentropy
 
     keras.utils.set_random_seed(0)
     model = build_model(backbone, size, "none", batchnorm_momentum=0.9)
@@ -134,8 +134,8 @@ def bare_rate(backbone: str, size: int, batch: int, epochs: int, x: np.ndarray, 
 def our_rate(backbone: str, size: int, batch: int, epochs: int, shards: Path, augment: dict | None,
              checkpoint: Path, cache: bool = False) -> tuple[float, float]:
     """(b)/(b')/(c) train_model over the shards: (images/s, mean seconds per epoch after training)."""
-    from pipeline.models import build_model
-    from pipeline.train import train_model
+    from pipeline.model.architectures import build_model
+    from pipeline.model.train import train_model
 
     keras.utils.set_random_seed(0)
     model = build_model(backbone, size, "none", batchnorm_momentum=0.9)
@@ -172,8 +172,8 @@ def main() -> None:
 
     import yaml
 
-    from pipeline.dataset import read_shard_index
-    from pipeline.train import positive_weights
+    from pipeline.model.train import positive_weights
+    from pipeline.records.dataset import read_shard_index
 
     default_augment = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["train"]["augment"]
     files = source_images()

@@ -21,14 +21,13 @@ sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
-import pandas as pd  # noqa: E402
+import pandas as pd
+from common import add_output_arguments, report, timed
 
-from pipeline.ingest import label_matrix  # noqa: E402
-from pipeline.manifest import MANIFEST_COLUMNS, MANIFEST_DTYPES  # noqa: E402
-from pipeline.nih import read_nih_metadata  # noqa: E402
-from pipeline.split import assign_patient_splits  # noqa: E402
-
-from common import add_output_arguments, report, timed  # noqa: E402
+from pipeline.data.ingest import label_matrix
+from pipeline.data.manifest import MANIFEST_COLUMNS, MANIFEST_DTYPES
+from pipeline.data.nih import read_data_entry
+from pipeline.data.split import assign_patient_splits
 
 DEFAULT_CSV = PROJECT_ROOT.parent / "shared" / "data" / "nih-subset" / "Data_Entry_2017_v2020.csv.gz"
 TARGET_S = 10.0
@@ -38,7 +37,7 @@ RATIOS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
 def full_manifest(csv: Path, seed: int = 42) -> pd.DataFrame:
     """The manifest for every row of `csv`, as ingest would write it if every image were on disk."""
-    metadata = read_nih_metadata(csv)
+    metadata = read_data_entry(csv)
     labels = label_matrix(metadata, csv)
     manifest = pd.concat([metadata, labels], axis=1)
     manifest["path"] = "data/nih/images/" + manifest["image_id"]
@@ -55,7 +54,7 @@ def main() -> None:
     if not args.csv.is_file():
         sys.exit(f"bench_validate: {args.csv} not found (the real NIH CSV lives in ../shared/data/nih-subset)")
 
-    from pipeline.validate import validate_manifest
+    from pipeline.data.validate import validate_manifest
 
     manifest, build_s = timed(full_manifest, args.csv)
     result, first_s = timed(validate_manifest, manifest)  # includes GX import and context set-up

@@ -3,18 +3,18 @@
     from pipeline import load_model, preprocess_xray, generate_gradcam
 
 It is loaded on first use (PEP 562), because worker processes import
-pipeline.imaging and must not pull TensorFlow in with this package.
+pipeline.records.imaging and must not pull TensorFlow in with this package.
 """
 from __future__ import annotations
 
 import importlib
 
 LAZY_API = {
-    "load_model": "pipeline.predict",
-    "preprocess_xray": "pipeline.predict",
-    "generate_gradcam": "pipeline.predict",
-    "XrayModel": "pipeline.predict",
-    "ModelLoadError": "pipeline.predict",
+    "load_model": "pipeline.serve.predict",
+    "preprocess_xray": "pipeline.serve.predict",
+    "generate_gradcam": "pipeline.serve.predict",
+    "XrayModel": "pipeline.serve.predict",
+    "ModelLoadError": "pipeline.serve.predict",
 }
 __all__ = list(LAZY_API)
 

@@ -3,18 +3,23 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pipeline.stage import run_stage  # noqa: E402
+from pipeline.core.stage import run_stage
 
 
 def main() -> None:
-    from pipeline.atomic import write_json_atomic
-    from pipeline.config import load_params, path_of
-    from pipeline.ingest import run_ingest
+    from pipeline.core.atomic import write_csv_atomic, write_json_atomic
+    from pipeline.core.config import load_params, path_of, phantom_root, section
+    from pipeline.data.ingest import ingest_data_root
 
     params = load_params()
-    report = run_ingest(params)
+    settings = section(params, "ingest")
+    root = phantom_root(params) if settings["source"] == "phantom" else Path(settings["root"])
+    manifest, boxes, report = ingest_data_root(
+        settings["source"], root, settings["split"], int(params["seed"]),
+        require_all_images=bool(settings.get("require_all_images", False)),
+    )
+    write_csv_atomic(manifest, path_of(params, "manifest"))
+    write_csv_atomic(boxes, path_of(params, "boxes"))
     write_json_atomic(path_of(params, "metrics") / "ingest.json", report)
     print(
         f"ingest: {report['manifest_rows']} images of {report['patients']} patients "

@@ -2,23 +2,30 @@
 
 A stage of its own so that ingest can depend on ${ingest.root} whatever the
 source: the phantom's folder is this stage's output, a user's download is
-theirs (see dvc.yaml).
+theirs (see dvc.yaml). With any other source it writes only a note there.
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pipeline.stage import run_stage  # noqa: E402
+from pipeline.core.stage import run_stage
 
 
 def main() -> None:
-    from pipeline.config import load_params, phantom_root
-    from pipeline.phantom import write_phantom
+    from pipeline.core.config import load_params, phantom_root, section, worker_count
+    from pipeline.phantom.generate import write_phantom
 
     params = load_params()
-    summary = write_phantom(params)
-    print(f"phantom: {summary['images']} images in {phantom_root(params)}", file=sys.stderr)
+    ingest = section(params, "ingest")
+    out_dir = phantom_root(params)
+    summary = write_phantom(
+        out_dir, source=ingest["source"], n_images=int(ingest["phantom"]["n_images"]),
+        seed=int(params["seed"]), image_size=int(ingest["phantom"]["image_size"]),
+        workers=worker_count(ingest.get("workers")),
+    )
+    if ingest["source"] == "phantom":
+        print(f"phantom: {summary['images']} images of {summary['patients']} patients, "
+              f"{summary['boxes']} boxes in {out_dir}", file=sys.stderr)
+    else:
+        print(f"phantom: ingest.source is {ingest['source']}, wrote only a note in {out_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,15 @@
 """DVC stage preprocess: validated manifest + images -> TFRecord shards per split."""
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pipeline.stage import run_stage  # noqa: E402
+from pipeline.core.stage import run_stage
 
 
 def main() -> None:
-    from pipeline.atomic import atomic_dir, write_csv_atomic, write_json_atomic
-    from pipeline.config import load_params, path_of, section, worker_count
-    from pipeline.manifest import read_manifest
-    from pipeline.preprocess import write_tfrecord_shards
-    from pipeline.tfrecords import INDEX_FILE
+    from pipeline.core.atomic import atomic_dir, write_csv_atomic, write_json_atomic
+    from pipeline.core.config import load_params, path_of, section, worker_count
+    from pipeline.data.manifest import read_manifest
+    from pipeline.records.preprocess import write_tfrecord_shards
+    from pipeline.records.tfrecords import INDEX_FILE
 
     params = load_params()
     settings = section(params, "preprocess")

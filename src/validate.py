@@ -6,19 +6,16 @@ later stages read, so a failure stops the pipeline here. The HTML report
 """
 import shutil
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pipeline.stage import StageError, run_stage  # noqa: E402
+from pipeline.core.stage import StageError, run_stage
 
 
 def main() -> None:
-    from pipeline.atomic import atomic_dir, write_json_atomic
-    from pipeline.config import load_params, path_of
-    from pipeline.manifest import read_manifest
-    from pipeline.validate import format_failure_summary, validate_manifest
-    from pipeline.validation_report import write_validation_report
+    from pipeline.core.atomic import atomic_dir, write_json_atomic
+    from pipeline.core.config import load_params, path_of
+    from pipeline.data.manifest import read_manifest
+    from pipeline.data.validate import format_failure_summary, validate_manifest
+    from pipeline.data.validation_report import write_validation_report
 
     params = load_params()
     source = path_of(params, "manifest")

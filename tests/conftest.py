@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline.data.nih import KAGGLE_SAMPLE_HEADER
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -22,17 +24,26 @@ NIH_SUBSET = SHARED_DATA / "nih-subset"
 NIH_64PX = SHARED_DATA / "nih-64px"
 
 
+def require_shared(path: Path, what: str) -> None:
+    """Skip when ../shared is absent (a user's clone has none); under CI=true,
+    where it is always laid out, its absence is a failure, not a skip."""
+    if path.exists():
+        return
+    reason = f"{what} not found at {path} (../shared is only in developer and CI checkouts)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture
 def nih_subset() -> Path:
-    if not (NIH_SUBSET / "Data_Entry_2017_v2020.csv.gz").is_file():
-        pytest.skip(f"real NIH subset not found at {NIH_SUBSET} (../shared is only in developer and CI checkouts)")
+    require_shared(NIH_SUBSET / "Data_Entry_2017_v2020.csv.gz", "real NIH subset")
     return NIH_SUBSET
 
 
 @pytest.fixture
 def nih_64px() -> Path:
-    if not (NIH_64PX / "train").is_dir():
-        pytest.skip(f"real NIH 64px images not found at {NIH_64PX} (../shared is only in developer and CI checkouts)")
+    require_shared(NIH_64PX / "train", "real NIH 64px images")
     return NIH_64PX
 
 
@@ -85,12 +96,6 @@ def make_nih_root(root: Path, rows: list[tuple], size: int = 48, trailing_comma:
         lines.append(line + ("," if trailing_comma else ""))
     (root / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")
     return root
-
-
-KAGGLE_SAMPLE_HEADER = (
-    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-    "OriginalImageWidth,OriginalImageHeight,OriginalImagePixelSpacing_x,OriginalImagePixelSpacing_y"
-)
 
 
 def make_kaggle_sample_root(root: Path, rows: list[tuple], size: int = 48, images: str = "sample/images") -> Path:

@@ -3,16 +3,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.atomic import atomic_dir, atomic_path
+from pipeline.core.atomic import atomic_dir, atomic_path
 
 
 def test_atomic_path_failure_leaves_old_content(tmp_path):
     target = tmp_path / "out.csv"
     target.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("crash")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
 
@@ -29,10 +28,9 @@ def test_atomic_dir_replaces_whole_directory(tmp_path):
 
 def test_atomic_dir_failure_keeps_nothing_half_written(tmp_path):
     target = tmp_path / "shards"
-    with pytest.raises(RuntimeError):
-        with atomic_dir(target) as staging:
-            (staging / "part").write_text("y")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_dir(target) as staging:
+        (staging / "part").write_text("y")
+        raise RuntimeError("killed")
     assert not target.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -43,7 +41,7 @@ def test_temporaries_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
     target = tmp_path / "shards"
     # A real writer process that dies mid-write (kill -9 leaves no chance to clean up).
     code = (
-        "import os, signal, sys; from pipeline.atomic import atomic_dir\n"
+        "import os, signal, sys; from pipeline.core.atomic import atomic_dir\n"
         f"with atomic_dir({str(target)!r}) as staging:\n"
         "    (staging / 'part-00000').write_text('half')\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"

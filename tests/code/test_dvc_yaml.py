@@ -24,7 +24,7 @@ def test_ingest_depends_on_the_data_root():
 
 def test_validate_declares_its_html_report():
     assert "${paths.validation_report}" in STAGES["validate"]["outs"]
-    assert "pipeline/validation_report.py" in STAGES["validate"]["deps"]
+    assert "pipeline/data/validation_report.py" in STAGES["validate"]["deps"]
 
 
 def dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -54,11 +54,11 @@ def test_dvc_accepts_the_graph(tmp_path, source):
 # Modules that cannot change a stage's outputs: a change to them reruns nothing.
 NOT_OUTPUT_AFFECTING = {
     "pipeline/__init__.py",
-    "pipeline/stage.py",  # error reporting
-    "pipeline/progress.py",  # progress lines
-    "pipeline/config.py",  # reads params.yaml, whose values are declared as params
-    "pipeline/atomic.py",  # how files are written, not what
-    "pipeline/tracking.py",  # MLflow logging
+    "pipeline/core/stage.py",  # error reporting
+    "pipeline/core/progress.py",  # progress lines
+    "pipeline/core/config.py",  # reads params.yaml, whose values are declared as params
+    "pipeline/core/atomic.py",  # how files are written, not what
+    "pipeline/core/tracking.py",  # MLflow logging
 }
 
 

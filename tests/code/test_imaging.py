@@ -2,7 +2,14 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.imaging import MAX_PIXELS, ImageError, decode_to_gray8, load_xray, make_square, resize_square
+from pipeline.records.imaging import (
+    MAX_PIXELS,
+    ImageError,
+    decode_to_gray8,
+    load_xray,
+    make_square,
+    resize_square,
+)
 
 
 def encoded(image, ext=".png"):

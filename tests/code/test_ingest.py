@@ -1,14 +1,20 @@
 """Ingest on small NIH-format roots made of real PNG files."""
 import gzip
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
-from pipeline.ingest import build_manifest, read_boxes
-from pipeline.labels import FINDINGS
-from pipeline.manifest import MANIFEST_COLUMNS
-from pipeline.nih import MetadataError, index_images, read_nih_metadata
+from pipeline.core.labels import FINDINGS
+from pipeline.data.ingest import build_manifest, read_boxes
+from pipeline.data.manifest import MANIFEST_COLUMNS
+from pipeline.data.nih import DataEntryError, index_images, read_data_entry
+from tests.conftest import PROJECT_ROOT
 
 RATIOS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -29,7 +35,7 @@ def test_partial_download_is_counted(small_nih_root):
     manifest, report = build_manifest(small_nih_root, RATIOS, seed=0)
     assert len(manifest) == 11
     assert report["rows_without_image"] == 1 and report["images_without_row"] == 1
-    with pytest.raises(MetadataError, match="1 listed image\\(s\\) not on disk, 1 image\\(s\\) on disk"):
+    with pytest.raises(DataEntryError, match="1 listed image\\(s\\) not on disk, 1 image\\(s\\) on disk"):
         build_manifest(small_nih_root, RATIOS, seed=0, require_all_images=True)
 
 
@@ -67,14 +73,14 @@ def rewrite_line(root, line_number, new_line):
 )
 def test_bad_metadata_names_file_and_line(small_nih_root, line, problem):
     path = rewrite_line(small_nih_root, 2, line)
-    with pytest.raises(MetadataError, match=problem) as caught:
+    with pytest.raises(DataEntryError, match=problem) as caught:
         build_manifest(small_nih_root, RATIOS, seed=0)
     assert str(path) in str(caught.value)
 
 
 def test_wrong_header_named(small_nih_root):
     rewrite_line(small_nih_root, 1, "a,b,c")
-    with pytest.raises(MetadataError, match="line 1: missing required column\\(s\\) 'Image Index'"):
+    with pytest.raises(DataEntryError, match="line 1: missing required column\\(s\\) 'Image Index'"):
         build_manifest(small_nih_root, RATIOS, seed=0)
 
 
@@ -83,7 +89,8 @@ def test_missing_required_column_named(small_nih_root):
     lines = path.read_text().splitlines()
     lines[0] = lines[0].replace("View Position,", "")
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(MetadataError, match="Data_Entry_2017.csv: line 1: missing required column\\(s\\) 'View Position'"):
+    with pytest.raises(DataEntryError,
+                       match="Data_Entry_2017.csv: line 1: missing required column\\(s\\) 'View Position'"):
         build_manifest(small_nih_root, RATIOS, seed=0)
 
 
@@ -93,14 +100,14 @@ def test_symlink_outside_root_rejected(small_nih_root, tmp_path):
     target = small_nih_root / "images" / "00000001_000.png"
     target.unlink()
     target.symlink_to(outside)
-    with pytest.raises(MetadataError, match="symlink points outside the data root"):
+    with pytest.raises(DataEntryError, match="symlink points outside the data root"):
         index_images(small_nih_root)
 
 
 def test_no_image_on_disk_is_an_error(small_nih_root):
     for image in (small_nih_root / "images").iterdir():
         image.unlink()
-    with pytest.raises(MetadataError, match="none of the 12 images"):
+    with pytest.raises(DataEntryError, match="none of the 12 images"):
         build_manifest(small_nih_root, RATIOS, seed=0)
 
 
@@ -117,7 +124,7 @@ def test_boxes_read_in_nih_format(small_nih_root):
 
 
 def test_real_full_metadata_csv(nih_subset):
-    metadata = read_nih_metadata(nih_subset / "Data_Entry_2017_v2020.csv.gz")
+    metadata = read_data_entry(nih_subset / "Data_Entry_2017_v2020.csv.gz")
     assert len(metadata) == 112_120 and metadata["patient_id"].nunique() == 30_805
 
 
@@ -172,7 +179,7 @@ def test_kaggle_sample_bad_age_names_file_and_line(tmp_path):
 
     rows = [*SAMPLE_ROWS[:2], ("00000032_001.png", "No Finding", 1, 32, "55 years", "F", "PA")]
     root = make_kaggle_sample_root(tmp_path / "s", rows)
-    with pytest.raises(MetadataError, match="sample_labels.csv: line 4: age is not an integer: '55 years'"):
+    with pytest.raises(DataEntryError, match="sample_labels.csv: line 4: age is not an integer: '55 years'"):
         build_manifest(root, RATIOS, seed=0, source="kaggle-sample")
 
 
@@ -180,16 +187,16 @@ def test_wrong_source_gets_a_hint(tmp_path, small_nih_root):
     from tests.conftest import make_kaggle_sample_root
 
     sample = make_kaggle_sample_root(tmp_path / "s", SAMPLE_ROWS)
-    with pytest.raises(MetadataError, match="set ingest.source to kaggle-sample"):
+    with pytest.raises(DataEntryError, match="set ingest.source to kaggle-sample"):
         build_manifest(sample, RATIOS, seed=0)
-    with pytest.raises(MetadataError, match="set ingest.source to nih"):
+    with pytest.raises(DataEntryError, match="set ingest.source to nih"):
         build_manifest(small_nih_root, RATIOS, seed=0, source="kaggle-sample")
-    with pytest.raises(MetadataError, match="ingest.source must be one of"):
+    with pytest.raises(DataEntryError, match="ingest.source must be one of"):
         build_manifest(small_nih_root, RATIOS, seed=0, source="box")
 
 
 def test_real_kaggle_sample_labels(nih_subset):
-    metadata = read_nih_metadata(nih_subset / "sample_labels.csv")
+    metadata = read_data_entry(nih_subset / "sample_labels.csv")
     assert len(metadata) == 5_606
     assert metadata["age"].between(0, 411).all()
     assert metadata.loc[metadata["image_id"] == "00000013_005.png", "age"].item() == 60
@@ -225,13 +232,13 @@ def test_official_split_names_unlisted_images(small_nih_root):
 
 
 def test_official_split_needs_the_lists(small_nih_root):
-    with pytest.raises(MetadataError, match="test_list.txt: not found; ingest.split.method official"):
+    with pytest.raises(DataEntryError, match="test_list.txt: not found; ingest.split.method official"):
         build_manifest(small_nih_root, {"method": "official", **RATIOS}, seed=0)
 
 
 def test_bad_list_line_named(small_nih_root):
     write_lists(small_nih_root, ["00000001_000.png", "../etc/passwd"], [])
-    with pytest.raises(MetadataError, match="test_list.txt: line 2: '../etc/passwd' is not an Image Index"):
+    with pytest.raises(DataEntryError, match="test_list.txt: line 2: '../etc/passwd' is not an Image Index"):
         build_manifest(small_nih_root, {"method": "official", **RATIOS}, seed=0)
 
 
@@ -250,36 +257,41 @@ def stage_params(tmp_path, **ingest):
     }
 
 
-def test_phantom_then_ingest_stage(tmp_path, monkeypatch):
-    from pipeline.ingest import run_ingest
-    from pipeline.phantom import write_phantom
+def run_stage_script(stage: str, project: Path, params: dict) -> subprocess.CompletedProcess:
+    """`python src/<stage>.py` as DVC runs it: in the project folder, reading its params.yaml."""
+    params = {**params, "paths": {**params["paths"], "metrics": "metrics"}}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return subprocess.run([sys.executable, str(PROJECT_ROOT / "src" / f"{stage}.py")], cwd=project,
+                          capture_output=True, text=True, timeout=300)
 
-    monkeypatch.chdir(tmp_path)
+
+def test_phantom_then_ingest_stage(tmp_path):
     params = stage_params(tmp_path)
-    assert write_phantom(params)["images"] == 6
-    report = run_ingest(params)
+    phantom = run_stage_script("phantom", tmp_path, params)
+    assert phantom.returncode == 0, phantom.stderr
+    assert len(list((tmp_path / "data/ingest/phantom/images").iterdir())) == 6
+    ingest = run_stage_script("ingest", tmp_path, params)
+    assert ingest.returncode == 0, ingest.stderr
+    report = json.loads((tmp_path / "metrics/ingest.json").read_text())
     assert report["manifest_rows"] == 6 and report["source"] == "phantom"
     manifest = pd.read_csv(tmp_path / "data/ingest/manifest.csv")
     assert manifest["path"].str.startswith("data/ingest/phantom/images/").all()
     assert (tmp_path / "data/ingest/boxes.csv").is_file()
 
 
-def test_phantom_stage_writes_only_a_note_for_real_data(tmp_path, monkeypatch, small_nih_root):
-    from pipeline.ingest import run_ingest
-    from pipeline.phantom import write_phantom
-
-    monkeypatch.chdir(tmp_path)
+def test_phantom_stage_writes_only_a_note_for_real_data(tmp_path, small_nih_root):
     params = stage_params(tmp_path, source="nih", root=str(small_nih_root))
-    assert write_phantom(params)["images"] == 0
+    assert run_stage_script("phantom", tmp_path, params).returncode == 0
     assert [p.name for p in (tmp_path / "data/ingest/phantom").iterdir()] == ["NOT_USED.txt"]
-    assert run_ingest(params)["manifest_rows"] == 12
+    ingest = run_stage_script("ingest", tmp_path, params)
+    assert ingest.returncode == 0, ingest.stderr
+    assert json.loads((tmp_path / "metrics/ingest.json").read_text())["manifest_rows"] == 12
 
 
-def test_phantom_source_needs_root_at_paths_phantom(tmp_path, monkeypatch):
-    from pipeline.ingest import run_ingest
-
-    monkeypatch.chdir(tmp_path)
-    from pipeline.config import ConfigError
-
-    with pytest.raises(ConfigError, match="must be data/ingest/phantom \\(paths.phantom\\)"):
-        run_ingest(stage_params(tmp_path, root="elsewhere"))
+def test_phantom_source_needs_root_at_paths_phantom(tmp_path):
+    ingest = run_stage_script("ingest", tmp_path, stage_params(tmp_path, root="elsewhere"))
+    assert ingest.returncode == 1
+    assert ingest.stderr.strip().splitlines() == [
+        "ingest: error: ingest.root is elsewhere but must be data/ingest/phantom (paths.phantom) "
+        "when ingest.source is phantom"
+    ]

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.labels import FINDINGS, LabelError, format_finding_labels, parse_finding_labels
+from pipeline.core.labels import FINDINGS, LabelError, format_finding_labels, parse_finding_labels
 
 
 def test_fourteen_findings_spelled_as_nih():

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from pipeline.parallel import ordered_map
+from pipeline.core.parallel import ordered_map
 
 
 @pytest.mark.parametrize("workers", [1, 2])

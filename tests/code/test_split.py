@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.labels import FINDINGS
-from pipeline.split import SplitError, assign_official_splits, assign_patient_splits, split_settings
+from pipeline.core.labels import FINDINGS
+from pipeline.data.split import SplitError, assign_official_splits, assign_patient_splits, split_settings
 
 
 def patients(n_patients=200, seed=1):
@@ -89,15 +89,14 @@ def test_official_split_errors_name_images_and_patients():
 
 @pytest.fixture(scope="module")
 def full_csv():
-    from tests.conftest import NIH_SUBSET
+    from tests.conftest import NIH_SUBSET, require_shared
 
     path = NIH_SUBSET / "Data_Entry_2017_v2020.csv.gz"
-    if not path.is_file():
-        pytest.skip(f"real NIH CSV not found at {path} (../shared is only in developer and CI checkouts)")
-    from pipeline.ingest import label_matrix
-    from pipeline.nih import read_nih_metadata, read_official_lists
+    require_shared(path, "real NIH CSV")
+    from pipeline.data.ingest import label_matrix
+    from pipeline.data.nih import read_data_entry, read_official_lists
 
-    metadata = read_nih_metadata(path)
+    metadata = read_data_entry(path)
     return metadata, label_matrix(metadata, path), read_official_lists(NIH_SUBSET)
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.tracking import TrackingServerError, check_tracking_server, redacted
+from pipeline.core.tracking import TrackingServerError, check_tracking_server, redacted
 from tests.conftest import free_port
 
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.dataset import affine_transforms, augment_batch, check_augmentation, make_dataset
-from pipeline.ingest import build_manifest
-from pipeline.preprocess import write_tfrecord_shards
+from pipeline.data.ingest import build_manifest
+from pipeline.records.dataset import affine_transforms, augment_batch, check_augmentation, make_dataset
+from pipeline.records.preprocess import write_tfrecord_shards
 
 RATIOS = {"train": 0.5, "val": 0.25, "test": 0.25}
 OFF = check_augmentation({})

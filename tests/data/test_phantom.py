@@ -1,4 +1,4 @@
-"""Tests for pipeline.phantom: the synthetic NIH-format chest X-ray set."""
+"""Tests for pipeline.phantom.generate: the synthetic NIH-format chest X-ray set."""
 from __future__ import annotations
 
 import csv
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import phantom
-from pipeline.labels import FINDINGS, NO_FINDING, parse_finding_labels
-from pipeline.phantom import generate_phantom
+from pipeline.core.labels import FINDINGS, NO_FINDING, parse_finding_labels
+from pipeline.phantom import generate as phantom
+from pipeline.phantom.generate import generate_phantom
 
 DATA_ENTRY_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"

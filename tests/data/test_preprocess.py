@@ -4,11 +4,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.dataset import make_dataset
-from pipeline.imaging import load_xray
-from pipeline.ingest import build_manifest
-from pipeline.labels import FINDINGS
-from pipeline.preprocess import write_tfrecord_shards
+from pipeline.core.labels import FINDINGS
+from pipeline.data.ingest import build_manifest
+from pipeline.records.dataset import make_dataset
+from pipeline.records.imaging import load_xray
+from pipeline.records.preprocess import write_tfrecord_shards
 
 RATIOS = {"train": 0.5, "val": 0.25, "test": 0.25}
 
@@ -84,7 +84,7 @@ def test_a_record_is_the_same_bytes_in_every_process():
 
     from tests.conftest import PROJECT_ROOT
 
-    code = ("from pipeline.tfrecords import serialize_example; import sys; "
+    code = ("from pipeline.records.tfrecords import serialize_example; import sys; "
             "sys.stdout.write(serialize_example(b'png', [1] + [0] * 13, 'a.png', 1, 40, 'F', 'PA', 1024, 1024).hex())")
     outputs = {subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
                               check=True).stdout for _ in range(4)}

@@ -5,9 +5,9 @@ import json
 
 import pandas as pd
 
-from pipeline.labels import FINDINGS, NO_FINDING, format_finding_labels
-from pipeline.manifest import MANIFEST_COLUMNS, MANIFEST_DTYPES, read_manifest
-from pipeline.validate import (
+from pipeline.core.labels import FINDINGS, NO_FINDING, format_finding_labels
+from pipeline.data.manifest import MANIFEST_COLUMNS, MANIFEST_DTYPES, read_manifest
+from pipeline.data.validate import (
     ValidationResult,
     build_manifest_suite,
     format_failure_summary,
@@ -281,7 +281,7 @@ def test_failure_summary_stays_on_one_screen_when_everything_fails():
 
 
 def test_real_nih_subset_manifest_passes(nih_subset):
-    from pipeline.ingest import build_manifest
+    from pipeline.data.ingest import build_manifest
 
     manifest, _ = build_manifest(nih_subset, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=0)
     result = validate_manifest(manifest)

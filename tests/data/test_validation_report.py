@@ -6,8 +6,8 @@ import sys
 
 import yaml
 
-from pipeline.validate import validate_manifest
-from pipeline.validation_report import render_validation_html, write_validation_report
+from pipeline.data.validate import validate_manifest
+from pipeline.data.validation_report import render_validation_html, write_validation_report
 from tests.conftest import PROJECT_ROOT
 from tests.data.test_validate import make_manifest
 

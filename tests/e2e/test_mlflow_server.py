@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.labels import FINDINGS
+from pipeline.core.labels import FINDINGS
 from tests.conftest import PROJECT_ROOT, free_port
 from tests.e2e.test_pipeline import TINY, make_project, pipeline_env
 

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
+from pipeline.core.labels import FINDINGS
 from tests.conftest import PROJECT_ROOT
-
-from pipeline.labels import FINDINGS
 
 pytestmark = pytest.mark.slow
 
@@ -225,12 +224,12 @@ def test_use_metadata_reruns_train_evaluate_and_explain_only(repro):
     assert json.loads((project / "metrics" / "train.json").read_text())["uses_metadata"] is True
     assert json.loads((project / "metrics" / "explain.json").read_text())["localisation"]["overall"]["n"] > 0
 
-    from pipeline.metadata import METADATA_ENCODING
-    from pipeline.predict import load_model
+    from pipeline.core.patient import PATIENT_ENCODING
+    from pipeline.serve.predict import load_model
 
     store = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
     served = load_model("models:/chestxray/2", tracking_uri=store)
-    assert served.uses_metadata
+    assert served.uses_patient_metadata
     image = served.preprocess(next((project / "data" / "ingest" / "phantom" / "images").glob("*.png")))
     probabilities = served.predict(image, {"age": 50, "sex": "F", "view": "PA"})
     assert probabilities.shape == (len(FINDINGS),) and np.all((probabilities >= 0) & (probabilities <= 1))
@@ -241,5 +240,5 @@ def test_use_metadata_reruns_train_evaluate_and_explain_only(repro):
     local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(project / "v2"), tracking_uri=store)
     # The MLmodel of version 2 says how its metadata input is encoded.
     card = mlflow.models.Model.load(str(Path(local) / "MLmodel")).metadata
-    assert card["preprocessing"]["input"]["metadata"] == METADATA_ENCODING
+    assert card["preprocessing"]["input"]["metadata"] == PATIENT_ENCODING
     assert "patient metadata" in (project / "reports" / "evaluate" / "model_card.html").read_text()

@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from pipeline.tfrecords import file_sha256
+from pipeline.records.tfrecords import file_sha256
 from tests.e2e.test_pipeline import TINY, make_project, pipeline_env, run
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""`python -m pipeline.retrain` (make retrain) on a project whose data set the
+"""`python -m pipeline.model.retrain` (make retrain) on a project whose data set the
 user tracks with `dvc add`, with a local DVC remote: it reruns only on a change,
 and a clone + `dvc pull` restores every output byte for byte."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.labels import FINDINGS
+from pipeline.core.labels import FINDINGS
 from tests.conftest import make_nih_root
 from tests.e2e.test_pipeline import TINY, make_project, run
 
@@ -46,7 +46,7 @@ def add_images(root: Path, patients: range, scratch: Path) -> None:
 
 
 def retrain(project: Path):
-    return run([sys.executable, "-m", "pipeline.retrain"], project, check=False)
+    return run([sys.executable, "-m", "pipeline.model.retrain"], project, check=False)
 
 
 def commit(project: Path, message: str) -> None:

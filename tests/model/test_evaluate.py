@@ -2,14 +2,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipeline.evaluate import (
+from pipeline.core.labels import FINDINGS
+from pipeline.model.metrics import (
     FALLBACK_THRESHOLD,
     choose_threshold,
     evaluation_metrics,
     mean_of_defined,
     per_class_auc,
 )
-from pipeline.labels import FINDINGS
 
 
 def random_split(n=300, seed=0):
@@ -59,7 +59,7 @@ def test_thresholds_from_val_applied_to_test():
 
 
 def test_bootstrap_aucs_equal_sklearn_on_the_same_resamples():
-    from pipeline.evaluate import bootstrap_aucs, bootstrap_indices
+    from pipeline.model.metrics import bootstrap_aucs, bootstrap_indices
 
     labels, probs = random_split(n=60, seed=3)
     probs = np.round(probs, 1)  # ties, which the rank formula counts as one half
@@ -72,7 +72,7 @@ def test_bootstrap_aucs_equal_sklearn_on_the_same_resamples():
 
 
 def test_auc_interval_contains_the_estimate_and_shrinks_with_n():
-    from pipeline.evaluate import auc_intervals
+    from pipeline.model.metrics import auc_intervals
 
     widths = []
     for n in (200, 3200):
@@ -90,7 +90,7 @@ def test_auc_interval_contains_the_estimate_and_shrinks_with_n():
 def test_auprc_equals_sklearn_average_precision():
     from sklearn.metrics import average_precision_score
 
-    from pipeline.evaluate import per_class_auprc
+    from pipeline.model.metrics import per_class_auprc
 
     labels, probs = random_split(seed=5)
     auprc = per_class_auprc(labels, probs)
@@ -114,7 +114,7 @@ def test_threshold_methods_on_a_hand_case():
 
 
 def test_operating_point_metrics_on_a_hand_case():
-    from pipeline.evaluate import operating_point_metrics
+    from pipeline.model.metrics import operating_point_metrics
 
     labels = np.zeros((6, 14), int)
     probs = np.zeros((6, 14))
@@ -133,7 +133,7 @@ def test_operating_point_metrics_on_a_hand_case():
 
 
 def test_curves_and_manifest_hash():
-    from pipeline.evaluate import curves, manifest_hash
+    from pipeline.model.metrics import curves, manifest_hash
 
     labels, probs = random_split(seed=6)
     drawn = curves(labels, probs)

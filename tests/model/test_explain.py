@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import ConfigError
-from pipeline.explain import (
+from pipeline.core.config import ConfigError
+from pipeline.core.labels import FINDINGS
+from pipeline.explain.explanations import (
     check_settings,
     examples_table,
     explain_examples,
@@ -21,9 +22,8 @@ from pipeline.explain import (
     summary_line,
     truth_boxes,
 )
-from pipeline.gallery import render_gallery_html
-from pipeline.labels import FINDINGS
-from pipeline.localisation import summarise
+from pipeline.explain.gallery import render_gallery_html
+from pipeline.explain.localisation import summarise
 from tests.model.test_gradcam import bright_spot_model, spot_images
 
 SETTINGS = {

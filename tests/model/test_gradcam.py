@@ -2,8 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.explain import box_to_model_coordinates
-from pipeline.gradcam import (
+from pipeline.explain.explanations import box_to_model_coordinates
+from pipeline.explain.gradcam import (
     METHODS,
     feature_map_shape,
     grad_cam,
@@ -13,8 +13,8 @@ from pipeline.gradcam import (
     resolve_layer,
     to_heatmaps,
 )
-from pipeline.localisation import peak_in_box
-from pipeline.models import BACKBONES, build_model
+from pipeline.explain.localisation import peak_in_box
+from pipeline.model.architectures import BACKBONES, build_model
 
 
 def bright_spot_model(size=32, channels=1):

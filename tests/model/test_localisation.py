@@ -3,8 +3,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.labels import FINDINGS
-from pipeline.localisation import detected_boxes, iobb, iobb_key, peak_in_box, score_heatmap, summarise
+from pipeline.core.labels import FINDINGS
+from pipeline.explain.localisation import (
+    detected_boxes,
+    iobb,
+    iobb_key,
+    peak_in_box,
+    score_heatmap,
+    summarise,
+)
 
 THRESHOLDS = [0.1, 0.25, 0.5]
 

@@ -9,17 +9,18 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipeline.cli import main as cxr_main
-from pipeline.dataset import make_dataset, shard_files
-from pipeline.evaluate import predict_split
-from pipeline.gradcam import grad_cam
-from pipeline.labels import FINDINGS
-from pipeline.manifest import MANIFEST_COLUMNS
-from pipeline.metadata import PatientMetadataError, encode_metadata, encode_metadata_rows
-from pipeline.models import build_model, set_backbone_trainable, uses_metadata
-from pipeline.predict import generate_gradcam, load_model, read_patient_metadata
-from pipeline.preprocess import write_tfrecord_shards
-from pipeline.train import train_model
+from pipeline.core.labels import FINDINGS
+from pipeline.core.model_io import uses_patient_metadata
+from pipeline.core.patient import PatientMetadataError, encode_patient, encode_patient_rows
+from pipeline.data.manifest import MANIFEST_COLUMNS
+from pipeline.explain.gradcam import grad_cam
+from pipeline.model.architectures import build_model, set_backbone_trainable
+from pipeline.model.evaluate import predict_split
+from pipeline.model.train import train_model
+from pipeline.records.dataset import make_dataset, shard_files
+from pipeline.records.preprocess import write_tfrecord_shards
+from pipeline.serve.cli import main as cxr_main
+from pipeline.serve.predict import generate_gradcam, load_model, read_patient_metadata
 from tests.conftest import NIH_2017_HEADER, write_png
 
 SIZE = 32
@@ -28,9 +29,9 @@ BY_VIEW, BY_SEX, BY_AGE = "Effusion", "Cardiomegaly", "Atelectasis"
 
 
 def test_encoding_of_age_sex_and_view():
-    np.testing.assert_allclose(encode_metadata(61, "F", "AP"), [0.61, 0.0, 1.0])
-    np.testing.assert_allclose(encode_metadata("40", "m", " pa "), [0.40, 1.0, 0.0])
-    np.testing.assert_allclose(encode_metadata_rows([{"age": 0, "sex": "M", "view": "PA"},
+    np.testing.assert_allclose(encode_patient(61, "F", "AP"), [0.61, 0.0, 1.0])
+    np.testing.assert_allclose(encode_patient("40", "m", " pa "), [0.40, 1.0, 0.0])
+    np.testing.assert_allclose(encode_patient_rows([{"age": 0, "sex": "M", "view": "PA"},
                                                      {"age": 120, "sex": "F", "view": "AP"}]),
                                [[0.0, 1.0, 0.0], [1.2, 0.0, 1.0]])
 
@@ -44,12 +45,12 @@ def test_encoding_of_age_sex_and_view():
 ])
 def test_bad_metadata_is_named(age, sex, view, message):
     with pytest.raises(PatientMetadataError, match=message):
-        encode_metadata(age, sex, view)
+        encode_patient(age, sex, view)
 
 
 def test_a_missing_field_names_its_row():
     with pytest.raises(PatientMetadataError, match="metadata row 1: sex missing"):
-        encode_metadata_rows([{"age": 1, "sex": "M", "view": "PA"}, {"age": 2, "view": "AP"}])
+        encode_patient_rows([{"age": 1, "sex": "M", "view": "PA"}, {"age": 2, "view": "AP"}])
 
 
 def blank_manifest(root, n: int, seed: int = 0) -> pd.DataFrame:
@@ -83,7 +84,7 @@ def noise_shards(tmp_path_factory):
 
 def test_shards_give_the_same_metadata_vectors_as_encode_metadata(noise_shards):
     shards, manifest = noise_shards
-    expected = {row.image_id: encode_metadata(row.age, row.sex, row.view) for row in manifest.itertuples()}
+    expected = {row.image_id: encode_patient(row.age, row.sex, row.view) for row in manifest.itertuples()}
     seen = 0
     for inputs, _, ids in make_dataset(shard_files(shards, "test"), 16, with_ids=True, metadata=True):
         assert set(inputs) == {"image", "metadata"}
@@ -127,7 +128,7 @@ def test_grad_cam_needs_the_metadata_and_does_not_depend_on_it():
     classes = np.array([0, 4, 13])
     with pytest.raises(ValueError, match="trained with patient metadata"):
         grad_cam(model, images, classes)
-    old, young = encode_metadata_rows([{"age": 80, "sex": "M", "view": "AP"}] * 3), np.zeros((3, 3), np.float32)
+    old, young = encode_patient_rows([{"age": 80, "sex": "M", "view": "AP"}] * 3), np.zeros((3, 3), np.float32)
     for method in ("gradcam", "gradcam++"):
         maps = grad_cam(model, images, classes, method=method, metadata=old)
         assert maps.shape == (3, SIZE, SIZE) and maps.max() == pytest.approx(1.0)
@@ -148,10 +149,10 @@ def metadata_model_file(tmp_path_factory):
 
 def test_predict_api_takes_patient_metadata(metadata_model_file):
     model = load_model(metadata_model_file)
-    assert model.uses_metadata and uses_metadata(model.keras_model)
+    assert model.uses_patient_metadata and uses_patient_metadata(model.keras_model)
     images = np.random.default_rng(1).uniform(0, 255, (2, SIZE, SIZE, 1)).astype(np.float32)
     patients = [{"age": 61, "sex": "F", "view": "AP"}, {"age": 30, "sex": "M", "view": "PA"}]
-    expected = model.keras_model({"image": images, "metadata": encode_metadata_rows(patients)}).numpy()
+    expected = model.keras_model({"image": images, "metadata": encode_patient_rows(patients)}).numpy()
     np.testing.assert_allclose(model.predict(images, patients), expected, atol=1e-6)
     np.testing.assert_allclose(model.predict(images[0], patients[0]), expected[0], atol=1e-6)
     with pytest.raises(ValueError, match="give each image's age, sex and view"):

@@ -8,9 +8,9 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from pipeline.evaluate import curves, evaluation_metrics
-from pipeline.labels import FINDINGS
-from pipeline.model_card import model_card_html
+from pipeline.core.labels import FINDINGS
+from pipeline.model.metrics import curves, evaluation_metrics
+from pipeline.model.model_card import model_card_html
 
 
 def card(tmp_path, previous=True):

@@ -15,13 +15,13 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.cli import main as cxr_main
-from pipeline.gradcam import grad_cam
-from pipeline.imaging import load_xray
-from pipeline.labels import FINDINGS
-from pipeline.models import build_model
-from pipeline.predict import ModelLoadError, generate_gradcam, load_model, preprocess_xray
-from pipeline.registry import model_card_metadata, register_model
+from pipeline.core.labels import FINDINGS
+from pipeline.explain.gradcam import grad_cam
+from pipeline.model.architectures import build_model
+from pipeline.model.registry import register_model, registry_model_metadata
+from pipeline.records.imaging import load_xray
+from pipeline.serve.cli import main as cxr_main
+from pipeline.serve.predict import ModelLoadError, generate_gradcam, load_model, preprocess_xray
 from tests.conftest import PROJECT_ROOT, mlflow_store, write_png
 
 SIZE = 64
@@ -42,7 +42,7 @@ def registry(tmp_path_factory):
     keras_path = root / "model.keras"
     model.save(keras_path)
     preprocessing = {"image_size": SIZE, "fit": "crop", "input": "float32 grey values 0..255, shape (size, size, 1)"}
-    metadata = model_card_metadata(THRESHOLDS, preprocessing, {"mean_auc": 0.5})
+    metadata = registry_model_metadata(THRESHOLDS, preprocessing, {"mean_auc": 0.5})
     reordered = {**metadata, "findings": list(reversed(FINDINGS))}
     with mlflow_store(store):
         experiment = mlflow.create_experiment("predict-tests", artifact_location=(root / "artifacts").as_uri())
@@ -123,9 +123,9 @@ def bad_inputs(folder: Path, real_png: Path) -> dict[Path, str]:
 
 
 def test_pipeline_imaging_and_cli_import_no_tensorflow():
-    # Preprocessing workers import pipeline.imaging; `cxr --help` should be instant.
+    # Preprocessing workers import pipeline.records.imaging; `cxr --help` should be instant.
     code = (
-        "import sys, pipeline, pipeline.imaging, pipeline.cli; "
+        "import sys, pipeline, pipeline.records.imaging, pipeline.serve.cli; "
         "print([m for m in ('tensorflow', 'keras', 'mlflow') if m in sys.modules])"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
@@ -134,16 +134,16 @@ def test_pipeline_imaging_and_cli_import_no_tensorflow():
 
 def test_api_importable_from_the_package():
     import pipeline
-    import pipeline.predict
+    import pipeline.serve.predict
     from pipeline import generate_gradcam as from_package_gradcam
     from pipeline import load_model as from_package_load
     from pipeline import preprocess_xray as from_package_preprocess
 
-    assert from_package_load is pipeline.predict.load_model
-    assert from_package_preprocess is pipeline.predict.preprocess_xray
-    assert from_package_gradcam is pipeline.predict.generate_gradcam
+    assert from_package_load is pipeline.serve.predict.load_model
+    assert from_package_preprocess is pipeline.serve.predict.preprocess_xray
+    assert from_package_gradcam is pipeline.serve.predict.generate_gradcam
     with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
-        pipeline.no_such_thing
+        _ = pipeline.no_such_thing
 
 
 # --- preprocessing ---------------------------------------------------------

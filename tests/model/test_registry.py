@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.labels import FINDINGS
-from pipeline.models import build_model
-from pipeline.registry import champion_decision, model_card_metadata, register_model
+from pipeline.core.labels import FINDINGS
+from pipeline.model.architectures import build_model
+from pipeline.model.registry import champion_decision, register_model, registry_model_metadata
 from tests.conftest import mlflow_store
 
 SIZE = 32
@@ -19,7 +19,8 @@ BASE_AUC = {f: 0.80 for f in FINDINGS}
 
 
 def evaluated(mean_auc: float, auc: dict, manifest: str = "test-a") -> dict:
-    return model_card_metadata({f: 0.5 for f in FINDINGS}, PREPROCESSING, {"mean_auc": mean_auc, "auc": auc}, manifest)
+    scores = {"mean_auc": mean_auc, "auc": auc}
+    return registry_model_metadata({f: 0.5 for f in FINDINGS}, PREPROCESSING, scores, manifest)
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +112,8 @@ def test_a_metadata_model_serves_through_pyfunc(tmp_path):
     the metadata as rows of age/sex/view or encoded, and so does load_model."""
     import pandas as pd
 
-    from pipeline.metadata import encode_metadata_rows
-    from pipeline.predict import load_model
+    from pipeline.core.patient import encode_patient_rows
+    from pipeline.serve.predict import load_model
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     model = build_model("small_cnn", SIZE, "none", use_metadata=True)
@@ -122,9 +123,9 @@ def test_a_metadata_model_serves_through_pyfunc(tmp_path):
             register_model(mlflow, model, NAME, evaluated(0.8, BASE_AUC), {})
     images = np.random.default_rng(1).uniform(0, 255, (2, SIZE, SIZE, 1)).astype(np.float32)
     rows = [{"age": 70, "sex": "M", "view": "AP"}, {"age": 20, "sex": "F", "view": "PA"}]
-    expected = model({"image": images, "metadata": encode_metadata_rows(rows)}).numpy()
+    expected = model({"image": images, "metadata": encode_patient_rows(rows)}).numpy()
     pyfunc = load_pyfunc(store, f"models:/{NAME}/1")
-    for metadata in (pd.DataFrame(rows), rows, encode_metadata_rows(rows)):
+    for metadata in (pd.DataFrame(rows), rows, encode_patient_rows(rows)):
         predicted = pyfunc.predict({"image": images, "metadata": metadata})
         np.testing.assert_allclose(predicted[list(FINDINGS)].to_numpy(), expected, atol=1e-5)
     with pytest.raises(ValueError, match="trained with patient metadata"):
@@ -134,7 +135,7 @@ def test_a_metadata_model_serves_through_pyfunc(tmp_path):
 
 
 def test_versions_registered_as_keras_models_before_the_pyfunc_still_load(tmp_path):
-    from pipeline.predict import load_model
+    from pipeline.serve.predict import load_model
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     model = build_model("small_cnn", SIZE, "none")
@@ -146,3 +147,52 @@ def test_versions_registered_as_keras_models_before_the_pyfunc_still_load(tmp_pa
     images = np.random.default_rng(2).uniform(0, 255, (2, SIZE, SIZE, 1)).astype(np.float32)
     served = load_model(f"models:/{NAME}/1", tracking_uri=store)
     np.testing.assert_allclose(served.predict(images), model(images).numpy(), atol=1e-5)
+
+
+# Run in a fresh interpreter with the project's own copy of `pipeline` taken off
+# the path (the editable install's finder and any path entry at the project),
+# so the only `pipeline` importable is the one the registered model ships.
+SERVE_WITH_SHIPPED_CODE_ONLY = """
+import importlib.util, json, sys
+project = sys.argv[1]
+sys.path[:] = [p for p in sys.path if p not in ("", ".", project)]
+sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")
+                    and not getattr(type(f), "__module__", "").startswith("__editable__")]
+sys.path_hooks[:] = [h for h in sys.path_hooks if not getattr(h, "__module__", "").startswith("__editable__")]
+sys.path_importer_cache.clear()
+assert importlib.util.find_spec("pipeline") is None, "the project's pipeline package is still importable"
+import mlflow, numpy as np
+mlflow.set_tracking_uri(sys.argv[2])
+pyfunc = mlflow.pyfunc.load_model(sys.argv[3])
+images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 1)).astype(np.float32)
+predicted = pyfunc.predict(images)
+import pipeline
+shipped = sorted(name for name in sys.modules if name == "pipeline" or name.startswith("pipeline."))
+print(json.dumps({"columns": list(predicted.columns), "values": predicted.to_numpy().tolist(),
+                  "package_file": pipeline.__file__, "loaded": shipped,
+                  "phantom_shipped": importlib.util.find_spec("pipeline.phantom") is not None,
+                  "data_shipped": importlib.util.find_spec("pipeline.data") is not None}))
+"""
+
+
+def test_registered_model_serves_with_only_its_shipped_code(registry, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import PROJECT_ROOT
+
+    store, _, _, model = registry
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
+    result = subprocess.run(
+        [sys.executable, "-c", SERVE_WITH_SHIPPED_CODE_ONLY, str(PROJECT_ROOT), store, f"models:/{NAME}@champion"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = json.loads(result.stdout.strip().splitlines()[-1])
+    assert served["columns"] == list(FINDINGS)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 1)).astype(np.float32)
+    np.testing.assert_allclose(np.array(served["values"]), model(images).numpy(), atol=1e-5)
+    assert not served["package_file"].startswith(str(PROJECT_ROOT)), served["package_file"]
+    assert not served["phantom_shipped"] and not served["data_shipped"]
+    assert "pipeline.serve.pyfunc" in served["loaded"]

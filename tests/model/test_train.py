@@ -4,13 +4,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.gradcam import last_feature_map_layer
-from pipeline.imaging import load_xray
-from pipeline.ingest import build_manifest
-from pipeline.labels import FINDINGS
-from pipeline.models import BACKBONES, build_model, load_model
-from pipeline.preprocess import write_tfrecord_shards
-from pipeline.train import MAX_POSITIVE_WEIGHT, positive_weights, train_model, weighted_binary_crossentropy
+from pipeline.core.labels import FINDINGS
+from pipeline.core.model_io import load_keras_model
+from pipeline.data.ingest import build_manifest
+from pipeline.explain.gradcam import last_feature_map_layer
+from pipeline.model.architectures import BACKBONES, build_model
+from pipeline.model.train import (
+    MAX_POSITIVE_WEIGHT,
+    positive_weights,
+    train_model,
+    weighted_binary_crossentropy,
+)
+from pipeline.records.imaging import load_xray
+from pipeline.records.preprocess import write_tfrecord_shards
 
 
 def index_with(train_positives: dict, records: int) -> dict:
@@ -45,7 +51,7 @@ def test_small_model_trains_and_checkpoints(small_nih_root, tmp_path):
     result = train_model(model, out, checkpoint, settings, seed=0)
     assert result["summary"]["epochs"] == 2 and len(result["history"]["loss"]) == 2
     assert np.isfinite(result["history"]["loss"]).all()
-    reloaded = load_model(checkpoint)
+    reloaded = load_keras_model(checkpoint)
     assert reloaded.predict(np.zeros((1, 32, 32, 1), np.float32), verbose=0).shape == (1, 14)
 
 
@@ -79,7 +85,7 @@ def test_missing_weights_file_is_named(tmp_path):
 def test_weights_saved_from_an_imagenet_started_model_load(tmp_path, backbone):
     """train.weights: a path saved from a model started from ImageNet weights
     (three channels, the backbone's ImageNet scaling) builds that layout."""
-    from pipeline.models import assemble_model
+    from pipeline.model.architectures import assemble_model
 
     started_from_imagenet = assemble_model(backbone, 32, "imagenet")
     saved = tmp_path / "imagenet-started.weights.h5"
@@ -93,7 +99,8 @@ def test_weights_saved_from_an_imagenet_started_model_load(tmp_path, backbone):
 def test_weights_of_another_model_are_refused_with_the_reason(tmp_path):
     saved = tmp_path / "small.weights.h5"
     build_model("small_cnn", 32, "none").save_weights(saved)
-    with pytest.raises(ValueError, match=r"small\.weights\.h5 does not fit a mobilenetv2 model at 32 px.*none or imagenet"):
+    expected = r"small\.weights\.h5 does not fit a mobilenetv2 model at 32 px.*none or imagenet"
+    with pytest.raises(ValueError, match=expected):
         build_model("mobilenetv2", 32, str(saved))
     with pytest.raises(ValueError, match="use_metadata True"):
         build_model("small_cnn", 32, str(saved), use_metadata=True)

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.ingest import build_manifest
-from pipeline.models import build_model, set_backbone_trainable
-from pipeline.preprocess import write_tfrecord_shards
-from pipeline.train import (
+from pipeline.data.ingest import build_manifest
+from pipeline.model.architectures import build_model, set_backbone_trainable
+from pipeline.model.train import (
     configure_mixed_precision,
     distribution_strategy,
     focal_loss,
@@ -19,6 +18,7 @@ from pipeline.train import (
     training_phases,
     weighted_binary_crossentropy,
 )
+from pipeline.records.preprocess import write_tfrecord_shards
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_efficientnet_imagenet_input_scaled_as_keras_scales_it(tmp_path, monkeyp
     import h5py
     from keras.src.legacy.saving import legacy_h5_format
 
-    from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, imagenet_weights_name
+    from pipeline.model.architectures import IMAGENET_MEAN, IMAGENET_STD, imagenet_weights_name
 
     size = 32
     stand_in = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(size, size, 3))

@@ -1,0 +1,88 @@
+"""Patient metadata as a second model input (train.use_metadata), encoded in one place.
+
+NIH gives every image the patient's age in years, sex (M/F) and the view
+position (PA/AP). AP films are taken of patients too ill to stand, so the
+view alone carries information about the findings; age and sex shift their
+prevalence. A model built with use_metadata takes, beside "image", the input
+"metadata": float32 (batch, 3) in PATIENT_FEATURES order:
+
+    age / 100 (years, 0..120 accepted), 1.0 if sex is M else 0.0, 1.0 if view is AP else 0.0
+
+The TF twin of encode_patient (for the shards) is pipeline.records.dataset's
+patient_vector; a test checks that both give the same numbers.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from pipeline.core.labels import MAX_AGE, MIN_AGE, SEXES, VIEWS
+
+# The Keras input name stays "metadata": models saved by earlier releases use it.
+PATIENT_INPUT = "metadata"
+IMAGE_INPUT = "image"
+PATIENT_FEATURES = ("age", "sex", "view")
+NUM_PATIENT_FEATURES = len(PATIENT_FEATURES)
+AGE_SCALE = 100.0
+# The values encoded as 1.0 (the others in SEXES / VIEWS give 0.0).
+MALE, ANTERO_POSTERIOR = "M", "AP"
+
+
+# How a served model's "metadata" input is encoded, for its registry metadata.
+PATIENT_ENCODING = "float32 (n, 3): age in years / 100, 1 if sex is M else 0, 1 if view is AP else 0"
+
+
+class PatientMetadataError(ValueError):
+    """Patient metadata that cannot be encoded; the message says which value and why."""
+
+
+def encode_patient(age, sex, view) -> np.ndarray:
+    """One patient's (age, sex, view) -> float32 (3,)."""
+    try:
+        years = float(age)
+    except (TypeError, ValueError):
+        raise PatientMetadataError(f"age must be a number of years, got {age!r}") from None
+    if not MIN_AGE <= years <= MAX_AGE:
+        raise PatientMetadataError(f"age must be {MIN_AGE}..{MAX_AGE} years, got {age!r}")
+    sex_code = str(sex).strip().upper()
+    if sex_code not in SEXES:
+        raise PatientMetadataError(f"sex must be one of {', '.join(SEXES)}, got {sex!r}")
+    view_code = str(view).strip().upper()
+    if view_code not in VIEWS:
+        raise PatientMetadataError(f"view must be one of {', '.join(VIEWS)} (view position), got {view!r}")
+    return np.array(
+        [years / AGE_SCALE, float(sex_code == MALE), float(view_code == ANTERO_POSTERIOR)], dtype=np.float32
+    )
+
+
+def encode_patient_rows(rows: Iterable[Mapping]) -> np.ndarray:
+    """Several patients' {"age", "sex", "view"} -> float32 (n, 3)."""
+    encoded = []
+    for i, row in enumerate(rows):
+        missing = [key for key in PATIENT_FEATURES if row.get(key) is None]
+        if missing:
+            raise PatientMetadataError(f"metadata row {i}: {', '.join(missing)} missing")
+        try:
+            encoded.append(encode_patient(row["age"], row["sex"], row["view"]))
+        except PatientMetadataError as exc:
+            raise PatientMetadataError(f"metadata row {i}: {exc}") from None
+    return np.stack(encoded) if encoded else np.zeros((0, NUM_PATIENT_FEATURES), np.float32)
+
+
+def encode_patient_input(metadata, count: int | None = None) -> np.ndarray:
+    """Metadata as users give it -> float32 (n, 3): one patient's {"age", "sex",
+    "view"}, a list of them, a DataFrame with those columns, or values
+    already encoded, (3,) or (n, 3). With `count`, there must be that many rows."""
+    if hasattr(metadata, "to_dict"):  # a pandas DataFrame
+        metadata = metadata.to_dict("records")
+    if isinstance(metadata, Mapping):
+        metadata = [metadata]
+    if isinstance(metadata, (list, tuple)) and metadata and all(isinstance(row, Mapping) for row in metadata):
+        encoded = encode_patient_rows(metadata)
+    else:
+        encoded = np.asarray(metadata, dtype=np.float32).reshape(-1, NUM_PATIENT_FEATURES)
+    if count is not None and len(encoded) != count:
+        raise PatientMetadataError(f"{count} image(s) but metadata for {len(encoded)}")
+    return encoded
+

@@ -1,0 +1,144 @@
+"""MLflow tracking: where runs go, and what every run is tagged with.
+
+Default store: SQLite at mlruns/mlflow.db with artifacts under mlruns/,
+overridden by MLFLOW_TRACKING_URI (e.g. a team's server).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+DEFAULT_ARTIFACT_DIR = Path("mlruns/artifacts")
+# Seconds to wait for a remote tracking server's /health before giving up.
+SERVER_CHECK_TIMEOUT = 5.0
+
+
+class TrackingServerError(RuntimeError):
+    """The MLflow tracking server named by MLFLOW_TRACKING_URI does not answer."""
+
+
+def disable_telemetry() -> None:
+    """No network at run time: MLflow's telemetry and GE's analytics off."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def redacted(uri: str) -> str:
+    """The URI with any password replaced by ***, for messages and logs."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_tracking_server(uri: str, timeout: float = SERVER_CHECK_TIMEOUT) -> None:
+    """Raise TrackingServerError when an http(s) tracking server does not answer.
+
+    MLflow's own client retries a dead server with back-off for minutes, and
+    only at its first call: checked here, a stage fails in seconds, before it
+    trains. Any HTTP answer below 500 counts as up (a proxy may not route
+    /health, and a 401 is the server's own answer).
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code < 500:
+            return
+        reason = f"HTTP {exc.code} {exc.reason}"
+    except urllib.error.URLError as exc:
+        reason = str(exc.reason)
+    except OSError as exc:  # a timeout while reading the answer
+        reason = str(exc) or type(exc).__name__
+    raise TrackingServerError(
+        f"MLflow tracking server {redacted(uri)} is not reachable: {reason}; start it or unset MLFLOW_TRACKING_URI"
+    )
+
+
+def configure_mlflow(experiment_name: str):
+    """Point MLflow at the store and select (or create) the experiment."""
+    disable_telemetry()
+    uri = tracking_uri()
+    check_tracking_server(uri)
+    import mlflow
+
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(experiment_name) is None:
+        artifact_location = None
+        if uri == DEFAULT_TRACKING_URI:
+            DEFAULT_ARTIFACT_DIR.mkdir(parents=True, exist_ok=True)
+            artifact_location = DEFAULT_ARTIFACT_DIR.resolve().as_uri()
+        mlflow.create_experiment(experiment_name, artifact_location=artifact_location)
+    mlflow.set_experiment(experiment_name)
+    return mlflow
+
+
+def git_commit() -> str:
+    """The project's HEAD commit, with '-dirty' when the work tree has changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def data_hash(tfrecord_dir: Path) -> str:
+    """Hash of the shard index, which holds every shard's checksum."""
+    index = Path(tfrecord_dir) / "index.json"
+    return hashlib.sha256(index.read_bytes()).hexdigest()[:16]
+
+
+def flatten_params(params: dict, prefix: str = "") -> dict[str, str]:
+    """{"train": {"epochs": 3}} -> {"train.epochs": "3"}, for mlflow.log_params."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_params(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return flat
+
+
+def metric_name(text: str) -> str:
+    """MLflow metric names allow letters, digits and _-. /; NIH names already fit."""
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in text)
+
+
+def resume_run(mlflow, run_file: Path):
+    """Continue the training run named in run_file, so one MLflow run holds the
+    whole train -> evaluate -> explain story; a new run if that one is gone
+    (e.g. mlruns/ was cleared or MLFLOW_TRACKING_URI changed)."""
+    run_id = None
+    if Path(run_file).is_file():
+        run_id = json.loads(Path(run_file).read_text()).get("run_id")
+    if run_id:
+        try:
+            mlflow.get_run(run_id)
+            return mlflow.start_run(run_id=run_id)
+        except Exception:  # MlflowException when the store has no such run
+            pass
+    return mlflow.start_run(tags={"note": "training run not found in this tracking store"})

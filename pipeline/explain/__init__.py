@@ -1,0 +1,1 @@
+"""Explanations: Grad-CAM maps, localisation scores against NIH boxes, and the gallery page."""

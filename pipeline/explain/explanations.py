@@ -1,0 +1,316 @@
+"""Explain: heatmaps of the test split that a reader can check against the truth.
+
+- A gallery: per finding, the top-k true positives and the k highest-scoring
+  false positives at evaluate's thresholds, one overlay each, in one offline
+  page (pipeline.explain.gallery).
+- Localisation scores: the heatmap of every test image with a ground-truth
+  box for a finding (up to a cap), scored with the pointing game and T(IoBB)
+  (pipeline.explain.localisation), next to a random map's scores.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+import pandas as pd
+
+from pipeline.core.config import ConfigError
+from pipeline.core.labels import FINDINGS
+from pipeline.core.model_io import uses_patient_metadata
+from pipeline.core.patient import PATIENT_INPUT
+from pipeline.core.tracking import metric_name
+from pipeline.explain.gradcam import (
+    METHODS,
+    feature_map_shape,
+    grad_cam,
+    overlay_heatmap,
+    random_grids,
+    to_heatmaps,
+)
+from pipeline.explain.localisation import (
+    RANDOM_PREFIX,
+    SCORE_COLUMNS,
+    Box,
+    detected_boxes,
+    iobb_key,
+    score_heatmap,
+)
+from pipeline.records.dataset import decode_record, shard_files
+
+TRUE_POSITIVE, FALSE_POSITIVE = "TP", "FP"
+EXAMPLE_COLUMNS = ["image_id", "finding", "kind", "probability", "threshold"]
+LOCALISATION_COLUMNS = ["image_id", "finding", *SCORE_COLUMNS, *(RANDOM_PREFIX + c for c in SCORE_COLUMNS)]
+# Overlay colours (BGR): ground truth, the heatmap's detected regions, its peak.
+TRUTH_COLOUR, DETECTED_COLOUR, PEAK_COLOUR = (0, 255, 0), (255, 255, 255), (255, 0, 255)
+
+Pair = tuple[str, str]  # (image_id, finding)
+
+
+def check_settings(settings: dict) -> dict:
+    """params.yaml's explain section, typed; a clear error for a bad value."""
+    def value(key: str):
+        if key not in settings:
+            raise ConfigError(f"params.yaml: explain.{key} is missing")
+        return settings[key]
+
+    checked = {
+        "method": value("method"),
+        "layer": value("layer"),
+        "top_k": int(value("top_k")),
+        "false_positives": int(value("false_positives")),
+        "heatmap_threshold": float(value("heatmap_threshold")),
+        "iobb_thresholds": [float(t) for t in value("iobb_thresholds")],
+        "max_localisation_images": int(value("max_localisation_images")),
+        "batch_size": int(value("batch_size")),
+    }
+    if checked["method"] not in METHODS:
+        raise ConfigError(f"explain.method must be one of {', '.join(METHODS)}, got {checked['method']!r}")
+    if not 0 < checked["heatmap_threshold"] <= 1:
+        raise ConfigError(f"explain.heatmap_threshold is a fraction of the heatmap's maximum, in (0, 1], "
+                          f"got {checked['heatmap_threshold']}")
+    if not all(0 <= t < 1 for t in checked["iobb_thresholds"]):
+        raise ConfigError(f"explain.iobb_thresholds must lie in [0, 1), got {checked['iobb_thresholds']}")
+    for key in ("top_k", "false_positives", "max_localisation_images"):
+        if checked[key] < 0:
+            raise ConfigError(f"explain.{key} must be 0 or more, got {checked[key]}")
+    if checked["batch_size"] < 1:
+        raise ConfigError(f"explain.batch_size must be 1 or more, got {checked['batch_size']}")
+    return checked
+
+
+def select_examples(
+    predictions: pd.DataFrame, thresholds: dict[str, float], top_k: int, false_positives: int
+) -> pd.DataFrame:
+    """Per finding (FINDINGS order), the top_k true positives and then the
+    false_positives highest-scoring false positives: images flagged by the
+    finding's threshold (prob >= threshold) with label 1, resp. 0; ranked by
+    probability, ties by image_id. Columns EXAMPLE_COLUMNS."""
+    rows = []
+    for finding in FINDINGS:
+        label, prob, threshold = f"label_{finding}", f"prob_{finding}", float(thresholds[finding])
+        flagged = predictions[predictions[prob] >= threshold]
+        ranked = flagged.sort_values([prob, "image_id"], ascending=[False, True])
+        for kind, wanted, count in ((TRUE_POSITIVE, 1, top_k), (FALSE_POSITIVE, 0, false_positives)):
+            for _, row in ranked[ranked[label] == wanted].head(count).iterrows():
+                rows.append([row["image_id"], finding, kind, float(row[prob]), threshold])
+    return pd.DataFrame(rows, columns=EXAMPLE_COLUMNS)
+
+
+def localisation_targets(boxes: pd.DataFrame, test_ids: set[str], max_images: int, seed: int) -> pd.DataFrame:
+    """The boxes of the test images to score: all boxed test images, or a
+    seeded sample of max_images of them; sorted by image and finding."""
+    boxed = boxes[boxes["image_id"].isin(test_ids)]
+    image_ids = sorted(boxed["image_id"].unique())
+    if len(image_ids) > max_images:
+        image_ids = np.random.default_rng(seed).choice(image_ids, max_images, replace=False).tolist()
+    chosen = boxed[boxed["image_id"].isin(image_ids)]
+    return chosen.sort_values(["image_id", "finding"], kind="stable").reset_index(drop=True)
+
+
+def load_test_images(tfrecord_dir: Path, image_ids: set[str]) -> dict[str, dict]:
+    """The wanted test images (uint8, (size, size, 1)) and their original
+    (width, height), from the shards."""
+    import tensorflow as tf
+
+    found: dict[str, dict] = {}
+    for record in tf.data.TFRecordDataset(shard_files(tfrecord_dir, "test")).map(decode_record):
+        key = record["image_id"].numpy().decode()
+        if key in image_ids:
+            size = (int(record["orig_width"]), int(record["orig_height"]))
+            found[key] = {"image": record["image"].numpy(), "orig_size": size,
+                          "metadata": record[PATIENT_INPUT].numpy()}
+    missing = sorted(image_ids - found.keys())
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} test image(s) of evaluate's predictions are not in the test "
+                                f"shards of {tfrecord_dir}, e.g. {missing[0]} (rerun evaluate)")
+    return found
+
+
+def box_to_model_coordinates(box, orig_size: tuple[int, int], image_size: int, fit: str) -> Box:
+    """Map an (x, y, w, h) box on the original image onto the square model input."""
+    width, height = orig_size
+    x, y, w, h = box
+    side = min(width, height) if fit == "crop" else max(width, height)
+    scale = image_size / side
+    offset_x, offset_y = (width - side) / 2, (height - side) / 2
+    return ((x - offset_x) * scale, (y - offset_y) * scale, w * scale, h * scale)
+
+
+def truth_boxes(
+    boxes: pd.DataFrame, images: dict[str, dict], image_size: int, fit: str
+) -> dict[Pair, list[Box]]:
+    """The boxes of the loaded images in model-input coordinates, by (image_id, finding)."""
+    truth: dict[Pair, list[Box]] = {}
+    for row in boxes[boxes["image_id"].isin(images.keys())].itertuples(index=False):
+        box = box_to_model_coordinates((row.x, row.y, row.w, row.h), images[row.image_id]["orig_size"],
+                                       image_size, fit)
+        truth.setdefault((row.image_id, row.finding), []).append(box)
+    return truth
+
+
+def heatmap_batches(
+    model: keras.Model, pairs: list[Pair], images: dict[str, dict], settings: dict, layer: str
+) -> Iterator[tuple[int, list[Pair], np.ndarray]]:
+    """(index of the batch's first pair, the batch's pairs, their heatmaps)."""
+    size = settings["batch_size"]
+    with_metadata = uses_patient_metadata(model)
+    for start in range(0, len(pairs), size):
+        batch = pairs[start : start + size]
+        pixels = np.stack([images[image_id]["image"] for image_id, _ in batch]).astype(np.float32)
+        classes = np.array([FINDINGS.index(finding) for _, finding in batch])
+        metadata = np.stack([images[image_id]["metadata"] for image_id, _ in batch]) if with_metadata else None
+        yield start, batch, grad_cam(model, pixels, classes, layer, settings["method"], metadata)
+
+
+def localise(
+    model: keras.Model, truth: dict[Pair, list[Box]], images: dict[str, dict], settings: dict, layer: str,
+    seed: int,
+) -> pd.DataFrame:
+    """Score every (image, finding) of truth, and a seeded random map for each
+    (drawn per pair in sorted order, so the batch size changes nothing).
+    Columns LOCALISATION_COLUMNS."""
+    pairs = sorted(truth)
+    noise = random_grids(len(pairs), feature_map_shape(model, layer), seed)
+    fraction, rows = settings["heatmap_threshold"], []
+    for start, batch, heatmaps in heatmap_batches(model, pairs, images, settings, layer):
+        random_maps = to_heatmaps(noise[start : start + len(batch)], heatmaps.shape[1:3])
+        for pair, heatmap, random_map in zip(batch, heatmaps, random_maps):
+            ours = score_heatmap(heatmap, truth[pair], fraction)
+            chance = score_heatmap(random_map, truth[pair], fraction)
+            rows.append([*pair, *(ours[c] for c in SCORE_COLUMNS), *(chance[c] for c in SCORE_COLUMNS)])
+    return pd.DataFrame(rows, columns=LOCALISATION_COLUMNS)
+
+
+def draw_overlay(image: np.ndarray, heatmap: np.ndarray, truth: list[Box], fraction: float) -> np.ndarray:
+    """The heatmap over the image, with the detected regions' boxes, the
+    ground-truth boxes and a cross at the heatmap's peak."""
+    picture = overlay_heatmap(image, heatmap)
+    for colour, boxes in ((DETECTED_COLOUR, detected_boxes(heatmap, fraction)), (TRUTH_COLOUR, truth)):
+        for x, y, w, h in boxes:
+            # Box edges are pixel boundaries; a 1-px line is drawn on the pixels just inside.
+            corner0 = (int(round(x)), int(round(y)))
+            corner1 = (int(round(x + w)) - 1, int(round(y + h)) - 1)
+            cv2.rectangle(picture, corner0, corner1, colour, 1)
+    if heatmap.max() > 0:  # an empty map has no peak to show
+        row, column = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+        marker = max(5, heatmap.shape[0] // 20)
+        cv2.drawMarker(picture, (int(column), int(row)), PEAK_COLOUR, cv2.MARKER_CROSS, marker, 1)
+    return picture
+
+
+def explain_examples(
+    model: keras.Model, examples: pd.DataFrame, images: dict[str, dict], truth: dict[Pair, list[Box]],
+    settings: dict, layer: str,
+) -> list[dict]:
+    """One gallery entry per example: its EXAMPLE_COLUMNS, the overlay's file
+    name and PNG bytes, and its localisation scores (None without a box)."""
+    records = examples.to_dict("records")
+    pairs = [(r["image_id"], r["finding"]) for r in records]
+    entries = []
+    for start, batch, heatmaps in heatmap_batches(model, pairs, images, settings, layer):
+        for record, pair, heatmap in zip(records[start:], batch, heatmaps):
+            boxes = truth.get(pair, [])
+            picture = draw_overlay(images[pair[0]]["image"], heatmap, boxes, settings["heatmap_threshold"])
+            scores = score_heatmap(heatmap, boxes, settings["heatmap_threshold"]) if boxes else \
+                dict.fromkeys(SCORE_COLUMNS)
+            entries.append({
+                **record, **scores,
+                "overlay": f"{pair[1]}_{Path(pair[0]).stem}.png",
+                "png": cv2.imencode(".png", picture)[1].tobytes(),
+                # The gallery page embeds every overlay: JPEG keeps it ~5x smaller.
+                "jpeg": cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes(),
+            })
+    return entries
+
+
+def examples_table(entries: list[dict]) -> pd.DataFrame:
+    """The gallery as a table (examples.csv): one row per overlay, without its bytes."""
+    columns = [*EXAMPLE_COLUMNS, "overlay", *SCORE_COLUMNS]
+    return pd.DataFrame([{c: e[c] for c in columns} for e in entries], columns=columns)
+
+
+def explain_metrics(settings: dict, layer: str, entries: list[dict], localisation: dict) -> dict:
+    """The content of metrics/explain.json."""
+    kinds = [e["kind"] for e in entries]
+    gallery = {"true_positives": kinds.count(TRUE_POSITIVE), "false_positives": kinds.count(FALSE_POSITIVE)}
+    return {
+        "method": settings["method"],
+        "layer": layer,
+        "heatmap_threshold": settings["heatmap_threshold"],
+        "iobb_thresholds": settings["iobb_thresholds"],
+        "gallery": gallery,
+        "localisation": localisation,
+    }
+
+
+def summary_line(metrics: dict) -> str:
+    """The overall localisation scores next to the random map's, for the log."""
+    overall = metrics["localisation"]["overall"]
+    if not overall["n"]:
+        return "no test image has a ground-truth box: no localisation scores"
+    names = {"pointing_game": "pointing game"}
+    names.update({iobb_key(t): f"T(IoBB)>{t:g}" for t in metrics["iobb_thresholds"]})
+    scores = ", ".join(f"{name} {overall[key]:.2f} (random {overall[key + '_random']:.2f})"
+                       for key, name in names.items())
+    return f"{metrics['method']} on {overall['n']} boxed test image-findings: {scores}"
+
+
+def mlflow_metrics(metrics: dict) -> dict[str, float]:
+    """explain_<score> overall and explain_<score>_<Finding> per finding (n too),
+    leaving out scores that are undefined (no boxed image)."""
+    localisation = metrics["localisation"]
+    named = {f"explain_{k}": v for k, v in localisation["overall"].items()}
+    for finding, scores in localisation["per_finding"].items():
+        named.update({f"explain_{k}_{finding}": v for k, v in scores.items()})
+    named.update({f"explain_gallery_{k}": v for k, v in metrics["gallery"].items()})
+    return {metric_name(k): float(v) for k, v in named.items() if v is not None}
+
+
+def explain_model(
+    model_file: Path, tfrecord_dir: Path, reports_dir: Path, boxes_file: Path, out_dir: Path, run_file: Path,
+    settings: dict, experiment: str, image_size: int, fit: str, seed: int,
+) -> dict:
+    """The explain stage. `settings` is params.yaml's explain section;
+    reports_dir holds evaluate's test_predictions.csv and thresholds.json
+    (which images are true and false positives). Writes out_dir (overlays,
+    the gallery page, examples.csv, localisation.csv) atomically, logs it to
+    the training run, and returns the metrics."""
+    import json
+
+    from pipeline.core.atomic import atomic_dir
+    from pipeline.core.model_io import load_keras_model
+    from pipeline.core.tracking import configure_mlflow, resume_run
+    from pipeline.explain.gallery import PAGE_FILE, render_gallery_html
+    from pipeline.explain.gradcam import resolve_layer
+    from pipeline.explain.localisation import summarise
+
+    settings = check_settings(settings)
+    predictions = pd.read_csv(reports_dir / "test_predictions.csv")
+    thresholds = json.loads((reports_dir / "thresholds.json").read_text())
+    examples = select_examples(predictions, thresholds, settings["top_k"], settings["false_positives"])
+    boxes = pd.read_csv(boxes_file)
+    targets = localisation_targets(boxes, set(predictions["image_id"]), settings["max_localisation_images"], seed)
+    images = load_test_images(tfrecord_dir, set(examples["image_id"]) | set(targets["image_id"]))
+    model = load_keras_model(model_file)
+    layer = resolve_layer(model, settings["layer"])
+
+    scores = localise(model, truth_boxes(targets, images, image_size, fit), images, settings, layer, seed)
+    # A gallery image shows its box whether or not it is in the localisation sample.
+    entries = explain_examples(model, examples, images, truth_boxes(boxes, images, image_size, fit), settings, layer)
+    metrics = explain_metrics(settings, layer, entries, summarise(scores, settings["iobb_thresholds"]))
+    with atomic_dir(out_dir) as staging:
+        for entry in entries:
+            (staging / entry["overlay"]).write_bytes(entry["png"])
+        (staging / PAGE_FILE).write_text(render_gallery_html(entries, metrics), encoding="utf-8")
+        examples_table(entries).to_csv(staging / "examples.csv", index=False, lineterminator="\n")
+        scores.to_csv(staging / "localisation.csv", index=False, lineterminator="\n")
+
+    mlflow = configure_mlflow(experiment)
+    with resume_run(mlflow, run_file):
+        mlflow.log_metrics(mlflow_metrics(metrics))
+        mlflow.set_tags({"explain_method": settings["method"], "explain_layer": layer})
+        mlflow.log_artifacts(str(out_dir), artifact_path="gradcam")
+    return metrics

@@ -1,0 +1,1 @@
+"""The model: architectures, training, evaluation, the MLflow registry and the model card."""

@@ -1,0 +1,99 @@
+"""The evaluate stage's model card: one self-contained HTML file.
+
+ROC curves are hand-written inline SVG polylines, and there is no script,
+external style, font or link, so model_card.html works copied alone, offline,
+or as an MLflow artifact. No timestamps: the same inputs give the same bytes.
+"""
+from __future__ import annotations
+
+from pipeline.core.html import escape, html_page
+from pipeline.core.labels import FINDINGS
+
+CARD_FILE = "model_card.html"
+PLOT_SIZE = 180  # px, each finding's ROC square
+STYLE = """
+body { max-width: 90em; }
+h2 { font-size: 1.15em; margin-top: 1.8em; border-bottom: 1px solid #ccc; }
+table { font-size: .88em; }
+th, td { text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+.worse { background: #fdecea; } .decision { font-weight: bold; }
+.curves { display: flex; flex-wrap: wrap; gap: 1em; }
+figure { margin: 0; } figcaption { font-size: .85em; text-align: center; }
+svg { background: #fafafa; border: 1px solid #ddd; }
+"""
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def roc_svg(points: list[dict], size: int = PLOT_SIZE) -> str:
+    """An ROC curve as an inline SVG: the chance diagonal and the curve."""
+    coords = " ".join(f"{p['fpr'] * size:.1f},{(1 - p['tpr']) * size:.1f}" for p in points)
+    return (f'<svg width="{size}" height="{size}" viewBox="0 0 {size} {size}" '
+            f'role="img"><line x1="0" y1="{size}" x2="{size}" y2="0" stroke="#bbb" stroke-dasharray="4"/>'
+            f'<polyline points="{coords}" fill="none" stroke="#1565c0" stroke-width="2"/></svg>')
+
+
+def data_section(summary: dict, metrics: dict) -> str:
+    splits = ", ".join(f"{escape(k)} {escape(v)}" for k, v in summary["split_sizes"].items())
+    rows = "".join(f"<tr><td>{escape(f)}</td><td>{metrics['test_positives'][f]}</td></tr>" for f in FINDINGS)
+    return (f"<h2>Data</h2><p>Images per split: {splits}. Data hash <code>{escape(summary['data_hash'])}</code>, "
+            f"test manifest <code>{escape(summary['test_manifest'])}</code>.</p>"
+            f"<table><thead><tr><th>finding</th><th>test positives</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
+PER_FINDING_COLUMNS = ("AUC", "95% CI", "AUPRC", "threshold", "sensitivity", "specificity", "PPV", "NPV", "F1")
+
+
+def findings_section(metrics: dict) -> str:
+    rows = []
+    for f in FINDINGS:
+        ci = f"{_num(metrics['auc_ci_low'][f])}–{_num(metrics['auc_ci_high'][f])}"
+        cells = [_num(metrics["auc"][f]), ci, _num(metrics["auprc"][f]), _num(metrics["thresholds"][f]),
+                 *(_num(metrics[k][f]) for k in ("sensitivity", "specificity", "ppv", "npv", "f1"))]
+        rows.append(f"<tr><td>{escape(f)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    low, high = metrics["mean_auc_ci"]
+    head = "".join(f"<th>{c}</th>" for c in ("finding", *PER_FINDING_COLUMNS))
+    return (f"<h2>Per finding (test)</h2><p>Mean AUC {_num(metrics['mean_auc'])} (95% CI {_num(low)}–{_num(high)}, "
+            f"{metrics['bootstrap_resamples']} bootstrap resamples); thresholds chosen on val by "
+            f"{escape(metrics['threshold_method'])}; exact-match accuracy {_num(metrics['exact_match_accuracy'])}.</p>"
+            f'<table id="per-finding"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+
+
+def curves_section(roc: dict[str, list[dict]]) -> str:
+    figures = "".join(f"<figure>{roc_svg(roc[f])}<figcaption>{escape(f)}</figcaption></figure>"
+                      for f in FINDINGS if f in roc)
+    return f'<h2>ROC curves (test)</h2><div class="curves">{figures}</div>'
+
+
+def champion_section(metrics: dict, registry: dict) -> str:
+    verdict = "takes the champion alias" if registry["champion"] else "stays challenger"
+    reasons = "".join(f"<li>{escape(r)}</li>" for r in registry["reasons"])
+    text = (f'<h2>Champion comparison</h2><p class="decision">Version {registry["version"]} {verdict}.</p>'
+            f"<ul>{reasons}</ul>")
+    previous = registry.get("previous_champion")
+    if not previous:
+        return text
+    rows = []
+    for f in FINDINGS:
+        theirs, ours = previous["auc"].get(f), metrics["auc"][f]
+        worse = theirs is not None and ours is not None and ours < theirs
+        rows.append(f'<tr class="{"worse" if worse else ""}"><td>{escape(f)}</td><td>{_num(theirs)}</td>'
+                    f"<td>{_num(ours)}</td></tr>")
+    head = f"<th>finding</th><th>champion v{previous['version']} AUC</th><th>this model AUC</th>"
+    mean = (f'<tr><td>mean</td><td>{_num(previous["mean_auc"])}</td><td>{_num(metrics["mean_auc"])}</td></tr>')
+    return text + f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}{mean}</tbody></table>"
+
+
+def model_card_html(name: str, summary: dict, metrics: dict, roc: dict[str, list[dict]], registry: dict) -> str:
+    """The page: data, per-finding figures, ROC curves and the champion decision."""
+    title = f"Model card: {name} version {registry['version']}"
+    return html_page(title, f"<h1>{escape(title)}</h1>"
+            f"<p>Backbone {escape(summary['backbone'])}, "
+            f"input {escape(summary['image_size'])}px ({escape(summary['fit'])}), "
+            f"{escape(summary.get('inputs', 'image only'))}, "
+            f"git commit <code>{escape(summary['git_commit'])}</code>.</p>"
+            + data_section(summary, metrics) + findings_section(metrics) + curves_section(roc)
+            + champion_section(metrics, registry), STYLE)

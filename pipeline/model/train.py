@@ -1,0 +1,327 @@
+"""Training: a Keras model from the TFRecord shards, class-weighted BCE or focal loss.
+
+The loop: an optional warm-up with the backbone frozen (pretrained weights
+only), then the whole model; early stopping on validation mean AUC; the best
+epoch checkpointed. It runs unchanged under the tf.distribute strategy that
+distribution_strategy() picks (the caller builds the model in its scope and
+train_model compiles in it). batch_size is the global batch, split across
+replicas.
+
+Reproducibility: seed_everything() seeds Python, NumPy and TF and can turn on
+TF's op determinism. Even then a CPU run is not bitwise repeatable across
+machines or thread counts (oneDNN kernels and reductions depend on them);
+on one machine with the same settings, runs agree to float round-off.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline.core.labels import FINDINGS
+from pipeline.core.model_io import uses_patient_metadata
+from pipeline.model.architectures import set_backbone_trainable
+from pipeline.records.dataset import make_dataset, read_shard_index, shard_files
+
+# Positive weights are capped so a finding with a handful of positives does
+# not dominate the loss.
+MAX_POSITIVE_WEIGHT = 50.0
+
+
+def positive_weights(index: dict, split: str = "train") -> np.ndarray:
+    """Per-finding weight for positives, n_negative / n_positive in the split."""
+    counts = index["splits"][split]
+    total = counts["records"]
+    positives = np.array([counts["positives"][f] for f in FINDINGS], dtype=np.float64)
+    weights = (total - positives) / np.maximum(positives, 1.0)
+    return np.clip(weights, 1.0, MAX_POSITIVE_WEIGHT).astype(np.float32)
+
+
+def weighted_binary_crossentropy(pos_weight: np.ndarray):
+    """BCE where each finding's positive term is scaled by its weight."""
+    weight = tf.constant(pos_weight, dtype=tf.float32)
+
+    def loss(y_true, y_pred):
+        y_true = tf.cast(y_true, tf.float32)
+        y_pred = tf.clip_by_value(tf.cast(y_pred, tf.float32), 1e-7, 1 - 1e-7)
+        per_class = -(weight * y_true * tf.math.log(y_pred) + (1 - y_true) * tf.math.log(1 - y_pred))
+        return tf.reduce_mean(per_class, axis=-1)
+
+    return loss
+
+
+def focal_loss(pos_weight: np.ndarray, gamma: float):
+    """Binary focal loss (Lin et al. 2017), per finding, averaged over findings:
+
+        -[w * y * (1 - p)^gamma * log(p) + (1 - y) * p^gamma * log(1 - p)]
+
+    w is the finding's positive weight (as for weighted BCE) in the role of the
+    paper's alpha, unnormalised, so gamma = 0 gives exactly weighted BCE; gamma
+    > 0 scales down the easy examples (mostly the many confident negatives).
+    """
+    if gamma < 0:
+        raise ValueError(f"train.focal_gamma must be >= 0, got {gamma}")
+    weight = tf.constant(pos_weight, dtype=tf.float32)
+
+    def loss(y_true, y_pred):
+        y_true = tf.cast(y_true, tf.float32)
+        y_pred = tf.clip_by_value(tf.cast(y_pred, tf.float32), 1e-7, 1 - 1e-7)
+        positive = weight * y_true * tf.pow(1 - y_pred, gamma) * tf.math.log(y_pred)
+        negative = (1 - y_true) * tf.pow(y_pred, gamma) * tf.math.log(1 - y_pred)
+        return tf.reduce_mean(-(positive + negative), axis=-1)
+
+    return loss
+
+
+LOSSES = ("weighted_bce", "focal")
+
+
+def make_loss(settings: dict, pos_weight: np.ndarray):
+    """train.loss: weighted_bce (default) or focal (with train.focal_gamma, default 2)."""
+    kind = settings.get("loss", "weighted_bce")
+    if kind == "weighted_bce":
+        return weighted_binary_crossentropy(pos_weight)
+    if kind == "focal":
+        return focal_loss(pos_weight, float(settings.get("focal_gamma", 2.0)))
+    raise ValueError(f"train.loss must be one of {', '.join(LOSSES)}, got {kind!r}")
+
+
+def gpu_count() -> int:
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def tf_config_workers() -> int:
+    """The number of workers TF_CONFIG's cluster names (0 when unset)."""
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw:
+        return 0
+    try:
+        return len(json.loads(raw).get("cluster", {}).get("worker", []))
+    except (ValueError, AttributeError) as exc:
+        raise ValueError(f"TF_CONFIG is not a JSON object with cluster.worker: {exc}") from exc
+
+
+def distribution_strategy() -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy when TF_CONFIG names several workers,
+    MirroredStrategy when more than one GPU is visible, else the default
+    (single-device) strategy. Call it before building the model: the model is
+    built and compiled in its scope()."""
+    if tf_config_workers() > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if gpu_count() > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def resolve_switch(name: str, value) -> bool:
+    """auto | true | false for a setting that pays off only on a GPU: auto = on with a GPU."""
+    if value in ("auto", None):
+        return gpu_count() > 0
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"train.{name} must be auto, true or false, got {value!r}")
+
+
+def configure_mixed_precision(setting) -> bool:
+    """train.mixed_precision: float16 compute with float32 weights. On a CPU it
+    is slower (no float16 units), hence auto = GPU only. Must run before the
+    model is built; the head stays float32 (pipeline.model.architectures)."""
+    enabled = resolve_switch("mixed_precision", setting)
+    keras.mixed_precision.set_global_policy("mixed_float16" if enabled else "float32")
+    return enabled
+
+
+def seed_everything(seed: int, deterministic) -> bool:
+    """Seed Python, NumPy and TF; with train.deterministic also TF's op
+    determinism (auto = on without a GPU, where it costs little; on a GPU it
+    slows some kernels and rejects ops without a deterministic version)."""
+    keras.utils.set_random_seed(seed)
+    if deterministic in ("auto", None):
+        enabled = gpu_count() == 0
+    else:
+        enabled = resolve_switch("deterministic", deterministic)
+    if enabled:
+        tf.config.experimental.enable_op_determinism()
+    return enabled
+
+
+def training_phases(epochs: int, warmup_epochs: int, pretrained: bool) -> list[tuple[int, int, bool]]:
+    """(first epoch, end epoch, backbone trainable) per fit call: the warm-up
+    freezes a pretrained backbone while the new head learns, so its random
+    gradients do not wreck the pretrained features; from scratch there is
+    nothing to protect and warm-up is skipped."""
+    if warmup_epochs < 0:
+        raise ValueError(f"train.warmup_epochs must be >= 0, got {warmup_epochs}")
+    warmup = min(warmup_epochs, epochs) if pretrained else 0
+    phases = [(0, warmup, False)] if warmup else []
+    if warmup < epochs:
+        phases.append((warmup, epochs, True))
+    return phases
+
+
+def learning_rate_schedule(kind: str, learning_rate: float, total_steps: int):
+    """"constant", or "cosine": decay to zero over the run, which settles the
+    weights (and the BatchNorm statistics) of short runs in the last epochs."""
+    if kind == "constant":
+        return learning_rate
+    if kind == "cosine":
+        return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, total_steps))
+    raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {kind!r}")
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """One line per epoch and the epoch's metrics to MLflow (when a run is active)."""
+
+    def __init__(self, epochs: int, mlflow_module=None):
+        super().__init__()
+        self.epochs = epochs
+        self.mlflow = mlflow_module
+        self.started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        seconds = time.monotonic() - self.started
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items()) if isinstance(v, (int, float)))
+        print(f"train: epoch {epoch + 1}/{self.epochs} ({seconds:.0f}s)  {shown}", file=sys.stderr, flush=True)
+        if self.mlflow is not None:
+            metrics = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+            metrics["epoch_seconds"] = seconds
+            self.mlflow.log_metrics(metrics, step=epoch + 1)
+
+
+def train_model(
+    model: keras.Model,
+    tfrecord_dir: Path,
+    checkpoint_path: Path,
+    settings: dict,
+    seed: int,
+    mlflow_module=None,
+    strategy: tf.distribute.Strategy | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> dict:
+    """Fit `model`; the best epoch by validation mean AUC is saved to checkpoint_path.
+
+    `model` must have been built in `strategy`'s scope (default: the current
+    strategy); a model with a metadata input is fed the records' patient
+    metadata. `callbacks` are added to every fit call, after our own. Returns the history
+    and a summary of the run.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    index = read_shard_index(tfrecord_dir)
+    train_files = shard_files(tfrecord_dir, "train")
+    val_files = shard_files(tfrecord_dir, "val")
+    if index["splits"]["train"]["records"] == 0:
+        raise ValueError(f"{tfrecord_dir}: the train split has no records")
+    batch_size = int(settings["batch_size"])
+    epochs = int(settings["epochs"])
+    metadata = uses_patient_metadata(model)
+    train_data = make_dataset(
+        train_files, batch_size, training=True, augmentation=settings.get("augment") or None,
+        seed=seed, cache=bool(settings.get("cache", False)), records=index["splits"]["train"]["records"],
+        metadata=metadata,
+    )
+    has_val = index["splits"]["val"]["records"] > 0
+    val_data = (make_dataset(val_files, batch_size, cache=True, records=index["splits"]["val"]["records"],
+                             metadata=metadata)
+                if has_val else None)
+    steps_per_epoch = math.ceil(index["splits"]["train"]["records"] / batch_size)
+    loss = make_loss(settings, positive_weights(index))
+    monitor = "val_auc" if has_val else "auc"
+    checkpoint = keras.callbacks.ModelCheckpoint(str(checkpoint_path), monitor=monitor, mode="max",
+                                                 save_best_only=True)
+    logger = EpochLogger(epochs, mlflow_module)
+    patience = int(settings.get("early_stopping_patience", 0) or 0)
+    stopper = (keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience)
+               if patience > 0 else None)
+    pretrained = str(settings.get("weights", "none")) != "none"
+    phases = training_phases(epochs, int(settings.get("warmup_epochs", 0) or 0), pretrained)
+    history: dict[str, list[float]] = {}
+    trainable_weights = []
+    started = time.monotonic()
+    for first, end, backbone_trainable in phases:
+        trainable_weights.append(set_backbone_trainable(model, backbone_trainable))
+        # Recompile after (un)freezing: the trainable set is fixed at compile
+        # time, and each phase gets a fresh optimizer and learning-rate schedule.
+        with strategy.scope():
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate_schedule(
+                    settings.get("lr_schedule", "constant"), float(settings["learning_rate"]),
+                    steps_per_epoch * (end - first))),
+                loss=loss,
+                metrics=[keras.metrics.AUC(multi_label=True, num_labels=len(FINDINGS), name="auc")],
+            )
+        # Early stopping only in the last phase: stopping in the warm-up would
+        # skip fine-tuning altogether. The checkpoint keeps the best of all phases.
+        last_phase = end == epochs
+        phase_callbacks = [checkpoint, logger, *([stopper] if stopper and last_phase else []), *(callbacks or [])]
+        fitted = model.fit(train_data, validation_data=val_data, initial_epoch=first, epochs=end,
+                           callbacks=phase_callbacks, verbose=0, shuffle=False)
+        for key, values in fitted.history.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
+    seconds = time.monotonic() - started
+    monitored = history[monitor]
+    best = int(np.nanargmax(monitored)) if np.isfinite(monitored).any() else len(monitored) - 1
+    return {
+        "history": history,
+        "summary": {
+            "epochs": len(monitored),
+            "stopped_early": len(monitored) < epochs,
+            "best_epoch": best + 1,
+            f"best_{monitor}": float(monitored[best]),
+            "warmup_epochs": phases[0][1] if not phases[0][2] else 0,
+            "trainable_weights": trainable_weights[-1],
+            "train_images": int(index["splits"]["train"]["records"]),
+            "uses_metadata": metadata,
+            "seconds": round(seconds, 1),
+            "train_images_per_second": round(index["splits"]["train"]["records"] * len(monitored) / seconds, 2),
+        },
+        "trainable_weights_per_phase": trainable_weights,
+    }
+
+
+def train_and_track(
+    tfrecord_dir: Path, model_file: Path, settings: dict, image_size: int, seed: int, experiment: str,
+    logged_params: dict,
+) -> dict:
+    """The train stage: build the model named by `settings` (params.yaml's
+    train section) in the distribution strategy, fit it in a new MLflow run of
+    `experiment` (with `logged_params` flattened as its params), and keep the
+    best epoch at model_file (atomically: a failed run leaves the old file).
+    Returns {"summary", "history", "run": {"run_id", "experiment_id", "tracking_uri"}}."""
+    from pipeline.core.atomic import atomic_path
+    from pipeline.core.tracking import configure_mlflow, data_hash, flatten_params, git_commit
+    from pipeline.model.architectures import build_model
+
+    # The strategy first: MultiWorkerMirroredStrategy must exist before other TF ops.
+    strategy = distribution_strategy()
+    deterministic = seed_everything(seed, settings.get("deterministic", "auto"))
+    mixed = configure_mixed_precision(settings.get("mixed_precision", "auto"))
+    print(f"train: {type(strategy).__name__} over {strategy.num_replicas_in_sync} replica(s), "
+          f"mixed precision {'on' if mixed else 'off'}, op determinism {'on' if deterministic else 'off'}",
+          file=sys.stderr)
+    with strategy.scope():
+        model = build_model(
+            settings["backbone"], image_size, str(settings["weights"]),
+            dropout=float(settings.get("dropout", 0.0)), batchnorm_momentum=settings.get("batchnorm_momentum"),
+            use_metadata=bool(settings.get("use_metadata", False)),
+        )
+    mlflow = configure_mlflow(experiment)
+    tags = {"git_commit": git_commit(), "data_hash": data_hash(tfrecord_dir), "backbone": settings["backbone"]}
+    with mlflow.start_run(run_name=f"{settings['backbone']}-{tags['data_hash'][:8]}", tags=tags) as run:
+        mlflow.log_params(flatten_params(logged_params))
+        with atomic_path(model_file) as checkpoint:
+            result = train_model(model, tfrecord_dir, checkpoint, settings, seed, mlflow, strategy)
+        mlflow.log_metrics({f"train_{k}": float(v) for k, v in result["summary"].items()})
+    result["run"] = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+                     "tracking_uri": mlflow.get_tracking_uri()}
+    return result

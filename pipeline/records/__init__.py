@@ -1,0 +1,1 @@
+"""Records: image decoding, preprocessing to TFRecord shards, and the tf.data pipeline that reads them."""

@@ -1,0 +1,320 @@
+"""Prediction API: load a trained or registered model, preprocess X-rays the way
+training did, predict the 14 findings and explain one with Grad-CAM.
+
+    from pipeline import load_model, preprocess_xray, generate_gradcam
+    model = load_model("models:/chestxray@champion")
+    image = model.preprocess("chest.png")  # or preprocess_xray(path, size, fit)
+    probabilities, heatmap = model.predict(image), generate_gradcam(model, image)
+
+A model trained with patient metadata (train.use_metadata) also needs each
+image's age, sex and view: model.predict(image, metadata={"age": 61,
+"sex": "F", "view": "AP"}), or a list of such dicts for a batch.
+"""
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from pipeline.core.labels import FINDINGS, NUM_FINDINGS
+from pipeline.core.model_io import image_size_of, model_inputs, uses_patient_metadata
+from pipeline.core.patient import encode_patient_input
+from pipeline.core.tracking import disable_telemetry
+from pipeline.core.tracking import tracking_uri as configured_tracking_uri
+from pipeline.explain.gradcam import grad_cam
+from pipeline.records.imaging import load_xray
+
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_FIT = "crop"
+MODEL_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
+MODEL_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+RUN_MODEL_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<name>[^/]+)$")
+MLFLOW_SCHEMES = ("models:", "runs:")
+MLFLOW_URI_FORMS = "models:/name@alias, models:/name/version or runs:/run_id/model"
+
+
+class ModelLoadError(RuntimeError):
+    """A model URI or file that cannot be served; the message names it and says why."""
+
+
+def preprocess_xray(path: Path | str, image_size: int = 320, fit: str = DEFAULT_FIT) -> np.ndarray:
+    """Any PNG/JPEG X-ray -> float32 (size, size, 1) grey values 0..255, exactly as in training."""
+    return load_xray(path, image_size, fit).astype(np.float32)[..., None]
+
+
+def image_batch(images: np.ndarray, image_size: int) -> tuple[np.ndarray, bool]:
+    """(H, W), (H, W, 1) or (n, H, W, 1) -> float32 (n, H, W, 1), and whether it was one image."""
+    array = np.asarray(images, dtype=np.float32)
+    single = array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 1)
+    if array.ndim == 2:
+        array = array[..., None]
+    if single:
+        array = array[None]
+    if array.ndim != 4 or array.shape[1:] != (image_size, image_size, 1):
+        raise ValueError(
+            f"expected ({image_size}, {image_size}, 1) images or a batch of them (preprocess_xray's "
+            f"output), got shape {np.shape(images)}"
+        )
+    return array, single
+
+
+def patient_batch(metadata, count: int) -> np.ndarray | None:
+    """None, or metadata in any form encode_patient_input takes -> float32 (count, 3)."""
+    return None if metadata is None else encode_patient_input(metadata, count)
+
+
+def read_patient_metadata(path: Path | str) -> dict[str, dict]:
+    """{image file name: {"age", "sex", "view"}} from NIH's Data_Entry_2017.csv
+    (or the Kaggle sample's CSV) or any CSV with columns image_id, age, sex and
+    view, such as the ingest stage's manifest.csv."""
+    import pandas as pd
+
+    from pipeline.data.nih import REQUIRED_COLUMNS, DataEntryError, read_data_entry
+
+    path = Path(path)
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+        if REQUIRED_COLUMNS[0] in header:
+            frame = read_data_entry(path)
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            missing = [c for c in ("image_id", "age", "sex", "view") if c not in frame.columns]
+            if missing:
+                raise ValueError(f"{path}: no column {', '.join(missing)} (expected NIH's Data_Entry_2017.csv "
+                                 f"or columns image_id, age, sex, view)")
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, DataEntryError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read patient metadata: {exc}") from exc
+    return {str(row.image_id): {"age": row.age, "sex": row.sex, "view": row.view}
+            for row in frame.itertuples(index=False)}
+
+
+def finding_index(finding: str | int) -> int:
+    """A finding's position in the model output, by name or index."""
+    if isinstance(finding, str):
+        if finding not in FINDINGS:
+            raise ValueError(f"unknown finding {finding!r}; one of {', '.join(FINDINGS)}")
+        return FINDINGS.index(finding)
+    if not 0 <= int(finding) < NUM_FINDINGS:
+        raise ValueError(f"finding index must be 0..{NUM_FINDINGS - 1}, got {finding}")
+    return int(finding)
+
+
+@dataclass
+class XrayModel:
+    """A Keras classifier with what serving it needs: label order, operating
+    thresholds and the preprocessing it was trained with."""
+
+    keras_model: keras.Model
+    thresholds: dict[str, float]
+    image_size: int
+    fit: str = DEFAULT_FIT
+    source: str = ""
+    # Where the thresholds came from: the model's metadata, a file, or the 0.5 default.
+    thresholds_source: str = ""
+    findings: tuple[str, ...] = FINDINGS
+
+    def preprocess(self, path: Path | str) -> np.ndarray:
+        return preprocess_xray(path, self.image_size, self.fit)
+
+    @property
+    def uses_patient_metadata(self) -> bool:
+        """Whether predict needs each image's age, sex and view."""
+        return uses_patient_metadata(self.keras_model)
+
+    def predict(self, images: np.ndarray, metadata=None, batch_size: int = 32) -> np.ndarray:
+        """Probabilities in `findings` order: (14,) for one image, (n, 14) for a batch.
+        `metadata`: required by a model trained with it (see patient_batch)."""
+        batch, single = image_batch(images, self.image_size)
+        inputs = model_inputs(self.keras_model, batch, patient_batch(metadata, len(batch)))
+        probabilities = self.keras_model.predict(inputs, batch_size=batch_size, verbose=0)
+        return probabilities[0] if single else probabilities
+
+    def positive_findings(self, probabilities: np.ndarray) -> list[str]:
+        """Names of the findings at or above their thresholds, for one image's (14,) probabilities."""
+        probabilities = np.asarray(probabilities)
+        if probabilities.shape != (NUM_FINDINGS,):
+            raise ValueError(f"expected {NUM_FINDINGS} probabilities, got shape {probabilities.shape}")
+        return [f for f, p in zip(self.findings, probabilities) if p >= self.thresholds[f]]
+
+
+def generate_gradcam(
+    model: XrayModel | keras.Model,
+    image: np.ndarray,
+    layer_name: str | None = None,
+    finding: str | int | None = None,
+    metadata=None,
+) -> np.ndarray:
+    """Grad-CAM heatmap (H, W) in [0, 1] for one preprocessed image; by default
+    for the finding the model rates most probable. `metadata` as for predict."""
+    keras_model = model.keras_model if isinstance(model, XrayModel) else model
+    batch, single = image_batch(image, image_size_of(keras_model))
+    if not single:
+        raise ValueError(f"generate_gradcam takes one image, got a batch of shape {batch.shape}")
+    encoded = patient_batch(metadata, 1)
+    if finding is None:
+        index = int(np.argmax(keras_model(model_inputs(keras_model, batch, encoded), training=False)[0]))
+    else:
+        index = finding_index(finding)
+    return grad_cam(keras_model, batch, np.array([index]), layer_name, metadata=encoded)[0]
+
+
+def load_model(
+    uri: Path | str, tracking_uri: str | None = None, thresholds: dict[str, float] | Path | str | None = None
+) -> XrayModel:
+    """A model from a `.keras` file or an MLflow URI (models:/name@alias,
+    models:/name/version, runs:/run_id/model).
+
+    Registered models carry their findings, thresholds and preprocessing in
+    their metadata. A bare `.keras` file has none: its image size comes from its
+    input shape, fit is "crop" and thresholds are `thresholds` (a dict or a JSON
+    file such as reports/evaluate/thresholds.json), else 0.5 each. `thresholds`
+    given with an MLflow URI overrides the registered ones.
+    """
+    uri = str(uri)
+    if uri.startswith(MLFLOW_SCHEMES):
+        model = load_mlflow_model(uri, tracking_uri or configured_tracking_uri())
+    else:
+        model = load_keras_file(Path(uri))
+    if thresholds is not None:
+        model.thresholds = read_thresholds(thresholds)
+        from_file = isinstance(thresholds, (str, Path))
+        model.thresholds_source = str(thresholds) if from_file else "given by the caller"
+    return model
+
+
+def load_keras_file(path: Path) -> XrayModel:
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such model file")
+    if path.suffix != ".keras":
+        raise ModelLoadError(f"{path}: not a .keras file or an MLflow URI ({MLFLOW_URI_FORMS})")
+    try:
+        keras_model = keras.models.load_model(path, compile=False)
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise ModelLoadError(f"{path}: cannot load as a Keras model: {exc}") from exc
+    return XrayModel(
+        keras_model,
+        thresholds={f: DEFAULT_THRESHOLD for f in FINDINGS},
+        image_size=image_size_of(keras_model),
+        source=str(path),
+        thresholds_source=f"default {DEFAULT_THRESHOLD} (a bare .keras file has no thresholds)",
+    )
+
+
+def read_thresholds(thresholds: dict[str, float] | Path | str, name: str = "thresholds") -> dict[str, float]:
+    """One threshold per finding, from a dict or a JSON file of {finding: threshold}."""
+    if isinstance(thresholds, (str, Path)):
+        name = str(thresholds)
+        try:
+            thresholds = json.loads(Path(thresholds).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"{name}: cannot read thresholds: {exc}") from exc
+    if not isinstance(thresholds, dict) or set(thresholds) != set(FINDINGS):
+        found = sorted(thresholds) if isinstance(thresholds, dict) else type(thresholds).__name__
+        raise ModelLoadError(f"{name}: expected one threshold for each of {', '.join(FINDINGS)}; got {found}")
+    return {f: float(thresholds[f]) for f in FINDINGS}
+
+
+def require_tracking_store(uri: str, store: str) -> None:
+    """MLflow would silently create an empty SQLite store; say there is none instead."""
+    if store.startswith("sqlite:///"):
+        database = Path(store.removeprefix("sqlite:///"))
+        if not database.is_file():
+            raise ModelLoadError(
+                f"{uri}: no MLflow tracking store {store} ({database.resolve()} does not exist; "
+                "set MLFLOW_TRACKING_URI or pass a tracking URI)"
+            )
+
+
+def model_artifact_location(client, uri: str) -> str:
+    """Where the model's files are, by resolving its URI against this store's
+    registry. Done with an explicit client because MLflow 3.17 resolves
+    models:/ URIs against the process-wide registry, ignoring download_artifacts'
+    tracking_uri."""
+    if match := MODEL_ALIAS_URI.match(uri):
+        name = match["name"]
+        version = client.get_model_version_by_alias(name, match["alias"]).version
+        return client.get_model_version_download_uri(name, version)
+    if match := MODEL_VERSION_URI.match(uri):
+        return client.get_model_version_download_uri(match["name"], match["version"])
+    match = RUN_MODEL_URI.match(uri)
+    run = client.get_run(match["run_id"])
+    logged = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}' AND name = '{match['name']}'",
+    )
+    if not logged:
+        raise ModelLoadError(f"{uri}: run {run.info.run_id} logged no model named {match['name']!r}")
+    return logged[0].artifact_location
+
+
+def load_mlflow_model(uri: str, store: str) -> XrayModel:
+    if not any(form.match(uri) for form in (MODEL_ALIAS_URI, MODEL_VERSION_URI, RUN_MODEL_URI)):
+        raise ModelLoadError(f"{uri}: not a supported MLflow model URI ({MLFLOW_URI_FORMS})")
+    require_tracking_store(uri, store)
+    disable_telemetry()
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+        location = model_artifact_location(client, uri)
+        # Keras reads the whole model into memory, so the download need not outlive it.
+        with tempfile.TemporaryDirectory(prefix="cxr-model-") as download_dir:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=location, dst_path=download_dir, tracking_uri=store
+            )
+            mlmodel = mlflow.models.Model.load(str(Path(local) / "MLmodel"))
+            keras_model = registered_keras_model(uri, Path(local), mlmodel.flavors)
+            metadata = mlmodel.metadata or {}
+    except MlflowException as exc:
+        raise ModelLoadError(f"{uri}: {exc.message} (tracking store {store})") from exc
+    return model_from_registry_metadata(uri, keras_model, metadata)
+
+
+def registered_keras_model(uri: str, local: Path, flavors: dict) -> keras.Model:
+    """The Keras model inside a downloaded MLflow model: the .keras artifact of
+    our pyfunc (pipeline.serve.pyfunc), or a Keras-flavour model (versions
+    registered before the pyfunc wrapper)."""
+    from pipeline.core.model_io import KERAS_ARTIFACT
+
+    artifact = flavors.get("python_function", {}).get("artifacts", {}).get(KERAS_ARTIFACT)
+    if artifact is not None:
+        return keras.models.load_model(local / artifact["path"], compile=False)
+    if "keras" in flavors:
+        import mlflow
+
+        return mlflow.keras.load_model(str(local), load_model_kwargs={"compile": False})
+    raise ModelLoadError(f"{uri}: neither a chestxray pyfunc nor a Keras model (flavours: {', '.join(flavors)})")
+
+
+def model_from_registry_metadata(uri: str, keras_model: keras.Model, metadata: dict) -> XrayModel:
+    """Check a registered model's model card against this code's conventions."""
+    missing = [key for key in ("findings", "thresholds", "preprocessing") if key not in metadata]
+    if missing:
+        raise ModelLoadError(
+            f"{uri}: model metadata lacks {', '.join(missing)} (not registered by the evaluate stage?)"
+        )
+    if list(metadata["findings"]) != list(FINDINGS):
+        raise ModelLoadError(
+            f"{uri}: the model's findings {metadata['findings']} differ from "
+            f"pipeline.core.labels.FINDINGS {list(FINDINGS)}"
+        )
+    image_size = int(metadata["preprocessing"]["image_size"])
+    if image_size_of(keras_model) != image_size:
+        raise ModelLoadError(
+            f"{uri}: metadata says image size {image_size}, the model takes {image_size_of(keras_model)}"
+        )
+    return XrayModel(
+        keras_model,
+        thresholds=read_thresholds(metadata["thresholds"], f"{uri} metadata"),
+        image_size=image_size,
+        fit=metadata["preprocessing"].get("fit", DEFAULT_FIT),
+        source=uri,
+        thresholds_source=f"{uri} metadata",
+    )

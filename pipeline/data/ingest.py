@@ -20,7 +20,7 @@ from pipeline.data.nih import (
     read_data_entry,
     read_official_lists,
 )
-from pipeline.data.split import assign_official_splits, assign_patient_splits, split_settings
+from pipeline.data.split import assign_official_splits, assign_splits_by_method, split_settings
 
 
 def display_path(path: Path) -> str:
@@ -45,8 +45,9 @@ def label_matrix(metadata: pd.DataFrame, source: Path) -> pd.DataFrame:
 
 
 def assign_splits(manifest: pd.DataFrame, split: dict, seed: int, root: Path) -> pd.Series:
-    """The split of each manifest row by `ingest.split` (method and ratios),
-    stratified on the 14 finding columns; official reads root's NIH lists."""
+    """The split of each manifest row by `ingest.split` (method and ratios):
+    hash buckets, stratified random on the 14 finding columns, or official
+    (NIH's lists from root, val carved by hash buckets)."""
     method, ratios = split_settings(split)
     labels = manifest[list(FINDINGS)]
     if method == "official":
@@ -55,7 +56,7 @@ def assign_splits(manifest: pd.DataFrame, split: dict, seed: int, root: Path) ->
             manifest["image_id"], manifest["patient_id"], test_ids, train_val_ids, ratios, seed, labels,
             list_names=(str(root / OFFICIAL_TEST_LIST), str(root / OFFICIAL_TRAIN_VAL_LIST)),
         )
-    return assign_patient_splits(manifest["patient_id"], ratios, seed, labels)
+    return assign_splits_by_method(method, manifest["patient_id"], ratios, seed, labels)
 
 
 def build_manifest(

@@ -1,6 +1,7 @@
 """The evaluate stage: score the trained model on test (thresholds from val),
-write the reports DVC plots and explain read, register the model in MLflow
-with the champion/challenger decision, and write its model card."""
+write the reports DVC plots and explain read, re-score the registry's champion
+on the same test images and compare the two (pipeline.model.selection),
+register the model in MLflow with that decision, and write its model card."""
 from __future__ import annotations
 
 import json
@@ -9,16 +10,33 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from pipeline.core.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
 from pipeline.core.labels import FINDINGS
-from pipeline.core.model_io import load_keras_model, uses_patient_metadata
-from pipeline.core.patient import PATIENT_ENCODING
+from pipeline.core.model_io import image_size_of, load_keras_model, uses_patient_metadata
+from pipeline.core.patient import IMAGE_INPUT, PATIENT_ENCODING
 from pipeline.core.tracking import configure_mlflow, data_hash, git_commit, metric_name, resume_run
-from pipeline.model.metrics import curves, evaluation_metrics, manifest_hash, predictions_table
+from pipeline.model.metrics import (
+    curves,
+    evaluation_metrics,
+    manifest_hash,
+    mean_of_defined,
+    per_class_auc,
+    predictions_table,
+)
 from pipeline.model.model_card import CARD_FILE, model_card_html
-from pipeline.model.registry import DEFAULT_MAX_CLASS_DROP, register_model, registry_model_metadata
+from pipeline.model.registry import champion_version, register_model, registry_model_metadata
+from pipeline.model.selection import (
+    DEFAULT_MARGIN,
+    DEFAULT_MAX_CLASS_DROP,
+    RULE_FIRST,
+    RULE_NO_CHAMPION_SCORES,
+    paired_auc_comparison,
+    promotion_decision,
+)
 from pipeline.records.dataset import make_dataset, read_shard_index, shard_files
+from pipeline.records.tfrecords import parse_example
 
 # Figures logged to MLflow once per finding, as <prefix>_<finding>.
 PER_FINDING_METRICS = {
@@ -30,18 +48,87 @@ IMAGE_INPUT_DESCRIPTION = "float32 grey values 0..255, shape (size, size, 1)"
 
 
 def predict_split(model: keras.Model, tfrecord_dir: Path, split: str, batch_size: int = 16):
-    """Stream a split through the model: (probabilities, labels, image ids)."""
+    """Stream a split through the model: (probabilities, labels, image ids).
+    A model that takes another image size than the shards' (a champion trained
+    at 224 px, say) gets the shard images area-resized to its size."""
     probs, labels, ids = [], [], []
     files = shard_files(tfrecord_dir, split)
     if not files:
         return np.zeros((0, len(FINDINGS))), np.zeros((0, len(FINDINGS))), []
+    size = image_size_of(model)
     for inputs, y, image_ids in make_dataset(files, batch_size, with_ids=True, metadata=uses_patient_metadata(model)):
-        probs.append(model.predict_on_batch(inputs))
+        probs.append(model.predict_on_batch(_resized(inputs, size)))
         labels.append(y.numpy())
         ids.extend(i.decode() for i in image_ids.numpy())
     if not probs:
         return np.zeros((0, len(FINDINGS))), np.zeros((0, len(FINDINGS))), []
     return np.concatenate(probs).astype(np.float64), np.concatenate(labels).astype(np.int64), ids
+
+
+def _resized(inputs, size: int):
+    images = inputs[IMAGE_INPUT] if isinstance(inputs, dict) else inputs
+    if images.shape[1] == size:
+        return inputs
+    images = tf.image.resize(images, (size, size), method="area")
+    return {**inputs, IMAGE_INPUT: images} if isinstance(inputs, dict) else images
+
+
+def split_patient_ids(tfrecord_dir: Path, split: str) -> dict[str, int]:
+    """{image id: patient id} of a split's records, without decoding images."""
+    files = shard_files(tfrecord_dir, split)
+    if not files:
+        return {}
+    records = tf.data.TFRecordDataset(files).map(parse_example)
+    return {r["image_id"].numpy().decode(): int(r["patient_id"].numpy()) for r in records}
+
+
+def champion_decision(
+    registered_name: str, tracking_store: str, tfrecord_dir: Path, batch_size: int, test_labels: np.ndarray,
+    test_probs: np.ndarray, test_ids: list[str], promotion: dict, seed: int,
+) -> dict:
+    """Whether the new model should take the champion alias: the current
+    champion (whatever its backbone, image size or inputs) is loaded and
+    scored on this test split by the same code path, and the two are compared
+    on the same images (a paired bootstrap over patients). A champion that
+    cannot be loaded or scored means no promotion, with the reason; the first
+    version of a model is promoted. Returns {"promote", "rule", "reasons",
+    "champion_version", "comparison"}."""
+    import mlflow
+
+    from pipeline.serve.predict import ModelLoadError, load_model
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_store, registry_uri=tracking_store)
+    version = champion_version(client, registered_name)
+    if version is None:
+        return {"promote": True, "rule": RULE_FIRST, "champion_version": None, "comparison": None,
+                "reasons": [f"no version of {registered_name} holds the champion alias yet"]}
+    try:
+        champion = load_model(f"models:/{registered_name}/{version}", tracking_uri=tracking_store)
+        champion_probs, _, champion_ids = predict_split(champion.keras_model, tfrecord_dir, "test", batch_size)
+    except (ModelLoadError, OSError, ValueError, mlflow.exceptions.MlflowException) as exc:
+        return {"promote": False, "rule": RULE_NO_CHAMPION_SCORES, "champion_version": version, "comparison": None,
+                "reasons": [f"champion version {version} could not be scored: {_one_line(exc)}"]}
+    if champion_ids != test_ids:
+        raise ValueError("the champion and the new model were scored on different test records")
+    patients = split_patient_ids(tfrecord_dir, "test")
+    comparison = paired_auc_comparison(
+        test_labels, test_probs, champion_probs, [patients[i] for i in test_ids],
+        resamples=int(promotion.get("resamples", 1000)), seed=seed,
+    )
+    champion_auc = per_class_auc(test_labels, champion_probs)
+    comparison.update(champion_version=version, champion_image_size=champion.image_size,
+                      champion_mean_auc=mean_of_defined(champion_auc), champion_auc=champion_auc)
+    promote, rule, reasons = promotion_decision(
+        comparison, float(promotion.get("margin", DEFAULT_MARGIN)),
+        float(promotion.get("max_class_drop", DEFAULT_MAX_CLASS_DROP)),
+    )
+    return {"promote": promote, "rule": rule, "reasons": reasons, "champion_version": version,
+            "comparison": comparison}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def mlflow_metrics(metrics: dict) -> dict[str, float]:
@@ -51,6 +138,17 @@ def mlflow_metrics(metrics: dict) -> dict[str, float]:
               "test_mean_auprc": metrics["mean_auprc"], "test_exact_match_accuracy": metrics["exact_match_accuracy"]}
     for key, prefix in PER_FINDING_METRICS.items():
         scalar.update({metric_name(f"{prefix}_{f}"): v for f, v in metrics[key].items()})
+    return {k: float(v) for k, v in scalar.items() if v is not None}
+
+
+def comparison_metrics(comparison: dict | None) -> dict[str, float]:
+    """The paired comparison with the champion as MLflow metrics (none without one)."""
+    if not comparison:
+        return {}
+    low, high = comparison["mean_auc_diff_ci"]
+    scalar = {"champion_mean_auc_diff": comparison["mean_auc_diff"], "champion_mean_auc_diff_ci_low": low,
+              "champion_mean_auc_diff_ci_high": high, "champion_test_mean_auc": comparison["champion_mean_auc"]}
+    scalar.update({metric_name(f"champion_auc_diff_{f}"): v for f, v in comparison["auc_diff"].items()})
     return {k: float(v) for k, v in scalar.items() if v is not None}
 
 
@@ -104,19 +202,35 @@ def evaluate_model(
         preprocessing["input"] = {"image": IMAGE_INPUT_DESCRIPTION, "metadata": PATIENT_ENCODING}
     name = mlflow_settings["registered_model"]
     mlflow = configure_mlflow(mlflow_settings["experiment"])
+    decision = champion_decision(name, mlflow.get_tracking_uri(), tfrecord_dir, batch, test_labels, test_probs,
+                                 test_ids, settings.get("promotion") or {}, seed)
     with resume_run(mlflow, run_file):
-        mlflow.log_metrics(mlflow_metrics(metrics))
+        mlflow.log_metrics({**mlflow_metrics(metrics), **comparison_metrics(decision["comparison"])})
         mlflow.log_artifact(str(reports_dir / "thresholds.json"))
         mlflow.log_artifacts(str(reports_dir / "plots"), "plots")
         registry = register_model(
             mlflow, model, name, registry_model_metadata(metrics["thresholds"], preprocessing, metrics, test_manifest),
             {"data_hash": summary["data_hash"], "git_commit": summary["git_commit"], "backbone": training["backbone"],
              "params": json.dumps(training["params"], sort_keys=True)},
-            max_class_drop=float(settings.get("max_class_drop", DEFAULT_MAX_CLASS_DROP)),
+            decision,
         )
+        registry["comparison"] = decision["comparison"]
         write_text_atomic(reports_dir / CARD_FILE,
                           model_card_html(name, summary, metrics, test_curves["roc"], registry))
         mlflow.log_artifact(str(reports_dir / CARD_FILE))
     metrics["registered_model"] = {"name": name, "version": registry["version"]}
-    metrics["registry"] = {k: registry[k] for k in ("version", "champion", "reasons")}
+    metrics["registry"] = {"version": registry["version"], "champion": registry["champion"],
+                           "rule": registry["rule"], "reasons": registry["reasons"],
+                           "comparison": _comparison_record(decision)}
     return metrics
+
+
+def _comparison_record(decision: dict) -> dict | None:
+    """registry.comparison in metrics/evaluate.json: the paired comparison's
+    figures and the rule that decided (None when there was no champion to score)."""
+    comparison = decision["comparison"]
+    if not comparison:
+        return None
+    keys = ("champion_version", "test_images", "test_patients", "mean_auc_diff", "mean_auc_diff_ci", "auc_diff",
+            "auc_diff_ci", "champion_mean_auc", "champion_auc", "champion_image_size", "resamples")
+    return {**{key: comparison[key] for key in keys}, "rule": decision["rule"]}

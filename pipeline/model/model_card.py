@@ -68,23 +68,41 @@ def curves_section(roc: dict[str, list[dict]]) -> str:
     return f'<h2>ROC curves (test)</h2><div class="curves">{figures}</div>'
 
 
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.3f}"
+
+
+def _interval(bounds) -> str:
+    low, high = bounds if bounds else (None, None)
+    return "–" if low is None else f"[{low:+.3f}, {high:+.3f}]"
+
+
 def champion_section(metrics: dict, registry: dict) -> str:
+    """The decision in words, and with a champion to compare with, the two
+    models side by side per finding on the same test images, with the paired
+    difference and its 95% CI (rows whose CI lies wholly below 0 marked)."""
     verdict = "takes the champion alias" if registry["champion"] else "stays challenger"
     reasons = "".join(f"<li>{escape(r)}</li>" for r in registry["reasons"])
-    text = (f'<h2>Champion comparison</h2><p class="decision">Version {registry["version"]} {verdict}.</p>'
-            f"<ul>{reasons}</ul>")
-    previous = registry.get("previous_champion")
-    if not previous:
+    text = (f'<h2>Champion comparison</h2><p class="decision">Version {registry["version"]} {verdict} '
+            f"({escape(registry['rule'])}).</p><ul>{reasons}</ul>")
+    comparison = registry.get("comparison")
+    if not comparison:
         return text
     rows = []
     for f in FINDINGS:
-        theirs, ours = previous["auc"].get(f), metrics["auc"][f]
-        worse = theirs is not None and ours is not None and ours < theirs
-        rows.append(f'<tr class="{"worse" if worse else ""}"><td>{escape(f)}</td><td>{_num(theirs)}</td>'
-                    f"<td>{_num(ours)}</td></tr>")
-    head = f"<th>finding</th><th>champion v{previous['version']} AUC</th><th>this model AUC</th>"
-    mean = (f'<tr><td>mean</td><td>{_num(previous["mean_auc"])}</td><td>{_num(metrics["mean_auc"])}</td></tr>')
-    return text + f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}{mean}</tbody></table>"
+        high = comparison["auc_diff_ci"][f][1]
+        worse = high is not None and high < 0
+        rows.append(f'<tr class="{"worse" if worse else ""}"><td>{escape(f)}</td>'
+                    f"<td>{_num(comparison['champion_auc'][f])}</td><td>{_num(metrics['auc'][f])}</td>"
+                    f"<td>{_signed(comparison['auc_diff'][f])}</td><td>{_interval(comparison['auc_diff_ci'][f])}</td></tr>")
+    version = comparison["champion_version"]
+    head = (f"<th>finding</th><th>champion v{version} AUC</th><th>this model AUC</th>"
+            "<th>difference</th><th>95% CI (paired, by patient)</th>")
+    mean = (f"<tr><td>mean</td><td>{_num(comparison['champion_mean_auc'])}</td><td>{_num(metrics['mean_auc'])}</td>"
+            f"<td>{_signed(comparison['mean_auc_diff'])}</td><td>{_interval(comparison['mean_auc_diff_ci'])}</td></tr>")
+    basis = (f"<p>Both scored on the same {comparison['test_images']} test images of "
+             f"{comparison['test_patients']} patients; {comparison['resamples']} bootstrap resamples of patients.</p>")
+    return text + basis + f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}{mean}</tbody></table>"
 
 
 def model_card_html(name: str, summary: dict, metrics: dict, roc: dict[str, list[dict]], registry: dict) -> str:

@@ -1,12 +1,19 @@
 """The MLflow model registry: every evaluated model becomes a version of `chestxray`.
 
-Each new version gets the alias `challenger`; it takes `champion` only if it
-beats the current champion on the same test set (champion_decision).
+Each new version gets the alias `challenger`; it takes `champion` when the
+evaluate stage's decision (pipeline.model.selection: the champion re-scored on
+the same test images, a paired comparison) promotes it. A person can move the
+champion by hand, which is tagged with who and why:
+
+    python -m pipeline.model.registry promote 3 --reason "reviewed by radiology"
 """
 from __future__ import annotations
 
+import argparse
+import getpass
 import json
 import shutil
+import sys
 import tempfile
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -18,7 +25,6 @@ from pipeline.core.model_io import KERAS_ARTIFACT
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-DEFAULT_MAX_CLASS_DROP = 0.02
 # What a registered model needs at serving time, pinned like the project.
 SERVING_PACKAGES = ("mlflow", "tensorflow-cpu", "keras", "numpy", "pandas", "opencv-python-headless")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -59,63 +65,83 @@ def registry_model_metadata(
         "thresholds": {f: float(thresholds[f]) for f in FINDINGS},
         "preprocessing": preprocessing,
         "mean_auc": metrics.get("mean_auc"),
+        "mean_auc_ci": _interval(metrics.get("mean_auc_ci")),
         "auc": metrics.get("auc", {}),
         "test_manifest": test_manifest,
+        "test_images": None if metrics.get("test_images") is None else int(metrics["test_images"]),
     }
 
 
-def champion_decision(challenger: dict, champion: dict | None, max_class_drop: float) -> tuple[bool, list[str]]:
-    """Whether the challenger takes the champion alias, and why (plain sentences).
-
-    Both are {"version", "mean_auc", "auc": {finding: auc or None}, "test_manifest"}.
-    AUCs compare only on the same test manifest; then the challenger needs a
-    mean AUC not lower and no finding's AUC lower by more than max_class_drop.
-    """
-    if champion is None:
-        return True, ["first version of the registered model: no champion to beat"]
-    if not challenger.get("test_manifest") or challenger.get("test_manifest") != champion.get("test_manifest"):
-        return False, [
-            f"champion version {champion['version']} was evaluated on a different test manifest "
-            f"({champion.get('test_manifest') or 'unknown'}, "
-            f"this model {challenger.get('test_manifest') or 'unknown'}): "
-            "AUCs are not comparable"
-        ]
-    reasons = []
-    ours, theirs = challenger.get("mean_auc"), champion.get("mean_auc")
-    if ours is None or (theirs is not None and ours < theirs):
-        reasons.append(f"mean AUC {_fmt(ours)} is lower than champion version {champion['version']}'s {_fmt(theirs)}")
-    for finding in FINDINGS:
-        mine, best = challenger["auc"].get(finding), champion.get("auc", {}).get(finding)
-        if mine is not None and best is not None and best - mine > max_class_drop:
-            reasons.append(f"{finding} AUC drops by {best - mine:.4f} ({_fmt(best)} -> {_fmt(mine)}), "
-                           f"more than max_class_drop {max_class_drop}")
-    if reasons:
-        return False, reasons
-    return True, [f"mean AUC {_fmt(ours)} >= champion version {champion['version']}'s {_fmt(theirs)} and no "
-                  f"finding's AUC drops by more than {max_class_drop}"]
+def _interval(bounds) -> list | None:
+    return None if bounds is None else [None if b is None else float(b) for b in bounds]
 
 
-def _fmt(value: float | None) -> str:
-    return "undefined" if value is None else f"{value:.4f}"
+def model_signature(model: keras.Model, image_size: int):
+    """The pyfunc's signature: the image tensor in, one probability column per
+    finding out. A model with patient metadata gets the signature's outputs only
+    (its inputs are in the metadata's `preprocessing.input`): MLflow enforces an
+    input schema before the pyfunc sees the input, and a tensor schema would
+    refuse the metadata as rows of age/sex/view (a DataFrame or a list of
+    dicts), which the pyfunc accepts."""
+    import numpy as np
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema, TensorSpec
+
+    from pipeline.core.model_io import uses_patient_metadata
+    from pipeline.core.patient import IMAGE_INPUT
+
+    outputs = Schema([ColSpec("double", finding) for finding in FINDINGS])
+    if uses_patient_metadata(model):
+        return ModelSignature(outputs=outputs)
+    image = TensorSpec(np.dtype(np.float32), (-1, image_size, image_size, 1), IMAGE_INPUT)
+    return ModelSignature(inputs=Schema([image]), outputs=outputs)
 
 
-def version_record(version) -> dict:
-    """A registered version's scores and test set, from its tags (None where untagged)."""
-    tags = version.tags or {}
-    mean_auc = tags.get("mean_auc")
-    return {
-        "version": int(version.version),
-        "mean_auc": float(mean_auc) if mean_auc not in (None, "None") else None,
-        "auc": json.loads(tags["auc"]) if "auc" in tags else {},
-        "test_manifest": tags.get("test_manifest") if tags.get("test_manifest") != "None" else None,
+def patient_model_input_schema(image_size: int) -> list[dict]:
+    """What a model with patient metadata takes, written as MLflow tensor specs
+    into its MLmodel metadata (`input_schema`): for reading, not enforced (see
+    model_signature)."""
+    from pipeline.core.patient import IMAGE_INPUT, PATIENT_INPUT
+
+    return [{"name": IMAGE_INPUT, "type": "tensor", "dtype": "float32", "shape": [-1, image_size, image_size, 1]},
+            {"name": PATIENT_INPUT, "type": "tensor", "dtype": "float32", "shape": [-1, 3],
+             "encoding": "pipeline.core.patient; or rows of age, sex, view"}]
+
+
+def champion_version(client, registered_name: str) -> int | None:
+    """The version holding the champion alias, or None (no such model or alias yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        registered = client.get_registered_model(registered_name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    version = (registered.aliases or {}).get(CHAMPION)
+    return int(version) if version is not None else None
+
+
+def decision_tags(decision: dict) -> dict[str, str]:
+    """The champion decision as version and run tags a person can read."""
+    tags = {
+        "champion_decision": CHAMPION if decision["promote"] else CHALLENGER,
+        "champion_rule": decision["rule"],
+        "champion_reasons": json.dumps(decision["reasons"]),
     }
+    if decision.get("champion_version") is not None:
+        tags["compared_with_champion_version"] = str(decision["champion_version"])
+    comparison = decision.get("comparison")
+    if comparison:
+        low, high = comparison["mean_auc_diff_ci"]
+        tags["champion_mean_auc_diff"] = _rounded(comparison["mean_auc_diff"])
+        tags["champion_mean_auc_diff_ci"] = f"[{_rounded(low)}, {_rounded(high)}]"
+        tags["champion_compared_on_images"] = str(comparison["test_images"])
+    return tags
 
 
-def current_champion(client, registered_name: str) -> dict | None:
-    registered = client.get_registered_model(registered_name)
-    if CHAMPION not in (registered.aliases or {}):
-        return None
-    return version_record(client.get_model_version_by_alias(registered_name, CHAMPION))
+def _rounded(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:+.4f}"
 
 
 def register_model(
@@ -124,51 +150,114 @@ def register_model(
     registered_name: str,
     metadata: dict,
     tags: dict[str, str],
-    max_class_drop: float = DEFAULT_MAX_CLASS_DROP,
+    decision: dict,
 ) -> dict:
-    """Log `model` to the active run as a pyfunc with named outputs
-    (pipeline.serve.pyfunc), register it as a new version tagged with
-    its scores, test manifest and `tags`, give it the challenger alias, and the
-    champion alias if champion_decision says so. The decision is tagged on the
-    version and the run.
+    """Log `model` to the active run as a pyfunc with named outputs and a
+    signature (pipeline.serve.pyfunc, model_signature), register it as a new
+    version tagged with its rounded scores (mean_auc, auc_<finding>,
+    threshold_<finding>: pipeline.model.version_notes), test manifest, `tags`
+    and the champion `decision` (from pipeline.model.selection: {"promote",
+    "rule", "reasons", "champion_version", "comparison"}), describe it in
+    markdown, give it the challenger alias, and the champion alias if the
+    decision promotes it. A "params" entry of `tags` (JSON) goes to the run as
+    params.json instead of a tag. Full-precision scores stay in the MLmodel
+    metadata.
 
-    Returns {"version", "champion": bool, "reasons": [...], "previous_champion": record or None}.
+    Returns {"version", "champion": bool, "rule", "reasons", "compared_with"}.
     """
+    from pipeline.core.model_io import image_size_of, uses_patient_metadata
+    from pipeline.model.version_notes import score_tags, version_description
     from pipeline.serve.pyfunc import ChestXrayPyfunc  # MLflow warns once, when the class is defined
 
+    tags = dict(tags)
+    params = tags.pop("params", None)
+    if isinstance(params, str):
+        params = json.loads(params)
+    if params is not None:
+        mlflow.log_dict(params, "params.json")  # on the run, not a JSON tag
+    metadata = dict(metadata)
+    image_size = image_size_of(model)
+    if uses_patient_metadata(model):
+        metadata["input_schema"] = patient_model_input_schema(image_size)
     with tempfile.TemporaryDirectory(prefix="cxr-register-") as folder:
         keras_file = Path(folder) / "model.keras"
         model.save(keras_file)
+        # Logged on the run first, so that the MLmodel's artifact `uri` names the
+        # run's copy (runs:/...) rather than this temporary folder.
+        mlflow.log_artifact(str(keras_file), KERAS_ARTIFACT)
+        keras_uri = f"runs:/{mlflow.active_run().info.run_id}/{KERAS_ARTIFACT}/{keras_file.name}"
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=ChestXrayPyfunc(),
-            artifacts={KERAS_ARTIFACT: str(keras_file)},
+            artifacts={KERAS_ARTIFACT: keras_uri},
             code_paths=[str(serving_package(Path(folder)))],
             registered_model_name=registered_name,
             pip_requirements=serving_requirements(),
+            signature=model_signature(model, image_size),
             metadata=metadata,
             await_registration_for=60,
         )
     version = int(info.registered_model_version)
     client = mlflow.MlflowClient()
-    record = {"version": version, "mean_auc": metadata.get("mean_auc"), "auc": metadata.get("auc", {}),
-              "test_manifest": metadata.get("test_manifest")}
-    previous = current_champion(client, registered_name)
-    promoted, reasons = champion_decision(record, previous, max_class_drop)
-    version_tags = {
-        **tags,
-        "mean_auc": f"{record['mean_auc']}",
-        "auc": json.dumps(record["auc"]),
-        "test_manifest": f"{record['test_manifest']}",
-        "thresholds": json.dumps(metadata["thresholds"]),
-        "champion_decision": CHAMPION if promoted else CHALLENGER,
-        "champion_reasons": json.dumps(reasons),
-    }
+    version_tags = {**tags, **score_tags(metadata), **decision_tags(decision)}
     for key, value in version_tags.items():
         client.set_model_version_tag(registered_name, str(version), key, value)
+    client.update_model_version(registered_name, str(version),
+                                description=version_description(metadata, decision, params))
     client.set_registered_model_alias(registered_name, CHALLENGER, str(version))
-    if promoted:
+    if decision["promote"]:
         client.set_registered_model_alias(registered_name, CHAMPION, str(version))
-    mlflow.set_tags({"registry_version": str(version), "champion_decision": version_tags["champion_decision"],
-                     "champion_reasons": version_tags["champion_reasons"]})
-    return {"version": version, "champion": promoted, "reasons": reasons, "previous_champion": previous}
+    mlflow.set_tags({"registry_version": str(version), **decision_tags(decision)})
+    return {"version": version, "champion": bool(decision["promote"]), "rule": decision["rule"],
+            "reasons": list(decision["reasons"]), "compared_with": decision.get("champion_version")}
+
+
+def promote_version(client, registered_name: str, version: int, reason: str, user: str) -> int | None:
+    """Give `version` the champion alias by hand, tagged with who and why.
+    Returns the version that held it before (None if none did)."""
+    previous = champion_version(client, registered_name)
+    tags = {"champion_decision": CHAMPION, "champion_rule": "manual promotion",
+            "champion_reasons": json.dumps([f"promoted by {user}: {reason}"]),
+            "promoted_by": user, "promotion_reason": reason}
+    if previous is not None:
+        tags["compared_with_champion_version"] = str(previous)
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_name, str(version), key, value)
+    client.set_registered_model_alias(registered_name, CHAMPION, str(version))
+    return previous
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.model.registry promote VERSION --reason TEXT`."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.model.registry",
+                                     description="Move the champion alias by hand (logged on the version).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    promote = commands.add_parser("promote", help="give VERSION the champion alias")
+    promote.add_argument("version", type=int)
+    promote.add_argument("--reason", required=True, help="why, recorded on the version")
+    promote.add_argument("--model", default="chestxray", help="registered model name (default: chestxray)")
+    promote.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or mlruns/mlflow.db")
+    args = parser.parse_args(argv)
+
+    from pipeline.core.tracking import disable_telemetry, tracking_uri
+    from pipeline.serve.predict import ModelLoadError, load_model
+
+    disable_telemetry()
+    store = args.tracking_uri or tracking_uri()
+    uri = f"models:/{args.model}/{args.version}"
+    try:
+        load_model(uri, tracking_uri=store)  # refuse a version whose artifacts do not load
+    except ModelLoadError as exc:
+        print(f"promote: error: not promoted: {exc}", file=sys.stderr)
+        return 1
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    previous = promote_version(client, args.model, args.version, args.reason, getpass.getuser())
+    print(f"promote: {args.model} version {args.version} is champion (was {previous}); reason recorded",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -185,6 +185,15 @@ class EpochLogger(keras.callbacks.Callback):
         self.mlflow = mlflow_module
         self.started = 0.0
 
+    @staticmethod
+    def metric_name(key: str) -> str:
+        """Keras's per-epoch log key as an MLflow metric: train_auc, train_loss,
+        val_auc, val_loss, so that no training figure reads like the test score
+        (test_mean_auc, logged by the evaluate stage)."""
+        if key.startswith("val_") or key in ("learning_rate", "lr"):
+            return key
+        return f"train_{key}"
+
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.monotonic()
 
@@ -194,7 +203,7 @@ class EpochLogger(keras.callbacks.Callback):
         shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items()) if isinstance(v, (int, float)))
         print(f"train: epoch {epoch + 1}/{self.epochs} ({seconds:.0f}s)  {shown}", file=sys.stderr, flush=True)
         if self.mlflow is not None:
-            metrics = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+            metrics = {self.metric_name(k): float(v) for k, v in logs.items() if isinstance(v, (int, float))}
             metrics["epoch_seconds"] = seconds
             self.mlflow.log_metrics(metrics, step=epoch + 1)
 

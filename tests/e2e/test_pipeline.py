@@ -152,8 +152,10 @@ def test_model_registered_with_champion_and_metrics_in_mlflow(repro):
     champion = client.get_model_version_by_alias("chestxray", "champion")
     assert champion.version == versions[0].version
     assert client.get_model_version_by_alias("chestxray", "challenger").version == champion.version
-    tags = {"git_commit", "data_hash", "mean_auc", "auc", "params", "test_manifest", "champion_decision"}
+    tags = {"git_commit", "data_hash", "mean_auc", *(f"auc_{f}" for f in FINDINGS), "test_manifest",
+            "champion_decision"}
     assert tags <= set(champion.tags) and champion.tags["champion_decision"] == "champion"
+    assert not {"auc", "params", "thresholds"} & set(champion.tags) and "Test mean AUC" in champion.description
     evaluate = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert evaluate["registry"]["champion"] and evaluate["registry"]["version"] == int(champion.version)
     assert champion.tags["test_manifest"] == evaluate["test_manifest"]
@@ -242,3 +244,37 @@ def test_use_metadata_reruns_train_evaluate_and_explain_only(repro):
     card = mlflow.models.Model.load(str(Path(local) / "MLmodel")).metadata
     assert card["preprocessing"]["input"]["metadata"] == PATIENT_ENCODING
     assert "patient metadata" in (project / "reports" / "evaluate" / "model_card.html").read_text()
+
+
+def test_more_data_rescores_the_champion_on_the_new_test_split(repro):
+    """The retrain case: more phantom films and another backbone. The champion
+    (whatever it was trained on) is loaded and scored on the new test split,
+    and the decision comes from the paired comparison on those same images."""
+    project, _ = repro
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    import mlflow
+
+    store = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    champion_before = int(client.get_model_version_by_alias("chestxray", "champion").version)
+    result = run(["dvc", "exp", "run", "-S", "ingest.phantom.n_images=120", "-S", "train.epochs=1",
+                  "-S", "train.backbone=small_cnn", "evaluate"], project)
+    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    comparison = metrics["registry"]["comparison"]
+    assert comparison is not None, result.stderr
+    assert comparison["champion_version"] == champion_before
+    assert comparison["test_images"] == metrics["test_images"] > 0
+    low, high = comparison["mean_auc_diff_ci"]
+    assert low <= comparison["mean_auc_diff"] <= high
+    assert set(comparison["auc_diff"]) == set(FINDINGS)
+    assert comparison["rule"] == metrics["registry"]["rule"]
+    version = client.get_model_version("chestxray", str(metrics["registry"]["version"]))
+    assert version.tags["compared_with_champion_version"] == str(champion_before)
+    assert version.tags["champion_compared_on_images"] == str(comparison["test_images"])
+    champion_after = int(client.get_model_version_by_alias("chestxray", "champion").version)
+    expected = metrics["registry"]["version"] if metrics["registry"]["champion"] else champion_before
+    assert champion_after == expected
+    run_metrics = client.get_run(version.run_id).data.metrics
+    assert run_metrics["champion_mean_auc_diff"] == pytest.approx(comparison["mean_auc_diff"])
+    card = (project / "reports" / "evaluate" / "model_card.html").read_text()
+    assert f"champion v{champion_before} AUC" in card and "95% CI (paired, by patient)" in card

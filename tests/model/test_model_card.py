@@ -18,9 +18,15 @@ def card(tmp_path, previous=True):
     labels = (rng.random((400, 14)) < 0.2).astype(int)
     probs = np.clip(labels * 0.3 + rng.random((400, 14)) * 0.7, 0, 1)
     metrics = evaluation_metrics((labels, probs), (labels, probs), "youden", resamples=50, seed=0)
-    champion = {"version": 1, "mean_auc": 0.9, "auc": {f: 0.9 for f in FINDINGS}, "test_manifest": "m"}
-    registry = {"version": 2, "champion": False, "reasons": ["Mass AUC drops by 0.1"],
-                "previous_champion": champion if previous else None}
+    comparison = None
+    if previous:
+        from pipeline.model.selection import paired_auc_comparison
+
+        champion_probs = np.clip(probs + rng.normal(0, 0.2, probs.shape), 0, 1)
+        comparison = paired_auc_comparison(labels, probs, champion_probs, np.arange(400) // 2, 50, seed=0)
+        comparison.update(champion_version=1, champion_mean_auc=0.9, champion_auc={f: 0.9 for f in FINDINGS})
+    registry = {"version": 2, "champion": False, "rule": "refused: a finding's AUC difference CI lies below",
+                "reasons": ["Mass AUC drops by 0.1"], "comparison": comparison}
     summary = {"split_sizes": {"train": 1000, "val": 400, "test": 400}, "data_hash": "abc", "git_commit": "c0ffee",
                "test_manifest": "m", "backbone": "small_cnn", "image_size": 64, "fit": "crop"}
     path = tmp_path / "model_card.html"
@@ -47,6 +53,7 @@ def test_card_is_self_contained_and_complete(tmp_path):
     assert parsed.tags.count("svg") == len(FINDINGS) and parsed.tags.count("polyline") == len(FINDINGS)
     assert all(f in page for f in FINDINGS)
     assert "stays challenger" in page and "Mass AUC drops by 0.1" in page and "champion v1 AUC" in page
+    assert "95% CI (paired, by patient)" in page and "400 test images of 200 patients" in page
     assert "champion v1" not in card(tmp_path, previous=False).read_text()
 
 

@@ -47,9 +47,10 @@ def registry(tmp_path_factory):
     with mlflow_store(store):
         experiment = mlflow.create_experiment("predict-tests", artifact_location=(root / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=experiment) as run:
-            register_model(mlflow, model, "chestxray", metadata, {})
+            register_model(mlflow, model, "chestxray", metadata, {}, {"promote": True, "rule": "first", "reasons": []})
         with mlflow.start_run(experiment_id=experiment):
-            register_model(mlflow, model, "chestxray", reordered, {})
+            register_model(mlflow, model, "chestxray", reordered, {},
+                           {"promote": False, "rule": "refused", "reasons": [], "champion_version": 1})
     return SimpleNamespace(store=store, keras_path=keras_path, keras_model=model, run_id=run.info.run_id)
 
 

@@ -3,92 +3,221 @@ with real tiny Keras models, and the registered model as an MLflow pyfunc."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.core.labels import FINDINGS
 from pipeline.model.architectures import build_model
-from pipeline.model.registry import champion_decision, register_model, registry_model_metadata
+from pipeline.model.registry import register_model, registry_model_metadata
+from pipeline.model.version_notes import version_scores
 from tests.conftest import mlflow_store
 
 SIZE = 32
 NAME = "chestxray"
+FIRST = {"promote": True, "rule": "first version", "reasons": ["first"], "champion_version": None, "comparison": None}
 PREPROCESSING = {"image_size": SIZE, "fit": "crop"}
 BASE_AUC = {f: 0.80 for f in FINDINGS}
 
 
-def evaluated(mean_auc: float, auc: dict, manifest: str = "test-a") -> dict:
-    scores = {"mean_auc": mean_auc, "auc": auc}
+def evaluated(mean_auc: float, auc: dict, manifest: str = "test-a", **extra) -> dict:
+    scores = {"mean_auc": mean_auc, "auc": auc, **extra}
     return registry_model_metadata({f: 0.5 for f in FINDINGS}, PREPROCESSING, scores, manifest)
+
+
+def decided(promote: bool, rule: str, reasons: list[str], champion: int | None = None) -> dict:
+    return {"promote": promote, "rule": rule, "reasons": reasons, "champion_version": champion, "comparison": None}
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    """v1 champion; v2 better on the mean but Mass drops 0.05; v3 better everywhere;
-    v4 better still but scored on another test manifest."""
+    """v1 first (champion); v2 refused by the comparison; v3 promoted; v4 whose
+    champion could not be scored (not promoted)."""
     import mlflow
+
+    from pipeline.model.selection import RULE_FINDING, RULE_FIRST, RULE_NO_CHAMPION_SCORES, RULE_PROMOTED
 
     root = tmp_path_factory.mktemp("registry")
     store = f"sqlite:///{root / 'mlflow.db'}"
     model = build_model("small_cnn", SIZE, "none")
     candidates = [
-        evaluated(0.80, BASE_AUC),
-        evaluated(0.81, {**BASE_AUC, "Mass": 0.75, "Hernia": 0.90}),
-        evaluated(0.82, {f: 0.82 for f in FINDINGS}),
-        evaluated(0.90, {f: 0.90 for f in FINDINGS}, manifest="test-b"),
+        (evaluated(0.80, BASE_AUC), decided(True, RULE_FIRST, ["first version"])),
+        (evaluated(0.81, {**BASE_AUC, "Mass": 0.75}), decided(False, RULE_FINDING, ["Mass AUC difference -0.0500"], 1)),
+        (evaluated(0.82, {f: 0.82 for f in FINDINGS}), decided(True, RULE_PROMOTED, ["non-inferior"], 1)),
+        (evaluated(0.90, {f: 0.90 for f in FINDINGS}),
+         decided(False, RULE_NO_CHAMPION_SCORES, ["champion version 3 could not be scored: gone"], 3)),
     ]
     decisions = []
     with mlflow_store(store):
         experiment = mlflow.create_experiment("registry-tests", artifact_location=(root / "artifacts").as_uri())
-        for metadata in candidates:
+        for metadata, decision in candidates:
             with mlflow.start_run(experiment_id=experiment) as run:
-                decisions.append({**register_model(mlflow, model, NAME, metadata, {"data_hash": "d"}),
+                decisions.append({**register_model(mlflow, model, NAME, metadata, {"data_hash": "d"}, decision),
                                   "run_id": run.info.run_id})
     client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
     return store, client, decisions, model
 
 
 def test_first_version_is_champion(registry):
-    _, _, decisions, _ = registry
+    _, client, decisions, _ = registry
     assert decisions[0]["version"] == 1 and decisions[0]["champion"]
-    assert "first version" in decisions[0]["reasons"][0]
+    assert client.get_model_version(NAME, "1").tags["champion_decision"] == "champion"
 
 
-def test_worse_finding_stays_challenger_with_the_drop_as_reason(registry):
+def test_refused_version_stays_challenger_with_its_reasons(registry):
     _, client, decisions, _ = registry
     assert decisions[1]["version"] == 2 and not decisions[1]["champion"]
-    assert any("Mass" in r and "0.0500" in r for r in decisions[1]["reasons"])
     tags = client.get_model_version(NAME, "2").tags
     assert tags["champion_decision"] == "challenger" and "Mass" in tags["champion_reasons"]
-    assert json.loads(tags["auc"])["Mass"] == 0.75 and tags["test_manifest"] == "test-a"
+    assert tags["compared_with_champion_version"] == "1" and tags["champion_rule"].startswith("refused")
+    assert tags["auc_Mass"] == "0.750" and tags["test_manifest"] == "test-a"
+    assert version_scores(tags)["auc"]["Mass"] == 0.75
     run_tags = client.get_run(decisions[1]["run_id"]).data.tags
     assert run_tags["champion_decision"] == "challenger" and run_tags["registry_version"] == "2"
 
 
-def test_better_version_becomes_champion(registry):
+def test_promoted_version_becomes_champion(registry):
     _, _, decisions, _ = registry
-    assert decisions[2]["version"] == 3 and decisions[2]["champion"]
-    assert decisions[2]["previous_champion"]["version"] == 1
+    assert decisions[2]["version"] == 3 and decisions[2]["champion"] and decisions[2]["compared_with"] == 1
 
 
-def test_other_test_manifest_is_not_promoted(registry):
+def test_unscored_champion_means_no_promotion(registry):
     _, client, decisions, _ = registry
-    assert not decisions[3]["champion"] and "different test manifest" in decisions[3]["reasons"][0]
+    assert not decisions[3]["champion"] and "could not be scored" in decisions[3]["reasons"][0]
     assert int(client.get_model_version_by_alias(NAME, "champion").version) == 3
     assert int(client.get_model_version_by_alias(NAME, "challenger").version) == 4
 
 
-def test_rule_without_registry():
-    champion = {"version": 1, "mean_auc": 0.8, "auc": BASE_AUC, "test_manifest": "m"}
-    equal = {**champion, "version": 2}
-    assert champion_decision(equal, champion, 0.02)[0]  # not lower is enough
-    small_drop = {**equal, "auc": {**BASE_AUC, "Edema": 0.785}}
-    assert champion_decision(small_drop, champion, 0.02)[0]
-    lower_mean = {**equal, "mean_auc": 0.79}
-    promoted, reasons = champion_decision(lower_mean, champion, 0.02)
-    assert not promoted and "mean AUC" in reasons[0]
-    assert not champion_decision({**equal, "test_manifest": None}, {**champion, "test_manifest": None}, 0.02)[0]
+def promote(store: str, *args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "pipeline.model.registry", "promote", *args,
+                           "--tracking-uri", store], capture_output=True, text=True, timeout=300)
+
+
+def test_manual_promotion_is_logged_and_refuses_a_version_that_does_not_load(tmp_path):
+    import mlflow
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    model = build_model("small_cnn", SIZE, "none")
+    from pipeline.model.selection import RULE_FIRST, RULE_MEAN
+
+    with mlflow_store(store):
+        experiment = mlflow.create_experiment("manual", artifact_location=(tmp_path / "artifacts").as_uri())
+        for decision in (decided(True, RULE_FIRST, ["first"]), decided(False, RULE_MEAN, ["worse"], 1)):
+            with mlflow.start_run(experiment_id=experiment):
+                register_model(mlflow, model, NAME, evaluated(0.8, BASE_AUC), {}, decision)
+    result = promote(store, "2", "--reason", "reviewed by radiology")
+    assert result.returncode == 0, result.stderr
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 2
+    tags = client.get_model_version(NAME, "2").tags
+    assert tags["promotion_reason"] == "reviewed by radiology" and tags["promoted_by"]
+    assert tags["champion_rule"] == "manual promotion" and tags["compared_with_champion_version"] == "1"
+    missing = promote(store, "7", "--reason", "typo")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1].startswith("promote: error: not promoted: models:/chestxray/7")
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 2
+
+
+COMPARISON = {
+    "test_images": 300, "test_patients": 120, "resamples": 200,
+    "mean_auc_diff": 0.0123456, "mean_auc_diff_ci": [-0.00512345, 0.0298765],
+    "auc_diff": {f: 0.0123456 for f in FINDINGS}, "auc_diff_ci": {f: [-0.02, 0.04] for f in FINDINGS},
+    "champion_auc": {f: 0.7 for f in FINDINGS}, "champion_mean_auc": 0.7,
+}
+
+
+@pytest.fixture(scope="module")
+def described(tmp_path_factory):
+    """One version registered with full metrics (CI, test size), training params
+    as a JSON tag (as the evaluate stage passes them) and a champion comparison."""
+    import mlflow
+
+    from pipeline.model.selection import RULE_PROMOTED
+
+    root = tmp_path_factory.mktemp("described")
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    model = build_model("small_cnn", SIZE, "none")
+    auc = {f: 0.7123456789 + 0.01 * i for i, f in enumerate(FINDINGS)}
+    metadata = evaluated(0.7654321987, auc, "abc123manifest", mean_auc_ci=[0.7512345, 0.7798765], test_images=300)
+    decision = {"promote": True, "rule": RULE_PROMOTED, "reasons": ["mean AUC difference CI above -margin"],
+                "champion_version": 1, "comparison": COMPARISON}
+    with mlflow_store(store):
+        experiment = mlflow.create_experiment("described", artifact_location=(root / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment) as run:
+            register_model(mlflow, model, NAME, metadata,
+                           {"data_hash": "d", "params": json.dumps({"lr": 0.001, "epochs": 3})}, decision)
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    return store, client, client.get_model_version(NAME, "1"), run.info.run_id
+
+
+def test_version_description_has_mean_auc_ci_test_set_findings_and_comparison(described):
+    _, _, version, _ = described
+    text = version.description
+    assert "Test mean AUC 0.765" in text and "95% CI 0.751 to 0.780" in text
+    assert "abc123manifest" in text and "300 images" in text
+    assert "| Finding | AUC | Threshold |" in text
+    for i, finding in enumerate(FINDINGS):
+        assert f"| {finding} | {0.7123456789 + 0.01 * i:.3f} | 0.500 |" in text
+    assert "Compared with champion version 1" in text and "300 test images, 120 patients" in text
+    assert "| Mass | 0.700 |" in text and "+0.0123 | -0.0200 to +0.0400 |" in text
+    assert "-0.0051 to +0.0299" in text
+    assert "non-inferior" in text and "mean AUC difference CI above -margin" in text
+    assert "0.7123456789" not in text and "0.76543" not in text
+
+
+def test_version_tags_are_rounded_one_per_finding_without_json_blobs(described):
+    _, client, version, run_id = described
+    tags = version.tags
+    assert tags["mean_auc"] == "0.765" and tags["mean_auc_ci"] == "[0.751, 0.780]" and tags["test_images"] == "300"
+    for i, finding in enumerate(FINDINGS):
+        assert tags[f"auc_{finding}"] == f"{0.7123456789 + 0.01 * i:.3f}"
+        assert tags[f"threshold_{finding}"] == "0.500"
+    assert not {"auc", "params", "thresholds"} & set(tags)
+    assert not any(value.lstrip().startswith(("{", "[{")) for value in tags.values())
+    assert tags["data_hash"] == "d" and tags["test_manifest"] == "abc123manifest"
+    scores = version_scores(tags)
+    assert scores["mean_auc"] == 0.765 and scores["auc"]["Atelectasis"] == 0.712
+    import mlflow
+
+    with mlflow_store(described[0]):
+        params = mlflow.artifacts.load_dict(f"runs:/{run_id}/params.json")
+    assert params == {"lr": 0.001, "epochs": 3}
+
+
+def test_version_scores_reads_versions_tagged_before_the_per_finding_tags():
+    old = {"mean_auc": "0.7654321987", "auc": json.dumps({"Mass": 0.75, "Hernia": None})}
+    assert version_scores(old) == {"mean_auc": 0.7654321987, "auc": {"Mass": 0.75, "Hernia": None}}
+
+
+def test_signature_names_the_image_input_and_the_fourteen_outputs(described):
+    store, _, _, _ = described
+    from mlflow.models import get_model_info
+
+    with mlflow_store(store):
+        signature = get_model_info(f"models:/{NAME}/1").signature
+    assert signature.outputs.input_names() == list(FINDINGS)
+    assert all(spec.type.name == "double" for spec in signature.outputs.inputs)
+    (image,) = signature.inputs.inputs
+    assert image.name == "image" and image.shape == (-1, SIZE, SIZE, 1) and image.type == np.float32
+
+
+def test_mlmodel_records_no_temporary_path(described):
+    store, _, _, _ = described
+    import mlflow
+
+    with mlflow_store(store):
+        text = mlflow.artifacts.download_artifacts(f"models:/{NAME}/1/MLmodel")
+    with open(text) as handle:
+        mlmodel = handle.read()
+    assert "cxr-register" not in mlmodel and "uri: runs:/" in mlmodel
+    # The test's own tracking store lies under pytest's /tmp: its location (the
+    # MLmodel's artifact_path) may appear, no other temporary path may.
+    store_root = str(Path(store.removeprefix("sqlite:///")).parent)
+    assert "/tmp/" not in mlmodel.replace(store_root, "<store>")
 
 
 def load_pyfunc(store: str, uri: str):
@@ -120,11 +249,16 @@ def test_a_metadata_model_serves_through_pyfunc(tmp_path):
     with mlflow_store(store) as mlflow:
         experiment = mlflow.create_experiment("metadata", artifact_location=(tmp_path / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=experiment):
-            register_model(mlflow, model, NAME, evaluated(0.8, BASE_AUC), {})
+            register_model(mlflow, model, NAME, evaluated(0.8, BASE_AUC), {}, FIRST)
     images = np.random.default_rng(1).uniform(0, 255, (2, SIZE, SIZE, 1)).astype(np.float32)
     rows = [{"age": 70, "sex": "M", "view": "AP"}, {"age": 20, "sex": "F", "view": "PA"}]
     expected = model({"image": images, "metadata": encode_patient_rows(rows)}).numpy()
     pyfunc = load_pyfunc(store, f"models:/{NAME}/1")
+    # The signature names the outputs; the inputs are described, not enforced
+    # (MLflow's tensor schema would refuse the metadata as rows).
+    assert pyfunc.metadata.signature.outputs.input_names() == list(FINDINGS)
+    assert pyfunc.metadata.signature.inputs is None
+    assert [spec["name"] for spec in pyfunc.metadata.metadata["input_schema"]] == ["image", "metadata"]
     for metadata in (pd.DataFrame(rows), rows, encode_patient_rows(rows)):
         predicted = pyfunc.predict({"image": images, "metadata": metadata})
         np.testing.assert_allclose(predicted[list(FINDINGS)].to_numpy(), expected, atol=1e-5)

@@ -1,0 +1,107 @@
+"""Choosing between models: the challenger and the champion scored on the same
+test images, compared by a paired bootstrap over patients, and a promotion
+rule that decides on the uncertainty rather than on point estimates.
+
+NIH has up to 184 films of one patient, so the resampling unit is the patient:
+each resample draws patients with replacement and keeps all their films, and
+the same draws weight both models' predictions (a paired comparison).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core.labels import FINDINGS
+from pipeline.model.metrics import (
+    BOOTSTRAP_BLOCK,
+    per_class_auc,
+    percentile_interval,
+    resample_counts,
+    weighted_aucs,
+)
+
+# evaluate.promotion defaults (params.yaml; justified in docs/evaluation.md).
+DEFAULT_MARGIN = 0.02
+DEFAULT_MAX_CLASS_DROP = 0.05
+# How a decision was reached, as recorded on the version and in the metrics.
+RULE_FIRST = "first version: no champion to compare with"
+RULE_NO_CHAMPION_SCORES = "champion could not be scored: no promotion"
+RULE_PROMOTED = "non-inferior: mean AUC difference CI lower bound above -margin, no finding significantly worse"
+RULE_MEAN = "refused: mean AUC difference CI lower bound at or below -margin"
+RULE_FINDING = "refused: a finding's AUC difference CI lies below -max_class_drop"
+
+
+def patient_resample_counts(patient_ids, resamples: int, seed: int, block: int = BOOTSTRAP_BLOCK):
+    """Blocks of (b, n_images) weights: each resample draws the test set's
+    patients with replacement, and an image weighs as often as its patient
+    was drawn."""
+    codes, patients = pd.factorize(pd.Series(list(patient_ids)))
+    n_patients = len(patients)
+    rng = np.random.default_rng(seed)
+    for start in range(0, resamples, block):
+        draws = rng.integers(0, n_patients, (min(block, resamples - start), n_patients))
+        yield resample_counts(draws, n_patients)[:, codes]
+
+
+def paired_auc_comparison(
+    labels: np.ndarray, challenger: np.ndarray, champion: np.ndarray, patient_ids, resamples: int, seed: int
+) -> dict:
+    """Challenger minus champion, per finding and for the mean AUC, on the same
+    images, with 95% paired-bootstrap intervals. The mean is over the findings
+    whose AUC is defined on the full test set (both classes present)."""
+    labels = np.asarray(labels)
+    if not (len(labels) == len(challenger) == len(champion) == len(patient_ids)):
+        raise ValueError("labels, both models' predictions and patient ids must have one row per test image")
+    ours, theirs = per_class_auc(labels, challenger), per_class_auc(labels, champion)
+    defined = [i for i, f in enumerate(FINDINGS) if ours[f] is not None and theirs[f] is not None]
+    diffs = []
+    for counts in patient_resample_counts(patient_ids, resamples, seed):
+        block = np.full((len(counts), len(FINDINGS)), np.nan)
+        for i in defined:
+            block[:, i] = (weighted_aucs(labels[:, i], challenger[:, i], counts)
+                           - weighted_aucs(labels[:, i], champion[:, i], counts))
+        diffs.append(block)
+    diffs = np.concatenate(diffs) if diffs else np.zeros((0, len(FINDINGS)))
+    chosen = diffs[:, defined]
+    counted = (~np.isnan(chosen)).sum(1)
+    means = np.where(counted > 0, np.nansum(chosen, 1) / np.maximum(counted, 1), np.nan)
+    auc_diff = {f: (ours[f] - theirs[f] if i in defined else None) for i, f in enumerate(FINDINGS)}
+    return {
+        "test_images": int(len(labels)),
+        "test_patients": int(pd.Series(list(patient_ids)).nunique()),
+        "resamples": int(resamples),
+        "mean_auc_diff": float(np.mean([auc_diff[FINDINGS[i]] for i in defined])) if defined else None,
+        "mean_auc_diff_ci": list(percentile_interval(means)),
+        "auc_diff": auc_diff,
+        "auc_diff_ci": {f: (list(percentile_interval(diffs[:, i])) if i in defined else [None, None])
+                        for i, f in enumerate(FINDINGS)},
+    }
+
+
+def promotion_decision(comparison: dict, margin: float, max_class_drop: float) -> tuple[bool, str, list[str]]:
+    """(promote, rule, reasons) for a challenger against the champion.
+
+    Promote when the challenger is non-inferior on the mean AUC (its paired
+    difference's CI lower bound is above -margin) and no finding is
+    significantly worse by more than max_class_drop (that finding's CI upper
+    bound below -max_class_drop). Every failing condition is named."""
+    reasons = []
+    low, high = comparison["mean_auc_diff_ci"]
+    if low is None or low <= -margin:
+        reasons.append(f"mean AUC difference {_fmt(comparison['mean_auc_diff'])} with 95% CI "
+                       f"[{_fmt(low)}, {_fmt(high)}]: the lower bound is not above -{margin} (margin)")
+    dropped = [f for f in FINDINGS
+               if comparison["auc_diff_ci"][f][1] is not None and comparison["auc_diff_ci"][f][1] < -max_class_drop]
+    for finding in dropped:
+        ci_low, ci_high = comparison["auc_diff_ci"][finding]
+        reasons.append(f"{finding} AUC difference {_fmt(comparison['auc_diff'][finding])} with 95% CI "
+                       f"[{_fmt(ci_low)}, {_fmt(ci_high)}] lies below -{max_class_drop} (max_class_drop)")
+    if not reasons:
+        return True, RULE_PROMOTED, [
+            f"mean AUC difference {_fmt(comparison['mean_auc_diff'])} with 95% CI [{_fmt(low)}, {_fmt(high)}] "
+            f"is above -{margin}, and no finding's CI lies below -{max_class_drop}"]
+    return False, (RULE_MEAN if low is None or low <= -margin else RULE_FINDING), reasons
+
+
+def _fmt(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:+.4f}"

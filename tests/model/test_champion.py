@@ -1,0 +1,94 @@
+"""The evaluate stage's champion re-scoring, on a real MLflow store and real
+TFRecord shards: the champion is scored on the current test split by the same
+code path, and a champion that cannot be loaded means no promotion, in one line."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline.core.labels import FINDINGS
+from pipeline.data.ingest import build_manifest
+from pipeline.model.architectures import build_model
+from pipeline.model.evaluate import champion_decision, predict_split
+from pipeline.model.registry import register_model, registry_model_metadata
+from pipeline.model.selection import RULE_FIRST, RULE_NO_CHAMPION_SCORES, RULE_PROMOTED
+from pipeline.records.preprocess import write_tfrecord_shards
+from tests.conftest import mlflow_store
+
+NAME = "chestxray"
+FIRST = {"promote": True, "rule": RULE_FIRST, "reasons": ["first"], "champion_version": None, "comparison": None}
+
+
+@pytest.fixture
+def shards(small_nih_root, tmp_path):
+    """12 small real PNGs at 32 px; 40% of the patients in test."""
+    manifest, _ = build_manifest(small_nih_root, {"method": "random", "train": 0.4, "val": 0.2, "test": 0.4}, seed=1)
+    out = tmp_path / "tfrecords"
+    out.mkdir()
+    index, _ = write_tfrecord_shards(manifest, out, image_size=32, shard_size=100)
+    (out / "index.json").write_text(json.dumps(index))
+    return out
+
+
+def register(store: str, tmp_path, model, decision=FIRST) -> int:
+    metadata = registry_model_metadata({f: 0.5 for f in FINDINGS}, {"image_size": model.inputs[0].shape[1],
+                                                                    "fit": "crop"}, {"mean_auc": 0.5, "auc": {}})
+    with mlflow_store(store) as mlflow:
+        experiment = mlflow.get_experiment_by_name("champion-tests")
+        experiment_id = (experiment.experiment_id if experiment else mlflow.create_experiment(
+            "champion-tests", artifact_location=(tmp_path / "artifacts").as_uri()))
+        with mlflow.start_run(experiment_id=experiment_id):
+            return register_model(mlflow, model, NAME, metadata, {}, decision)["version"]
+
+
+def decide(store, shards, probs, labels, ids):
+    return champion_decision(NAME, store, shards, 4, labels, probs, ids, {"resamples": 100}, seed=0)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_the_first_version_is_promoted(store, shards):
+    model = build_model("small_cnn", 32, "none")
+    probs, labels, ids = predict_split(model, shards, "test", 4)
+    decision = decide(store, shards, probs, labels, ids)
+    assert decision["promote"] and decision["rule"] == RULE_FIRST and decision["comparison"] is None
+
+
+def test_the_champion_is_scored_on_the_same_test_images(store, shards, tmp_path):
+    model = build_model("small_cnn", 32, "none")
+    assert register(store, tmp_path, model) == 1
+    probs, labels, ids = predict_split(model, shards, "test", 4)
+    decision = decide(store, shards, probs, labels, ids)  # the challenger is the champion itself
+    comparison = decision["comparison"]
+    assert decision["champion_version"] == 1 and comparison["test_images"] == len(ids) > 0
+    assert comparison["mean_auc_diff"] in (0.0, None)
+    assert all(v in (0.0, None) for v in comparison["auc_diff"].values())
+    assert decision["promote"] and decision["rule"] == RULE_PROMOTED
+
+
+def test_a_champion_of_another_image_size_is_scored_on_resized_records(store, shards, tmp_path):
+    champion = build_model("small_cnn", 24, "none")
+    register(store, tmp_path, champion)
+    challenger = build_model("small_cnn", 32, "none")
+    probs, labels, ids = predict_split(challenger, shards, "test", 4)
+    decision = decide(store, shards, probs, labels, ids)
+    assert decision["comparison"]["champion_image_size"] == 24
+    expected, _, _ = predict_split(champion, shards, "test", 4)  # resized inside predict_split
+    assert expected.shape == probs.shape and not np.allclose(expected, probs)
+
+
+def test_a_champion_whose_artifacts_were_deleted_means_no_promotion_in_one_line(store, shards, tmp_path):
+    model = build_model("small_cnn", 32, "none")
+    register(store, tmp_path, model)
+    shutil.rmtree(tmp_path / "artifacts")
+    probs, labels, ids = predict_split(model, shards, "test", 4)
+    decision = decide(store, shards, probs, labels, ids)
+    assert not decision["promote"] and decision["rule"] == RULE_NO_CHAMPION_SCORES
+    (reason,) = decision["reasons"]
+    assert reason.startswith("champion version 1 could not be scored: ") and "\n" not in reason

@@ -4,7 +4,6 @@ on the same test images and compare the two (pipeline.model.selection),
 register the model in MLflow with that decision, and write its model card."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import keras
@@ -210,9 +209,8 @@ def evaluate_model(
         mlflow.log_artifacts(str(reports_dir / "plots"), "plots")
         registry = register_model(
             mlflow, model, name, registry_model_metadata(metrics["thresholds"], preprocessing, metrics, test_manifest),
-            {"data_hash": summary["data_hash"], "git_commit": summary["git_commit"], "backbone": training["backbone"],
-             "params": json.dumps(training["params"], sort_keys=True)},
-            decision,
+            {"data_hash": summary["data_hash"], "git_commit": summary["git_commit"], "backbone": training["backbone"]},
+            decision, params=training["params"],
         )
         registry["comparison"] = decision["comparison"]
         write_text_atomic(reports_dir / CARD_FILE,

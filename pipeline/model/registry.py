@@ -22,6 +22,7 @@ import keras
 
 from pipeline.core.labels import FINDINGS
 from pipeline.core.model_io import KERAS_ARTIFACT
+from pipeline.model.version_notes import difference, score_tags, version_description
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -134,14 +135,10 @@ def decision_tags(decision: dict) -> dict[str, str]:
     comparison = decision.get("comparison")
     if comparison:
         low, high = comparison["mean_auc_diff_ci"]
-        tags["champion_mean_auc_diff"] = _rounded(comparison["mean_auc_diff"])
-        tags["champion_mean_auc_diff_ci"] = f"[{_rounded(low)}, {_rounded(high)}]"
+        tags["champion_mean_auc_diff"] = difference(comparison["mean_auc_diff"])
+        tags["champion_mean_auc_diff_ci"] = f"[{difference(low)}, {difference(high)}]"
         tags["champion_compared_on_images"] = str(comparison["test_images"])
     return tags
-
-
-def _rounded(value: float | None) -> str:
-    return "undefined" if value is None else f"{value:+.4f}"
 
 
 def register_model(
@@ -151,6 +148,7 @@ def register_model(
     metadata: dict,
     tags: dict[str, str],
     decision: dict,
+    params: dict | None = None,
 ) -> dict:
     """Log `model` to the active run as a pyfunc with named outputs and a
     signature (pipeline.serve.pyfunc, model_signature), register it as a new
@@ -159,20 +157,15 @@ def register_model(
     and the champion `decision` (from pipeline.model.selection: {"promote",
     "rule", "reasons", "champion_version", "comparison"}), describe it in
     markdown, give it the challenger alias, and the champion alias if the
-    decision promotes it. A "params" entry of `tags` (JSON) goes to the run as
-    params.json instead of a tag. Full-precision scores stay in the MLmodel
+    decision promotes it. `params` (the training params) go to the run as
+    params.json, not into a tag. Full-precision scores stay in the MLmodel
     metadata.
 
     Returns {"version", "champion": bool, "rule", "reasons", "compared_with"}.
     """
     from pipeline.core.model_io import image_size_of, uses_patient_metadata
-    from pipeline.model.version_notes import score_tags, version_description
     from pipeline.serve.pyfunc import ChestXrayPyfunc  # MLflow warns once, when the class is defined
 
-    tags = dict(tags)
-    params = tags.pop("params", None)
-    if isinstance(params, str):
-        params = json.loads(params)
     if params is not None:
         mlflow.log_dict(params, "params.json")  # on the run, not a JSON tag
     metadata = dict(metadata)
@@ -199,7 +192,8 @@ def register_model(
         )
     version = int(info.registered_model_version)
     client = mlflow.MlflowClient()
-    version_tags = {**tags, **score_tags(metadata), **decision_tags(decision)}
+    decided = decision_tags(decision)
+    version_tags = {**tags, **score_tags(metadata), **decided}
     for key, value in version_tags.items():
         client.set_model_version_tag(registered_name, str(version), key, value)
     client.update_model_version(registered_name, str(version),
@@ -207,7 +201,7 @@ def register_model(
     client.set_registered_model_alias(registered_name, CHALLENGER, str(version))
     if decision["promote"]:
         client.set_registered_model_alias(registered_name, CHAMPION, str(version))
-    mlflow.set_tags({"registry_version": str(version), **decision_tags(decision)})
+    mlflow.set_tags({"registry_version": str(version), **decided})
     return {"version": version, "champion": bool(decision["promote"]), "rule": decision["rule"],
             "reasons": list(decision["reasons"]), "compared_with": decision.get("champion_version")}
 

@@ -19,6 +19,7 @@ from pipeline.model.metrics import (
     resample_counts,
     weighted_aucs,
 )
+from pipeline.model.version_notes import difference
 
 # evaluate.promotion defaults (params.yaml; justified in docs/evaluation.md).
 DEFAULT_MARGIN = 0.02
@@ -88,20 +89,17 @@ def promotion_decision(comparison: dict, margin: float, max_class_drop: float) -
     reasons = []
     low, high = comparison["mean_auc_diff_ci"]
     if low is None or low <= -margin:
-        reasons.append(f"mean AUC difference {_fmt(comparison['mean_auc_diff'])} with 95% CI "
-                       f"[{_fmt(low)}, {_fmt(high)}]: the lower bound is not above -{margin} (margin)")
+        reasons.append(f"mean AUC difference {difference(comparison['mean_auc_diff'])} with 95% CI "
+                       f"[{difference(low)}, {difference(high)}]: the lower bound is not above -{margin} (margin)")
     dropped = [f for f in FINDINGS
                if comparison["auc_diff_ci"][f][1] is not None and comparison["auc_diff_ci"][f][1] < -max_class_drop]
     for finding in dropped:
         ci_low, ci_high = comparison["auc_diff_ci"][finding]
-        reasons.append(f"{finding} AUC difference {_fmt(comparison['auc_diff'][finding])} with 95% CI "
-                       f"[{_fmt(ci_low)}, {_fmt(ci_high)}] lies below -{max_class_drop} (max_class_drop)")
+        reasons.append(f"{finding} AUC difference {difference(comparison['auc_diff'][finding])} with 95% CI "
+                       f"[{difference(ci_low)}, {difference(ci_high)}] lies below -{max_class_drop} (max_class_drop)")
     if not reasons:
         return True, RULE_PROMOTED, [
-            f"mean AUC difference {_fmt(comparison['mean_auc_diff'])} with 95% CI [{_fmt(low)}, {_fmt(high)}] "
+            f"mean AUC difference {difference(comparison['mean_auc_diff'])} with 95% CI "
+            f"[{difference(low)}, {difference(high)}] "
             f"is above -{margin}, and no finding's CI lies below -{max_class_drop}"]
     return False, (RULE_MEAN if low is None or low <= -margin else RULE_FINDING), reasons
-
-
-def _fmt(value: float | None) -> str:
-    return "undefined" if value is None else f"{value:+.4f}"

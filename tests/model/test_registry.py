@@ -149,7 +149,7 @@ def described(tmp_path_factory):
         experiment = mlflow.create_experiment("described", artifact_location=(root / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=experiment) as run:
             register_model(mlflow, model, NAME, metadata,
-                           {"data_hash": "d", "params": json.dumps({"lr": 0.001, "epochs": 3})}, decision)
+                           {"data_hash": "d"}, decision, params={"lr": 0.001, "epochs": 3})
     client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
     return store, client, client.get_model_version(NAME, "1"), run.info.run_id
 

@@ -17,11 +17,12 @@ export DO_NOT_TRACK := true
 export GX_ANALYTICS_ENABLED := False
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run retrain test test-quick setup mlflow-ui clean
+.PHONY: run retrain test test-quick setup mlflow-ui clean bench
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(VENV)/bin/python -m pipeline.core.plots_page .dvc/plots-offline.html
 	@touch $@
 
 setup: $(STAMP)
@@ -66,6 +67,12 @@ test: $(STAMP) $(CHROMIUM_STAMP) $(ACTIONLINT_STAMP)
 test-quick: $(STAMP)
 	ruff check .
 	python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Rerun every benchmarks/bench_*.py at the current commit and rewrite
+# benchmarks/RESULTS.md (only when all succeed); about 12 minutes on 2 cores.
+# BENCH_NOTE="..." adds a line to its header.
+bench: $(STAMP)
+	python benchmarks/run_all.py
 
 mlflow-ui: $(STAMP)
 	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000

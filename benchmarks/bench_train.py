@@ -1,25 +1,25 @@
-"""Benchmark: our training loop against a bare model.fit, same model and batch.
+"""Benchmark: our training loop against a bare model.fit, same model and batch: step times.
 
-Real NIH PNGs (../shared/data/nih-subset, else nih-64px) repeated to --images
-train records, written as TFRecord shards at --size, then side by side in one
-run, steady-state training images/s = batch / the median step time over
-the epochs after the first (which traces and compiles):
-  (a) bare: model.fit on the decoded images held in memory as NumPy arrays;
-  (b) ours: train_model, tf.data reading and decoding the shards, no augmentation;
-  (b') ours with train.cache (decoded images kept in memory after epoch 1);
-  (c) ours with the default augmentation of params.yaml (for information).
-The four take turns for --rounds rounds and each keeps its best round, so a
-slow spell of this shared machine does not land on one side only (single
-passes of the same comparison gave 0.86x and 1.17x an hour apart).
+Real NIH PNGs (../shared/data/nih-subset, else nih-64px, labelled) repeated
+to --images train records per model, written as TFRecord shards at the
+model's size, then side by side, the variants taking turns for --rounds
+rounds (order rotated each round), each a fresh model trained --epochs
+epochs:
+  bare: model.fit on the decoded images held in memory as NumPy arrays;
+  ours: train_model, tf.data reading and decoding the shards, no augmentation;
+  ours + augment: train_model with params.yaml's default augmentation
+      (--augment-models only: it matters where a step is short).
 Same loss (class-weighted BCE), optimizer, AUC metric and batch, timed by the
-same callback. A step's time runs from the previous step's end, so input
-waits count; the per-epoch work after the last step (our best-model
-checkpoint and logging) is a fixed cost per epoch, not per image, and is
-printed separately. Target: (b) >= 0.95 x (a). Prints the numbers and writes
-them into RESULTS.md (its bench_train section).
+same callback. A step's time runs from the previous step's end (from the
+epoch's start for its first step), so input stalls and the iterator's
+restart at each epoch count. The first --skip steps of each run are left out
+(tracing, compilation, warm caches); everything after them is in: mean,
+median, p90 and max, since a median hides input stalls. Throughput = batch /
+mean step time (what the wall clock sees). The per-epoch work after the last
+step (our best-model checkpoint, logging) is a fixed cost per epoch, printed
+apart. Target: ours >= 0.95 x bare on mean step time, for every model.
 
-    .venv/bin/python benchmarks/bench_train.py [--models small_cnn:128,mobilenetv2:128] [--images 512]
-    .venv/bin/python benchmarks/bench_train.py --models densenet121:320 --batch 8 --images 128
+    .venv/bin/python benchmarks/bench_train.py [--models densenet121:320:32,small_cnn:320:64] [--rounds 2]
 """
 from __future__ import annotations
 
@@ -31,35 +31,36 @@ import tempfile
 import time
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
-import pandas as pd
-from common import add_output_arguments, cores, report
+from common import PROJECT_ROOT, SHARED_DATA, add_output_arguments, describe, interleaved, report, summary
 
 from pipeline.core.labels import FINDINGS
-from pipeline.data.manifest import MANIFEST_COLUMNS
 
-SHARED = PROJECT_ROOT.parent / "shared" / "data"
-SOURCES = (SHARED / "nih-subset" / "images_001" / "images", SHARED / "nih-64px" / "train")
+SOURCES = ((SHARED_DATA / "nih-subset" / "images_001" / "images", "real NIH 1024px PNGs"),
+           (SHARED_DATA / "nih-64px" / "train", "real NIH PNGs downscaled to 64px (FALLBACK: nih-subset absent)"))
 SECTION = "bench_train"
 TARGET = 0.95
 
 
-def source_images() -> list[Path]:
-    for folder in SOURCES:
+def source_images() -> tuple[list[Path], str]:
+    for folder, label in SOURCES:
         files = sorted(folder.rglob("*.png"))
         if files:
-            return files
-    sys.exit(f"bench_train: no real PNGs in {' or '.join(map(str, SOURCES))}")
+            return files, label
+    sys.exit(f"bench_train: no real PNGs in {' or '.join(str(f) for f, _ in SOURCES)}")
 
 
-def train_manifest(files: list[Path], n: int) -> pd.DataFrame:
+def train_manifest(files: list[Path], n: int):
     """n train rows cycling over files, with a spread of findings so every class has positives."""
+    import pandas as pd
+
+    from pipeline.data.manifest import MANIFEST_COLUMNS
+
     rows = []
     for k in range(n):
         labels = {f: int((k + i) % 7 == 0) for i, f in enumerate(FINDINGS)}
@@ -70,10 +71,14 @@ def train_manifest(files: list[Path], n: int) -> pd.DataFrame:
 
 
 def write_shards(files: list[Path], n: int, size: int, out: Path) -> Path:
+    import contextlib
+    import io
+
     from pipeline.records.preprocess import write_tfrecord_shards
 
     out.mkdir(parents=True)
-    index, _ = write_tfrecord_shards(train_manifest(files, n), out, size, shard_size=max(1, n // 4))
+    with contextlib.redirect_stderr(io.StringIO()):  # the stage's progress lines
+        index, _ = write_tfrecord_shards(train_manifest(files, n), out, size, shard_size=max(1, n // 4))
     (out / "index.json").write_text(json.dumps(index))
     return out
 
@@ -88,62 +93,74 @@ def in_memory(shards: Path, batch: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class TrainTimer(keras.callbacks.Callback):
-    """Per epoch: the duration of each training step (from the previous step's
-    end, so whatever runs between steps counts too), and the seconds from the
-    last step's end to the epoch's end (validation, checkpoint, logging: this
-    callback runs after train_model's own)."""
+    """Every training step's duration, from the previous step's end (from the
+    epoch's start for an epoch's first step), so whatever runs between steps
+    counts; and the seconds from each epoch's last step to its end
+    (validation, checkpoint, logging: this callback runs after train_model's own)."""
 
     def __init__(self):
         super().__init__()
-        self.step_seconds: list[list[float]] = []
+        self.step_seconds: list[float] = []
+        self.step_names: list[str] = []
         self.after_seconds: list[float] = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.step_seconds.append([])
+        self.epoch = epoch
         self.last = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
         now = time.perf_counter()
-        self.step_seconds[-1].append(now - self.last)
+        self.step_seconds.append(now - self.last)
+        self.step_names.append(f"epoch {self.epoch + 1} step {batch + 1}")
         self.last = now
 
     def on_epoch_end(self, epoch, logs=None):
         self.after_seconds.append(time.perf_counter() - self.last)
 
-    def rate(self, batch: int) -> float:
-        """Images/s from the median step after the first epoch (tracing,
-        compilation, warm caches): a robust figure on a noisy machine."""
-        return batch / float(np.median([s for epoch in self.step_seconds[1:] for s in epoch]))
 
-
-def bare_rate(backbone: str, size: int, batch: int, epochs: int, x: np.ndarray, y: np.ndarray,
-              pos_weight: np.ndarray) -> float:
-    """(a) model.fit on in-memory arrays, compiled as train_model compiles."""
+def bare_run(backbone: str, size: int, batch: int, epochs: int, x: np.ndarray, y: np.ndarray,
+             pos_weight: np.ndarray) -> TrainTimer:
+    """model.fit on in-memory arrays, compiled as train_model compiles."""
     from pipeline.model.architectures import build_model
     from pipeline.model.train import weighted_binary_crossentropy
 
+    keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     model = build_model(backbone, size, "none", batchnorm_momentum=0.9)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=weighted_binary_crossentropy(pos_weight),
                   metrics=[keras.metrics.AUC(multi_label=True, num_labels=len(FINDINGS), name="auc")])
     timer = TrainTimer()
     model.fit(x, y, batch_size=batch, epochs=epochs, shuffle=False, verbose=0, callbacks=[timer])
-    return timer.rate(batch)
+    return timer
 
 
-def our_rate(backbone: str, size: int, batch: int, epochs: int, shards: Path, augment: dict | None,
-             checkpoint: Path, cache: bool = False) -> tuple[float, float]:
-    """(b)/(b')/(c) train_model over the shards: (images/s, mean seconds per epoch after training)."""
+def our_run(backbone: str, size: int, batch: int, epochs: int, shards: Path, augment: dict | None,
+            checkpoint: Path) -> TrainTimer:
+    """train_model over the shards."""
     from pipeline.model.architectures import build_model
     from pipeline.model.train import train_model
 
+    keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     model = build_model(backbone, size, "none", batchnorm_momentum=0.9)
     timer = TrainTimer()
     settings = {"batch_size": batch, "epochs": epochs, "learning_rate": 1e-3, "lr_schedule": "constant",
-                "augment": augment, "cache": cache}
+                "augment": augment, "cache": False}
     train_model(model, shards, checkpoint, settings, seed=0, callbacks=[timer])
-    return timer.rate(batch), float(np.mean(timer.after_seconds[1:]))
+    return timer
+
+
+def model_variants(backbone: str, size: int, args, shards: Path, x: np.ndarray, y: np.ndarray,
+                   pos_weight: np.ndarray, augment: dict | None, tmp: Path) -> dict:
+    """The runs that take turns for one model: bare, ours (and ours + augment when `augment`)."""
+    variants = {
+        "bare": lambda: bare_run(backbone, size, args.batch, args.epochs, x, y, pos_weight),
+        "ours": lambda: our_run(backbone, size, args.batch, args.epochs, shards, None, tmp / f"{backbone}.keras"),
+    }
+    if augment:
+        variants["ours + augment"] = lambda: our_run(backbone, size, args.batch, args.epochs, shards, augment,
+                                                     tmp / f"{backbone}-aug.keras")
+    return variants
 
 
 def gpu_note() -> str:
@@ -151,24 +168,23 @@ def gpu_note() -> str:
 
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
-        return ", CPU only"
+        return "CPU only"
     details = tf.config.experimental.get_device_details(gpus[0])
-    return f", {len(gpus)} GPU ({details.get('device_name', 'unknown')})"
+    return f"{len(gpus)} GPU ({details.get('device_name', 'unknown')})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="small_cnn:128,mobilenetv2:128",
-                        help="backbone:size pairs, comma-separated (e.g. densenet121:320)")
-    parser.add_argument("--images", type=int, default=512, help="train records per model")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=3, help="the first is left out of the rates")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="rounds of (bare, ours, cached, augmented), each variant's best round kept")
+    parser.add_argument("--models", default="densenet121:320:32,small_cnn:320:64",
+                        help="backbone:size:train-records triples, comma-separated")
+    parser.add_argument("--augment-models", default="small_cnn",
+                        help="backbones that also run ours + default augmentation (comma-separated; '' for none)")
+    parser.add_argument("--batch", type=int, default=8, help="as params.yaml train.batch_size")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--skip", type=int, default=2, help="first steps of each run left out (tracing)")
+    parser.add_argument("--rounds", type=int, default=2)
     add_output_arguments(parser)
     args = parser.parse_args()
-    if args.epochs < 2:
-        parser.error("--epochs must be at least 2 (the first epoch is left out)")
 
     import yaml
 
@@ -176,43 +192,46 @@ def main() -> None:
     from pipeline.records.dataset import read_shard_index
 
     default_augment = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["train"]["augment"]
-    files = source_images()
-    lines = [f"{'model':<18}{'bare fit':>11}{'ours':>11}{'ours/bare':>10}{'cached':>11}{'cached/bare':>12}"
-             f"{'+augment':>11}{'aug/bare':>9}{'epoch end':>11}"]
+    augment_models = {m for m in args.augment_models.split(",") if m}
+    files, source = source_images()
+    lines = [f"{source}; batch {args.batch}; {args.epochs} epochs per run, first {args.skip} steps of each run "
+             f"left out; {args.rounds} interleaved rounds; {gpu_note()}; step times in ms"]
     worst = float("inf")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench_train.") as tmp:
         for spec in args.models.split(","):
-            backbone, size = spec.split(":")[0], int(spec.split(":")[1])
-            shards = write_shards(files, args.images, size, Path(tmp) / f"{backbone}-{size}")
+            backbone, size, images = spec.split(":")[0], int(spec.split(":")[1]), int(spec.split(":")[2])
+            shards = write_shards(files, images, size, Path(tmp) / f"{backbone}-{size}")
             pos_weight = positive_weights(read_shard_index(shards))
             x, y = in_memory(shards, args.batch)
-            # The variants take turns, round after round, so a slow spell of this
-            # shared machine hits them alike; each keeps its best round.
-            rounds: dict[str, list[float]] = {"bare": [], "ours": [], "cached": [], "augmented": [], "end": []}
-            for round_ in range(args.rounds):
-                rounds["bare"].append(bare_rate(backbone, size, args.batch, args.epochs, x, y, pos_weight))
-                ours, epoch_end = our_rate(backbone, size, args.batch, args.epochs, shards, None,
-                                           Path(tmp) / f"{backbone}.keras")
-                rounds["ours"].append(ours)
-                rounds["end"].append(epoch_end)
-                rounds["cached"].append(our_rate(backbone, size, args.batch, args.epochs, shards, None,
-                                                 Path(tmp) / f"{backbone}-cached.keras", cache=True)[0])
-                rounds["augmented"].append(our_rate(backbone, size, args.batch, args.epochs, shards,
-                                                    default_augment, Path(tmp) / f"{backbone}-aug.keras")[0])
-                print(f"{spec} round {round_ + 1}: " + ", ".join(
-                    f"{k} {v[-1]:.1f}{'s' if k == 'end' else '/s'}" for k, v in rounds.items()), flush=True)
-            bare, ours, cached, augmented = (max(rounds[k]) for k in ("bare", "ours", "cached", "augmented"))
-            epoch_end = float(np.median(rounds["end"]))
-            worst = min(worst, ours / bare)
-            line = (f"{spec:<18}{bare:>9.1f}/s{ours:>9.1f}/s{ours / bare:>9.2f}x{cached:>9.1f}/s"
-                    f"{cached / bare:>11.2f}x{augmented:>9.1f}/s{augmented / bare:>8.2f}x{epoch_end:>10.2f}s")
-            lines.append(line)
-    verdict = f"target ours >= {TARGET} x bare: {'met' if worst >= TARGET else 'NOT met'} (worst {worst:.2f}x)"
-    lines.append(verdict)
-    note = (f"{args.images} train records, batch {args.batch}, {args.epochs} epochs (first left out), "
-            f"best of {args.rounds} interleaved rounds, {cores()} cores{gpu_note()}; training images/s; "
-            f"epoch end = our seconds per epoch after the last batch (best-model checkpoint), not in the rates")
-    report(args, SECTION, "Training loop vs bare model.fit", lines, note)
+            variants = model_variants(backbone, size, args, shards, x, y, pos_weight,
+                                      default_augment if backbone in augment_models else None, Path(tmp))
+            timers = interleaved(variants, args.rounds, log=f"{SECTION} {backbone}:{size}")
+            steps = {name: [t.step_seconds[args.skip:] for t in runs] for name, runs in timers.items()}
+            slowest = {name: max(((s, f"round {r + 1} {t.step_names[args.skip + i]}")
+                                  for r, t in enumerate(runs) for i, s in enumerate(t.step_seconds[args.skip:])))[1]
+                       for name, runs in timers.items()}
+            flat = {name: [s for run in runs for s in run] for name, runs in steps.items()}
+            mean = {name: summary(values)["mean"] for name, values in flat.items()}
+            p90 = {name: summary(values)["p90"] for name, values in flat.items()}
+            ratio = mean["bare"] / mean["ours"]
+            worst = min(worst, ratio)
+            per_round = ", ".join(f"{np.mean(b) / np.mean(o):.2f}" for b, o in zip(steps["bare"], steps["ours"]))
+            epoch_end = [s for t in timers["ours"] for s in t.after_seconds]
+            steps_per_epoch = -(-images // args.batch)
+            lines += [
+                f"{backbone} at {size}px, {images} train records ({steps_per_epoch} steps an epoch):",
+                *[f"  {name:<15} {describe(values)} -> {args.batch / mean[name]:.2f} images/s "
+                  f"(max at {slowest[name]})" for name, values in flat.items()],
+                f"  ours / bare, images/s from mean step time: {ratio:.2f} x (per round {per_round}); "
+                f"p90 step bare / ours: {p90['bare'] / p90['ours']:.2f} x",
+                *([f"  ours + augment / bare: {mean['bare'] / mean['ours + augment']:.2f} x"]
+                  if "ours + augment" in mean else []),
+                f"  ours' epoch end (best-model checkpoint, logging), not in the step times: "
+                f"{describe(epoch_end, unit='s', scale=1, digits=2)}",
+            ]
+    lines.append(f"target ours >= {TARGET} x bare (mean step time), every model: "
+                 f"{'meets' if worst >= TARGET else 'MISSES'} (worst {worst:.2f} x)")
+    report(args, SECTION, "bench_train: our training loop against a bare model.fit (step times)", lines)
 
 
 if __name__ == "__main__":

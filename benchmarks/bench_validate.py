@@ -3,9 +3,10 @@
 Builds the manifest NIH's full release would give (all 112,120 rows of the
 real Data_Entry_2017_v2020.csv.gz, splits assigned by the stratified
 patient-wise split, a synthetic path column: no images needed), then times
-validate_manifest on it. Target: under 10 s. Prints the numbers and writes
-them into this folder's RESULTS.md (its bench_validate section is replaced,
-the rest is kept).
+validate_manifest on it: the first call (Great Expectations' import and
+context set-up included), then --repeat steady-state calls, with mean and
+the slowest next to the median. Target: under 10 s, first call and slowest
+steady call alike.
 
     .venv/bin/python benchmarks/bench_validate.py [--repeat 3] [--csv PATH]
 """
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 import pandas as pd
-from common import add_output_arguments, report, timed
+from common import add_output_arguments, describe, report, timed
 
 from pipeline.data.ingest import label_matrix
 from pipeline.data.manifest import MANIFEST_COLUMNS, MANIFEST_DTYPES
@@ -61,17 +62,16 @@ def main() -> None:
     if not result.success:
         sys.exit(f"bench_validate: the full manifest unexpectedly failed validation: {result.failed[:3]}")
     runs = [timed(validate_manifest, manifest)[1] for _ in range(args.repeat)]
-    best = min(runs) if runs else first_s
-    verdict = "meets" if max(first_s, best) < TARGET_S else "MISSES"
+    slowest = max([first_s, *runs])
+    verdict = "meets" if slowest < TARGET_S else "MISSES"
     lines = [
         f"validate_manifest on {len(manifest):,} rows x {len(manifest.columns)} columns "
         f"({manifest['patient_id'].nunique():,} patients), {len(result.checks)} checks, "
         f"{len(result.warnings)} warnings:",
         f"  first call (GX import + context set-up + run): {first_s:.2f} s",
-        f"  steady state: best {best:.2f} s of {len(runs)} runs "
-        f"({', '.join(f'{r:.2f}' for r in runs)} s)",
+        *([f"  steady state: {describe(runs, 's', 1, 2)}"] if runs else []),
         f"  building the manifest from the CSV (read, labels, split): {build_s:.2f} s",
-        f"  target < {TARGET_S:.0f} s: {verdict}",
+        f"  target < {TARGET_S:.0f} s (slowest call, {slowest:.2f} s): {verdict}",
     ]
     report(args, SECTION, "bench_validate: the manifest suite on all 112,120 NIH rows", lines)
 

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import importlib
 
+from pipeline.core.quiet import quiet_libraries
+
+# Here, because `import pipeline` comes before any of our modules imports
+# TensorFlow or MLflow, in stages, `cxr`, workers and the API alike.
+quiet_libraries()
+
 LAZY_API = {
     "load_model": "pipeline.serve.predict",
     "preprocess_xray": "pipeline.serve.predict",

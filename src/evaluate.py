@@ -7,9 +7,9 @@ from pipeline.core.stage import run_stage
 
 
 def main() -> None:
-    from pipeline.core.atomic import write_json_atomic
     from pipeline.core.config import load_params, path_of, section
-    from pipeline.model.evaluate import evaluate_model
+    from pipeline.core.figures import write_stage_figures
+    from pipeline.model.evaluate import REPORT_FILE, evaluate_model, evaluation_summary
 
     params = load_params()
     preprocess = section(params, "preprocess")
@@ -20,10 +20,11 @@ def main() -> None:
         path_of(params, "mlflow_run"), section(params, "evaluate"), section(params, "mlflow"), training,
         seed=int(params["seed"]),
     )
-    write_json_atomic(path_of(params, "metrics") / "evaluate.json", metrics)
+    write_stage_figures(evaluation_summary(metrics), metrics, path_of(params, "metrics") / "evaluate.json",
+                        path_of(params, "evaluate_reports") / REPORT_FILE)
     registry = metrics["registry"]
     verdict = "champion" if registry["champion"] else "challenger (champion unchanged)"
-    print(f"evaluate: mean AUC {metrics['mean_auc']:.4f} on {metrics['test_images']} test images; registered "
+    print(f"evaluate: mean AUC {metrics['mean_auc']:.3f} on {metrics['test_images']} test images; registered "
           f"{metrics['registered_model']['name']} version {registry['version']} as {verdict}: "
           f"{'; '.join(registry['reasons'])}", file=sys.stderr)
 

@@ -6,9 +6,9 @@ from pipeline.core.stage import run_stage
 
 
 def main() -> None:
-    from pipeline.core.atomic import write_json_atomic
     from pipeline.core.config import load_params, path_of, section
-    from pipeline.explain.explanations import explain_model, summary_line
+    from pipeline.core.figures import write_stage_figures
+    from pipeline.explain.explanations import REPORT_FILE, explain_model, explain_summary, summary_line
 
     params = load_params()
     preprocess = section(params, "preprocess")
@@ -19,7 +19,8 @@ def main() -> None:
         experiment=section(params, "mlflow")["experiment"], image_size=int(preprocess["image_size"]),
         fit=preprocess["fit"], seed=int(params["seed"]),
     )
-    write_json_atomic(path_of(params, "metrics") / "explain.json", metrics)
+    write_stage_figures(explain_summary(metrics), metrics, path_of(params, "metrics") / "explain.json",
+                        out_dir / REPORT_FILE)
     print(f"explain: {metrics['gallery']['true_positives'] + metrics['gallery']['false_positives']} overlays "
           f"in {out_dir}; {summary_line(metrics)}", file=sys.stderr)
 

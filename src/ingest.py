@@ -7,8 +7,9 @@ from pipeline.core.stage import run_stage
 
 
 def main() -> None:
-    from pipeline.core.atomic import write_csv_atomic, write_json_atomic
+    from pipeline.core.atomic import write_csv_atomic
     from pipeline.core.config import load_params, path_of, phantom_root, section
+    from pipeline.core.figures import write_stage_figures
     from pipeline.data.ingest import ingest_data_root
 
     params = load_params()
@@ -20,7 +21,8 @@ def main() -> None:
     )
     write_csv_atomic(manifest, path_of(params, "manifest"))
     write_csv_atomic(boxes, path_of(params, "boxes"))
-    write_json_atomic(path_of(params, "metrics") / "ingest.json", report)
+    write_stage_figures({"images": report["manifest_rows"], "patients": report["patients"]}, report,
+                        path_of(params, "metrics") / "ingest.json", path_of(params, "ingest_report"))
     print(
         f"ingest: {report['manifest_rows']} images of {report['patients']} patients "
         f"{report['split_images']} ({report['split_method']} split); {report['rows_without_image']} "

@@ -20,6 +20,7 @@ def main() -> None:
         out_dir, source=ingest["source"], n_images=int(ingest["phantom"]["n_images"]),
         seed=int(params["seed"]), image_size=int(ingest["phantom"]["image_size"]),
         workers=worker_count(ingest.get("workers")),
+        subgroup_gap=float(ingest["phantom"].get("subgroup_gap", 0.0)),
     )
     if ingest["source"] == "phantom":
         print(f"phantom: {summary['images']} images of {summary['patients']} patients, "

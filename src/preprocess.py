@@ -7,6 +7,7 @@ from pipeline.core.stage import run_stage
 def main() -> None:
     from pipeline.core.atomic import atomic_dir, write_csv_atomic, write_json_atomic
     from pipeline.core.config import load_params, path_of, section, worker_count
+    from pipeline.core.figures import write_stage_figures
     from pipeline.data.manifest import read_manifest
     from pipeline.records.preprocess import write_tfrecord_shards
     from pipeline.records.tfrecords import INDEX_FILE
@@ -23,10 +24,11 @@ def main() -> None:
         )
         write_json_atomic(staging / INDEX_FILE, index)
     write_csv_atomic(quarantine, path_of(params, "reports") / "quarantine.csv")
-    write_json_atomic(
-        path_of(params, "metrics") / "preprocess.json",
+    write_stage_figures(
+        {"quarantined": len(quarantine)},
         {"records": {s: v["records"] for s, v in index["splits"].items()}, "quarantined": len(quarantine),
          "shards": len(index["shards"])},
+        path_of(params, "metrics") / "preprocess.json", path_of(params, "preprocess_report"),
     )
     for row in quarantine.itertuples():
         print(f"preprocess: quarantined {row.path}: {row.reason}", file=sys.stderr)

@@ -9,6 +9,7 @@ def main() -> None:
 
     from pipeline.core.atomic import write_csv_atomic, write_json_atomic
     from pipeline.core.config import load_params, path_of, section
+    from pipeline.core.figures import write_stage_figures
     from pipeline.model.train import train_and_track
 
     params = load_params()
@@ -19,7 +20,8 @@ def main() -> None:
         logged_params={k: params[k] for k in ("seed", "ingest", "preprocess", "train")},
     )
     metrics = path_of(params, "metrics")
-    write_json_atomic(metrics / "train.json", result["summary"])
+    write_stage_figures({"best_val_auc": result["summary"]["best_val_auc"]}, result["summary"],
+                        metrics / "train.json", path_of(params, "train_report"))
     history = pd.DataFrame(result["history"]).rename_axis("epoch")
     history.index += 1
     write_csv_atomic(history.reset_index(), metrics / "train_history.csv", float_format="%.6f")

@@ -5,9 +5,6 @@ import os
 import sys
 from collections.abc import Callable
 
-# Before TensorFlow is imported anywhere: keep its C++ logging to errors.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from pipeline.core.tracking import TrackingServerError, disable_telemetry
 
 disable_telemetry()

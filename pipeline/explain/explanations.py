@@ -41,6 +41,7 @@ from pipeline.explain.localisation import (
 from pipeline.records.dataset import decode_record, shard_files
 
 TRUE_POSITIVE, FALSE_POSITIVE = "TP", "FP"
+REPORT_FILE = "explain.json"  # in reports/gradcam/: the whole record, metrics/explain.json its summary
 EXAMPLE_COLUMNS = ["image_id", "finding", "kind", "probability", "threshold"]
 LOCALISATION_COLUMNS = ["image_id", "finding", *SCORE_COLUMNS, *(RANDOM_PREFIX + c for c in SCORE_COLUMNS)]
 # Overlay colours (BGR): ground truth, the heatmap's detected regions, its peak.
@@ -244,6 +245,13 @@ def explain_metrics(settings: dict, layer: str, entries: list[dict], localisatio
         "gallery": gallery,
         "localisation": localisation,
     }
+
+
+def explain_summary(metrics: dict) -> dict:
+    """metrics/explain.json: the pointing game next to the random map's (None
+    without a boxed test image); the rest goes to reports/gradcam/explain.json."""
+    overall = metrics["localisation"]["overall"]
+    return {"pointing_game": overall.get("pointing_game"), "pointing_random": overall.get("pointing_game_random")}
 
 
 def summary_line(metrics: dict) -> str:

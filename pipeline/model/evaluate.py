@@ -16,6 +16,16 @@ from pipeline.core.labels import FINDINGS
 from pipeline.core.model_io import image_size_of, load_keras_model, uses_patient_metadata
 from pipeline.core.patient import IMAGE_INPUT, PATIENT_ENCODING
 from pipeline.core.tracking import configure_mlflow, data_hash, git_commit, metric_name, resume_run
+from pipeline.model.audit import (
+    DEFAULT_CALIBRATION_BINS,
+    DEFAULT_MIN_SLICE_POSITIVES,
+    calibration_mlflow_metrics,
+    calibration_section,
+    recalibrate,
+    reliability_tables,
+    split_demographics,
+    subgroup_promotion_check,
+)
 from pipeline.model.metrics import (
     curves,
     evaluation_metrics,
@@ -31,11 +41,13 @@ from pipeline.model.selection import (
     DEFAULT_MAX_CLASS_DROP,
     RULE_FIRST,
     RULE_NO_CHAMPION_SCORES,
+    RULE_SUBGROUP,
     paired_auc_comparison,
     promotion_decision,
+    subgroup_refusals,
 )
+from pipeline.model.subgroups import subgroup_mlflow_metrics, subgroup_report
 from pipeline.records.dataset import make_dataset, read_shard_index, shard_files
-from pipeline.records.tfrecords import parse_example
 
 # Figures logged to MLflow once per finding, as <prefix>_<finding>.
 PER_FINDING_METRICS = {
@@ -43,6 +55,10 @@ PER_FINDING_METRICS = {
     "thresholds": "threshold", "sensitivity": "test_sensitivity", "specificity": "test_specificity",
     "ppv": "test_ppv", "npv": "test_npv", "f1": "test_f1", "accuracy": "test_accuracy",
 }
+AUC_PLOT_FILE = "auc_by_finding.csv"  # in reports/evaluate/plots/
+RELIABILITY_PLOT_FILE = "reliability.csv"  # in reports/evaluate/plots/: the pooled curve
+RELIABILITY_FILE = "reliability.csv"  # in reports/evaluate/: every finding's curve
+REPORT_FILE = "evaluate.json"  # in reports/evaluate/: the whole record, metrics/evaluate.json its summary
 IMAGE_INPUT_DESCRIPTION = "float32 grey values 0..255, shape (size, size, 1)"
 
 
@@ -72,26 +88,21 @@ def _resized(inputs, size: int):
     return {**inputs, IMAGE_INPUT: images} if isinstance(inputs, dict) else images
 
 
-def split_patient_ids(tfrecord_dir: Path, split: str) -> dict[str, int]:
-    """{image id: patient id} of a split's records, without decoding images."""
-    files = shard_files(tfrecord_dir, split)
-    if not files:
-        return {}
-    records = tf.data.TFRecordDataset(files).map(parse_example)
-    return {r["image_id"].numpy().decode(): int(r["patient_id"].numpy()) for r in records}
-
-
 def champion_decision(
     registered_name: str, tracking_store: str, tfrecord_dir: Path, batch_size: int, test_labels: np.ndarray,
     test_probs: np.ndarray, test_ids: list[str], promotion: dict, seed: int,
+    thresholds: dict[str, float] | None = None, people: dict[str, np.ndarray] | None = None,
+    min_slice_positives: int = DEFAULT_MIN_SLICE_POSITIVES,
 ) -> dict:
     """Whether the new model should take the champion alias: the current
     champion (whatever its backbone, image size or inputs) is loaded and
     scored on this test split by the same code path, and the two are compared
     on the same images (a paired bootstrap over patients). A champion that
     cannot be loaded or scored means no promotion, with the reason; the first
-    version of a model is promoted. Returns {"promote", "rule", "reasons",
-    "champion_version", "comparison"}."""
+    version of a model is promoted. With promotion.subgroups, a challenger
+    whose underdiagnosis rate rises significantly in a sex or age slice (each
+    model at its own thresholds) is refused too. Returns {"promote", "rule",
+    "reasons", "champion_version", "comparison", "subgroups"}."""
     import mlflow
 
     from pipeline.serve.predict import ModelLoadError, load_model
@@ -104,15 +115,16 @@ def champion_decision(
     try:
         champion = load_model(f"models:/{registered_name}/{version}", tracking_uri=tracking_store)
         champion_probs, _, champion_ids = predict_split(champion.keras_model, tfrecord_dir, "test", batch_size)
+        champion_probs = champion.recalibrate(champion_probs)
     except (ModelLoadError, OSError, ValueError, mlflow.exceptions.MlflowException) as exc:
         return {"promote": False, "rule": RULE_NO_CHAMPION_SCORES, "champion_version": version, "comparison": None,
                 "reasons": [f"champion version {version} could not be scored: {_one_line(exc)}"]}
     if champion_ids != test_ids:
         raise ValueError("the champion and the new model were scored on different test records")
-    patients = split_patient_ids(tfrecord_dir, "test")
+    people = people if people is not None else split_demographics(tfrecord_dir, "test", test_ids)
+    resamples = int(promotion.get("resamples", 1000))
     comparison = paired_auc_comparison(
-        test_labels, test_probs, champion_probs, [patients[i] for i in test_ids],
-        resamples=int(promotion.get("resamples", 1000)), seed=seed,
+        test_labels, test_probs, champion_probs, list(people["patient_id"]), resamples=resamples, seed=seed,
     )
     champion_auc = per_class_auc(test_labels, champion_probs)
     comparison.update(champion_version=version, champion_image_size=champion.image_size,
@@ -121,8 +133,24 @@ def champion_decision(
         comparison, float(promotion.get("margin", DEFAULT_MARGIN)),
         float(promotion.get("max_class_drop", DEFAULT_MAX_CLASS_DROP)),
     )
+    subgroups = None
+    if promotion.get("subgroups"):
+        subgroups = subgroup_promotion_check(
+            test_labels, (champion_probs, champion.thresholds), (test_probs, thresholds), people,
+            min_slice_positives, resamples, seed)
+        refusals = subgroup_refusals(subgroups)
+        if refusals:
+            promote, rule, reasons = False, (rule if not promote else RULE_SUBGROUP), [*reasons, *refusals]
     return {"promote": promote, "rule": rule, "reasons": reasons, "champion_version": version,
-            "comparison": comparison}
+            "comparison": comparison, "subgroups": subgroups}
+
+
+def evaluation_summary(metrics: dict) -> dict:
+    """metrics/evaluate.json: the few scalars DVC shows and diffs; the rest of
+    `metrics` goes to reports/evaluate/evaluate.json under the same keys."""
+    low, high = metrics["mean_auc_ci"]
+    return {"mean_auc": metrics["mean_auc"], "auc_ci_low": low, "auc_ci_high": high,
+            "mean_ece": metrics["calibration"]["mean_ece"]}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -163,6 +191,15 @@ def write_curves(test_curves: dict, folder: Path) -> list[Path]:
     return written
 
 
+def auc_table(metrics: dict) -> pd.DataFrame:
+    """Test AUC and its 95% CI per finding (those defined on test): a bar chart
+    in `dvc plots`, so that `dvc plots diff` compares experiments finding by finding."""
+    rows = [{"finding": f, "auc": round(auc, 4), "ci_low": round(metrics["auc_ci_low"][f], 4),
+             "ci_high": round(metrics["auc_ci_high"][f], 4)}
+            for f, auc in metrics["auc"].items() if auc is not None]
+    return pd.DataFrame(rows, columns=["finding", "auc", "ci_low", "ci_high"])
+
+
 def split_sizes(tfrecord_dir: Path) -> dict[str, int]:
     return {split: int(entry["records"]) for split, entry in read_shard_index(tfrecord_dir)["splits"].items()}
 
@@ -179,17 +216,34 @@ def evaluate_model(
     batch = int(settings["batch_size"])
     model = load_keras_model(model_file)
     val_probs, val_labels, _ = predict_split(model, tfrecord_dir, "val", batch)
-    test_probs, test_labels, test_ids = predict_split(model, tfrecord_dir, "test", batch)
+    raw_test_probs, test_labels, test_ids = predict_split(model, tfrecord_dir, "test", batch)
+    method = settings.get("calibration", "none")
+    recalibration, val_probs, test_probs = recalibrate(method, (val_labels, val_probs), raw_test_probs)
+    resamples, min_positives = int(settings["bootstrap"]), int(settings.get("min_slice_positives",
+                                                                             DEFAULT_MIN_SLICE_POSITIVES))
     metrics = evaluation_metrics(
         (val_labels, val_probs), (test_labels, test_probs), settings["threshold_method"],
-        target_sensitivity=float(settings["target_sensitivity"]), resamples=int(settings["bootstrap"]), seed=seed,
+        target_sensitivity=float(settings["target_sensitivity"]), resamples=resamples, seed=seed,
     )
     test_manifest = manifest_hash(test_ids, test_labels)
     metrics["test_manifest"] = test_manifest
+    people = split_demographics(tfrecord_dir, "test", test_ids)
+    metrics["subgroups"] = subgroup_report(
+        test_labels, test_probs, metrics["thresholds"], people["patient_id"], people["age"], people["sex"],
+        people["view"], min_slice_positives=min_positives, resamples=resamples, seed=seed)
+    metrics["calibration"], reliability = calibration_section(
+        test_labels, raw_test_probs, test_probs, method, int(settings.get("calibration_bins",
+                                                                          DEFAULT_CALIBRATION_BINS)))
+    if recalibration:
+        metrics["calibration"]["fitted"] = recalibration
     test_curves = curves(test_labels, test_probs)
     write_csv_atomic(predictions_table(test_ids, test_labels, test_probs), reports_dir / "test_predictions.csv")
     write_json_atomic(reports_dir / "thresholds.json", metrics["thresholds"])
     write_curves(test_curves, reports_dir / "plots")
+    write_csv_atomic(auc_table(metrics), reports_dir / "plots" / AUC_PLOT_FILE)
+    every_finding, pooled = reliability_tables(metrics["calibration"], reliability)
+    write_csv_atomic(pd.DataFrame(every_finding), reports_dir / RELIABILITY_FILE)
+    write_csv_atomic(pd.DataFrame(pooled).drop(columns="finding"), reports_dir / "plots" / RELIABILITY_PLOT_FILE)
 
     with_patient = uses_patient_metadata(model)
     summary = {"split_sizes": split_sizes(tfrecord_dir), "data_hash": data_hash(tfrecord_dir),
@@ -202,24 +256,29 @@ def evaluate_model(
     name = mlflow_settings["registered_model"]
     mlflow = configure_mlflow(mlflow_settings["experiment"])
     decision = champion_decision(name, mlflow.get_tracking_uri(), tfrecord_dir, batch, test_labels, test_probs,
-                                 test_ids, settings.get("promotion") or {}, seed)
+                                 test_ids, settings.get("promotion") or {}, seed, thresholds=metrics["thresholds"],
+                                 people=people, min_slice_positives=min_positives)
     with resume_run(mlflow, run_file):
-        mlflow.log_metrics({**mlflow_metrics(metrics), **comparison_metrics(decision["comparison"])})
+        mlflow.log_metrics({**mlflow_metrics(metrics), **comparison_metrics(decision["comparison"]),
+                            **subgroup_mlflow_metrics(metrics["subgroups"]),
+                            **calibration_mlflow_metrics(metrics["calibration"])})
         mlflow.log_artifact(str(reports_dir / "thresholds.json"))
         mlflow.log_artifacts(str(reports_dir / "plots"), "plots")
         registry = register_model(
-            mlflow, model, name, registry_model_metadata(metrics["thresholds"], preprocessing, metrics, test_manifest),
+            mlflow, model, name,
+            registry_model_metadata(metrics["thresholds"], preprocessing, metrics, test_manifest, recalibration),
             {"data_hash": summary["data_hash"], "git_commit": summary["git_commit"], "backbone": training["backbone"]},
             decision, params=training["params"],
         )
         registry["comparison"] = decision["comparison"]
         write_text_atomic(reports_dir / CARD_FILE,
-                          model_card_html(name, summary, metrics, test_curves["roc"], registry))
+                          model_card_html(name, summary, metrics, test_curves["roc"], registry,
+                                          reliability=reliability))
         mlflow.log_artifact(str(reports_dir / CARD_FILE))
     metrics["registered_model"] = {"name": name, "version": registry["version"]}
     metrics["registry"] = {"version": registry["version"], "champion": registry["champion"],
                            "rule": registry["rule"], "reasons": registry["reasons"],
-                           "comparison": _comparison_record(decision)}
+                           "comparison": _comparison_record(decision), "subgroup_check": decision.get("subgroups")}
     return metrics
 
 

@@ -1,13 +1,16 @@
 """The evaluate stage's model card: one self-contained HTML file.
 
-ROC curves are hand-written inline SVG polylines, and there is no script,
-external style, font or link, so model_card.html works copied alone, offline,
-or as an MLflow artifact. No timestamps: the same inputs give the same bytes.
+ROC curves are hand-written inline SVG polylines and the reliability diagram is
+calibration.reliability_svg inlined (the calibration and subgroup sections are
+in model_card_sections). There is no script, external style, font or link, so
+model_card.html works copied alone, offline, or as an MLflow artifact. No
+timestamps: the same inputs give the same bytes.
 """
 from __future__ import annotations
 
 from pipeline.core.html import escape, html_page
 from pipeline.core.labels import FINDINGS
+from pipeline.model.model_card_sections import SECTIONS_STYLE, calibration_section, subgroups_section
 
 CARD_FILE = "model_card.html"
 PLOT_SIZE = 180  # px, each finding's ROC square
@@ -105,8 +108,12 @@ def champion_section(metrics: dict, registry: dict) -> str:
     return text + basis + f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}{mean}</tbody></table>"
 
 
-def model_card_html(name: str, summary: dict, metrics: dict, roc: dict[str, list[dict]], registry: dict) -> str:
-    """The page: data, per-finding figures, ROC curves and the champion decision."""
+def model_card_html(name: str, summary: dict, metrics: dict, roc: dict[str, list[dict]], registry: dict,
+                    reliability: dict[str, list[dict]] | None = None) -> str:
+    """The page: data, per-finding figures, ROC curves, calibration (metrics["calibration"]
+    and the `reliability` curves of the test probabilities, {finding: rows, "all findings": rows}),
+    subgroups (metrics["subgroups"], a subgroup_report) and the champion decision. Without
+    those, their section is left out."""
     title = f"Model card: {name} version {registry['version']}"
     return html_page(title, f"<h1>{escape(title)}</h1>"
             f"<p>Backbone {escape(summary['backbone'])}, "
@@ -114,4 +121,6 @@ def model_card_html(name: str, summary: dict, metrics: dict, roc: dict[str, list
             f"{escape(summary.get('inputs', 'image only'))}, "
             f"git commit <code>{escape(summary['git_commit'])}</code>.</p>"
             + data_section(summary, metrics) + findings_section(metrics) + curves_section(roc)
-            + champion_section(metrics, registry), STYLE)
+            + calibration_section(metrics.get("calibration"), reliability)
+            + subgroups_section(metrics.get("subgroups"))
+            + champion_section(metrics, registry), STYLE + SECTIONS_STYLE)

@@ -35,7 +35,8 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # and the pyfunc itself. Not ingest, validation, training or the phantom.
 SERVING_MODULES = (
     "__init__.py",
-    "core/__init__.py", "core/labels.py", "core/patient.py", "core/model_io.py",
+    "core/__init__.py", "core/labels.py", "core/patient.py", "core/model_io.py", "core/quiet.py",
+    "core/recalibration.py",
     "records/__init__.py", "records/imaging.py",
     "serve/__init__.py", "serve/pyfunc.py",
 )
@@ -56,14 +57,17 @@ def serving_package(folder: Path) -> Path:
 
 
 def registry_model_metadata(
-    thresholds: dict[str, float], preprocessing: dict, metrics: dict, test_manifest: str | None = None
+    thresholds: dict[str, float], preprocessing: dict, metrics: dict, test_manifest: str | None = None,
+    recalibration: dict | None = None,
 ) -> dict:
     """What makes a registered model self-describing: label order, operating
-    thresholds, the preprocessing it expects, and the scores and test set that
-    the champion rule compares."""
+    thresholds (on the recalibrated probabilities, when it has a
+    recalibration), the preprocessing it expects, and the scores and test set
+    that the champion rule compares."""
     return {
         "findings": list(FINDINGS),
         "thresholds": {f: float(thresholds[f]) for f in FINDINGS},
+        "recalibration": recalibration,
         "preprocessing": preprocessing,
         "mean_auc": metrics.get("mean_auc"),
         "mean_auc_ci": _interval(metrics.get("mean_auc_ci")),
@@ -188,6 +192,8 @@ def register_model(
             pip_requirements=serving_requirements(),
             signature=model_signature(model, image_size),
             metadata=metadata,
+            # the pyfunc applies it too (its load_context reads model_config)
+            model_config={"recalibration": metadata.get("recalibration")},
             await_registration_for=60,
         )
     version = int(info.registered_model_version)

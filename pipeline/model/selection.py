@@ -30,6 +30,7 @@ RULE_NO_CHAMPION_SCORES = "champion could not be scored: no promotion"
 RULE_PROMOTED = "non-inferior: mean AUC difference CI lower bound above -margin, no finding significantly worse"
 RULE_MEAN = "refused: mean AUC difference CI lower bound at or below -margin"
 RULE_FINDING = "refused: a finding's AUC difference CI lies below -max_class_drop"
+RULE_SUBGROUP = "refused: underdiagnosis rises significantly in a sex or age slice (evaluate.promotion.subgroups)"
 
 
 def patient_resample_counts(patient_ids, resamples: int, seed: int, block: int = BOOTSTRAP_BLOCK):
@@ -103,3 +104,17 @@ def promotion_decision(comparison: dict, margin: float, max_class_drop: float) -
             f"[{difference(low)}, {difference(high)}] "
             f"is above -{margin}, and no finding's CI lies below -{max_class_drop}"]
     return False, (RULE_MEAN if low is None or low <= -margin else RULE_FINDING), reasons
+
+
+def subgroup_refusals(regression: dict) -> list[str]:
+    """One reason per sex or age slice whose underdiagnosis rate the challenger
+    raises significantly (pipeline.model.subgroups.underdiagnosis_regression)."""
+    reasons = []
+    for name in regression["worse_slices"]:
+        attribute, group = name.split("/", 1)
+        figures = regression[attribute][group]
+        low, high = figures["ci"]
+        reasons.append(f"underdiagnosis in {attribute} {group} {difference(figures['difference'])} "
+                       f"({figures['champion_rate']:.3f} -> {figures['challenger_rate']:.3f}), CI "
+                       f"[{difference(low)}, {difference(high)}] above 0")
+    return reasons

@@ -53,8 +53,20 @@ def sample_patient_anatomy(rng: np.random.Generator, sex: str) -> dict:
     )
 
 
-def build_anatomy(build: dict, rng: np.random.Generator, record: FilmRecord) -> Anatomy:
-    """Patient build + this film's positioning/exposure + structural findings."""
+def faded(normal: float, abnormal: float, fade: float) -> float:
+    """`abnormal` moved back towards `normal` by `fade` (0: unchanged, exactly)."""
+    if not fade:
+        return abnormal
+    return normal + (1.0 - fade) * (abnormal - normal)
+
+
+def build_anatomy(build: dict, rng: np.random.Generator, record: FilmRecord, fade: float = 0.0) -> Anatomy:
+    """Patient build + this film's positioning/exposure + structural findings.
+
+    `fade` (render.py's subgroup fade) shrinks each structural finding's
+    departure from the normal build by that fraction; it takes no draws of
+    its own from `rng` (0, the default, changes nothing at all).
+    """
     has = set(record.findings)
     ap = record.view == "AP"
     pose = Pose(
@@ -67,7 +79,8 @@ def build_anatomy(build: dict, rng: np.random.Generator, record: FilmRecord) -> 
     if ap:  # supine bedside films: poorer inspiration
         dome -= 0.02
     if "Emphysema" in has:  # hyperinflation: big lungs, low flat diaphragm
-        ax, ay, dome, dome_k = ax * 1.08, ay * 1.08, dome + 0.05, dome_k * 0.3
+        ax, ay = faded(ax, ax * 1.08, fade), faded(ay, ay * 1.08, fade)
+        dome, dome_k = faded(dome, dome + 0.05, fade), faded(dome_k, dome_k * 0.3, fade)
     lungs = []
     for side in (0, 1):
         sign = -1.0 if side == 0 else 1.0
@@ -79,14 +92,15 @@ def build_anatomy(build: dict, rng: np.random.Generator, record: FilmRecord) -> 
     mid_x = 0.5
     if "Atelectasis" in has:  # volume loss: raise one dome, pull mediastinum over
         side = int(rng.integers(0, 2))
-        lungs[side] = replace(lungs[side], dome_y=lungs[side].dome_y - rng.uniform(0.03, 0.05))
-        mid_x += lungs[side].lateral * rng.uniform(0.008, 0.015)
+        raised = lungs[side].dome_y - rng.uniform(0.03, 0.05)
+        lungs[side] = replace(lungs[side], dome_y=faded(lungs[side].dome_y, raised, fade))
+        mid_x = faded(mid_x, mid_x + lungs[side].lateral * rng.uniform(0.008, 0.015), fade)
     thorax = (lungs[1].cx + lungs[1].ax) - (lungs[0].cx - lungs[0].ax)
     ctr = build["ctr"]
     if "Cardiomegaly" in has:
-        ctr = rng.uniform(0.57, 0.66)
+        ctr = faded(ctr, rng.uniform(0.57, 0.66), fade)
     elif "Emphysema" in has:  # long narrow "tubular" heart
-        ctr *= 0.85
+        ctr = faded(ctr, ctr * 0.85, fade)
     if ap:  # AP magnifies the anterior heart
         ctr *= 1.06
     heart_w = ctr * thorax / 2.0
@@ -103,7 +117,7 @@ def build_anatomy(build: dict, rng: np.random.Generator, record: FilmRecord) -> 
         clavicle_y=build["clavicle_y"] - (0.02 if ap else 0.0),
         tissue=build["tissue"], lung_air=lung_air, heart_gain=0.17,
         bone_gain=build["bone_gain"] * rng.uniform(0.92, 1.08),
-        vessel_gain=build["vessel_gain"] * (0.35 if "Emphysema" in has else 1.0),
+        vessel_gain=build["vessel_gain"] * (faded(1.0, 0.35, fade) if "Emphysema" in has else 1.0),
         contrast=build["contrast"] * rng.uniform(0.96, 1.04) * (0.92 if ap else 1.0),
         offset=build["offset"] + rng.uniform(-0.015, 0.015) + (0.03 if ap else 0.0),
         gamma=build["gamma"] * rng.uniform(0.97, 1.03),

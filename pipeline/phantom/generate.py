@@ -10,6 +10,11 @@ How it is made: plan.py decides every film's labels, anatomy.py and
 findings.py draw it on geometry.py's canvas, render.py exposes it and finds
 the boxes. The label plan and every film are seeded from `seed` alone, so the
 bytes depend neither on `workers` nor on the order films finish in.
+
+`subgroup_gap` (ingest.phantom.subgroup_gap, default 0 = off) plants a
+subgroup effect: in one fixed slice, women under 40 (plan.in_subgroup), every
+finding is drawn fainter by that fraction (render.py says how), so slice
+metrics have a known gap to find. Labels and the other films are untouched.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from pipeline.core.labels import FINDINGS, format_finding_labels
 from pipeline.core.parallel import ordered_map
 from pipeline.core.progress import Progress
 from pipeline.phantom.plan import FilmRecord, plan_films
-from pipeline.phantom.render import Box, encode_png, render_film
+from pipeline.phantom.render import Box, check_subgroup_gap, encode_png, render_film
 
 DATA_ENTRY_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
@@ -46,10 +51,10 @@ def bbox_line(image_id: str, box: Box) -> str:
     return f"{image_id},{finding},{x:.1f},{y:.1f},{width:.1f},{height:.1f},,,"
 
 
-def _render_to_file(job: tuple[FilmRecord, int, int, str]) -> list[Box]:
+def _render_to_file(job: tuple[FilmRecord, int, int, str, float]) -> list[Box]:
     """Worker entry point: render, write the PNG, hand back the boxes."""
-    record, seed, image_size, images_dir = job
-    pixels, boxes = render_film(record, seed, image_size)
+    record, seed, image_size, images_dir, subgroup_gap = job
+    pixels, boxes = render_film(record, seed, image_size, subgroup_gap)
     Path(images_dir, record.image_id).write_bytes(encode_png(pixels))
     return boxes
 
@@ -74,19 +79,21 @@ def _write_tables(staging: Path, records: list[FilmRecord], boxes: list[list[Box
 
 
 def generate_phantom(out_dir: Path, n_images: int, seed: int, image_size: int = 1024,
-                     workers: int = 1, progress: bool = True) -> dict:
+                     workers: int = 1, progress: bool = True, subgroup_gap: float = 0.0) -> dict:
     """Write the phantom data set into out_dir and return a summary dict
-    {"images": n, "patients": p, "positives": {finding: count}, "no_finding": k, "boxes": b}."""
+    {"images": n, "patients": p, "positives": {finding: count}, "no_finding": k, "boxes": b}.
+    subgroup_gap in [0, 1): how much fainter findings are drawn on women under 40."""
     if n_images < 1:
         raise ValueError("n_images must be >= 1")
     if image_size < 64:
         raise ValueError("image_size must be >= 64")
     if seed < 0:
         raise ValueError("seed must be >= 0")
+    subgroup_gap = check_subgroup_gap(subgroup_gap)
     records = plan_films(n_images, seed)
     with atomic_dir(out_dir) as staging:
         (staging / "images").mkdir()
-        jobs = [(record, seed, image_size, str(staging / "images")) for record in records]
+        jobs = [(record, seed, image_size, str(staging / "images"), subgroup_gap) for record in records]
         boxes = _render_all(jobs, workers, progress)
         _write_tables(staging, records, boxes, image_size)
     return {
@@ -99,7 +106,7 @@ def generate_phantom(out_dir: Path, n_images: int, seed: int, image_size: int = 
 
 
 def write_phantom(out_dir: Path, source: str, n_images: int, seed: int, image_size: int,
-                  workers: int = 1, progress: bool = True) -> dict:
+                  workers: int = 1, progress: bool = True, subgroup_gap: float = 0.0) -> dict:
     """The phantom stage: generate the synthetic NIH-format root in out_dir when
     the pipeline's data source is "phantom"; for any other source leave only a
     note there, so the stage costs nothing for users of real data. Returns
@@ -109,4 +116,4 @@ def write_phantom(out_dir: Path, source: str, n_images: int, seed: int, image_si
             (staging / "NOT_USED.txt").write_text(PHANTOM_NOT_USED.format(source=source, root=out_dir))
         return {"images": 0}
     return generate_phantom(out_dir, n_images=n_images, seed=seed, image_size=image_size,
-                            workers=workers, progress=progress)
+                            workers=workers, progress=progress, subgroup_gap=subgroup_gap)

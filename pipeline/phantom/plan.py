@@ -4,6 +4,11 @@ Nothing is drawn here. `plan_films` decides every row of Data_Entry_2017.csv
 from ``SeedSequence(seed, spawn_key=(0,))``, with NIH ChestX-ray14's finding
 ordering, a prevalence floor so that rare findings still turn up, patients
 with one to five films, and findings that often persist between follow-ups.
+
+`in_subgroup` names the one fixed slice in which ingest.phantom.subgroup_gap
+(render.py) draws every finding fainter: women under 40 on the film's own
+row of Data_Entry_2017.csv. With NIH's age and sex mix it holds ~11-15% of
+films and patients (NIH's own share is about the same).
 """
 from __future__ import annotations
 
@@ -30,6 +35,9 @@ MEAN_FINDINGS_PER_ABNORMAL = 2.0
 IMAGES_PER_PATIENT_P = (0.35, 0.25, 0.18, 0.12, 0.10)  # 1..5 films
 PERSIST_P = 0.5  # chance a follow-up repeats the previous film's findings
 AP_P_NORMAL, AP_P_ABNORMAL = 0.33, 0.45  # sicker patients get bedside films
+# The slice a non-zero subgroup_gap fades findings in. Fixed, not a parameter,
+# so that a slice report knows where to look: Patient Gender F, Patient Age < 40.
+SUBGROUP_SEX, SUBGROUP_AGE_BELOW = "F", 40
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,12 @@ class FilmRecord:
     @property
     def image_id(self) -> str:
         return f"{self.patient_id:08d}_{self.follow_up:03d}.png"
+
+
+def in_subgroup(record: FilmRecord) -> bool:
+    """Is this film in the slice whose findings subgroup_gap fades (women under 40)?
+    Age is the film's own: a patient can leave the slice at a later follow-up."""
+    return record.sex == SUBGROUP_SEX and record.age < SUBGROUP_AGE_BELOW
 
 
 def target_prevalence() -> dict[str, float]:

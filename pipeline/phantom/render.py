@@ -4,6 +4,17 @@ Determinism: a patient's anatomy comes from ``SeedSequence(seed,
 spawn_key=(2, patient_id))``; a film's jitter, findings placement and noise
 from ``spawn_key=(1, image_index)``. No global RNG state is used, so a film's
 bytes do not depend on which process renders it, or in what order.
+
+Subgroup gap (ingest.phantom.subgroup_gap, a strength in [0, 1)): on films in
+plan.in_subgroup's fixed slice (women under 40) every finding is drawn
+fainter. Its departure from the normal film is scaled by 1 - gap: the
+planted opacity and lucency (their contrast), the markings it hides, and the
+structural signs build_anatomy moves (cardiomegaly's heart, emphysema's
+hyperinflation, atelectasis's raised dome). Labels stay as they are and
+films outside the slice (or without findings) come out byte-identical; in a
+slice film the boxes may move a little where a faded structural sign
+reshapes the lungs that findings are placed in. 0 (the default) takes
+exactly the code path there was before the gap existed.
 """
 from __future__ import annotations
 
@@ -14,7 +25,7 @@ from pipeline.core.labels import FINDINGS
 from pipeline.phantom.anatomy import build_anatomy, draw_normal_anatomy, sample_patient_anatomy
 from pipeline.phantom.findings import BOX_THRESHOLD, PLANTERS
 from pipeline.phantom.geometry import F32, Film, smooth_noise
-from pipeline.phantom.plan import FilmRecord
+from pipeline.phantom.plan import FilmRecord, in_subgroup
 
 # Smooth anatomy is rendered at most at this size, then upsampled; only the
 # noise is drawn at full resolution. Keeps a 1024 px film well under 80 ms.
@@ -26,17 +37,32 @@ FINDING_GAIN = 1.6
 Box = tuple[str, float, float, float, float]  # finding, x, y, w, h in film pixels
 
 
-def render_film(record: FilmRecord, seed: int, image_size: int) -> tuple[np.ndarray, list[Box]]:
-    """The 8-bit film and its boxes (finding, x, y, w, h) in film pixels."""
+def check_subgroup_gap(subgroup_gap: float) -> float:
+    gap = float(subgroup_gap)
+    if not 0.0 <= gap < 1.0:
+        raise ValueError(f"subgroup_gap must be in [0, 1), got {subgroup_gap}")
+    return gap
+
+
+def render_film(record: FilmRecord, seed: int, image_size: int,
+                subgroup_gap: float = 0.0) -> tuple[np.ndarray, list[Box]]:
+    """The 8-bit film and its boxes (finding, x, y, w, h) in film pixels.
+    subgroup_gap fades the findings of films in plan.in_subgroup's slice (see above)."""
+    gap = check_subgroup_gap(subgroup_gap)
+    fade = gap if gap and record.findings and in_subgroup(record) else 0.0
     patient_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2, record.patient_id)))
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, record.index)))
-    anatomy = build_anatomy(sample_patient_anatomy(patient_rng, record.sex), rng, record)
+    anatomy = build_anatomy(sample_patient_anatomy(patient_rng, record.sex), rng, record, fade)
     film = Film(anatomy, min(image_size, WORK_RES_MAX), rng)
     tissue = draw_normal_anatomy(film)
     opacity, lucency = film.opacity.copy(), film.lucency.copy()
+    keeps = (film.vessel_keep.copy(), film.bone_keep.copy()) if fade else None
     maps = {finding: PLANTERS[finding](film) for finding in FINDINGS if finding in record.findings}
-    film.opacity = opacity + F32(FINDING_GAIN) * (film.opacity - opacity)
-    film.lucency = lucency + F32(FINDING_GAIN) * (film.lucency - lucency)
+    gain = FINDING_GAIN * (1.0 - fade)  # exactly FINDING_GAIN when fade is 0
+    film.opacity = opacity + F32(gain) * (film.opacity - opacity)
+    film.lucency = lucency + F32(gain) * (film.lucency - lucency)
+    if fade:
+        fade_hidden_markings(film, *keeps, fade)
     density = compose(film, tissue)
     scale = image_size / film.res
     boxes = []
@@ -44,6 +70,12 @@ def render_film(record: FilmRecord, seed: int, image_size: int) -> tuple[np.ndar
         x0, y0, x1, y1 = mask_box(finding_map, BOX_THRESHOLD[finding])
         boxes.append((finding, x0 * scale, y0 * scale, (x1 - x0) * scale, (y1 - y0) * scale))
     return expose(film, density, image_size), boxes
+
+
+def fade_hidden_markings(film: Film, vessel_keep: np.ndarray, bone_keep: np.ndarray, fade: float) -> None:
+    """Give back `fade` of the vessels and ribs the findings hid (keeps: before planting)."""
+    film.vessel_keep = vessel_keep + F32(1.0 - fade) * (film.vessel_keep - vessel_keep)
+    film.bone_keep = bone_keep + F32(1.0 - fade) * (film.bone_keep - bone_keep)
 
 
 def compose(film: Film, tissue: np.ndarray) -> np.ndarray:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -169,10 +168,9 @@ def patient_lookup(args: argparse.Namespace) -> PatientLookup | None:
 
 
 def quiet_environment() -> None:
-    """Before TensorFlow and MLflow load: no TF info logs, no download progress
-    bars, no telemetry, so stdout holds only results."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    """Before TensorFlow and MLflow load: no telemetry. (Library logs,
+    warnings and progress bars are off from `import pipeline` on, unless
+    PIPELINE_DEBUG=1: pipeline.core.quiet.)"""
     disable_telemetry()
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from pipeline.core.labels import FINDINGS, NUM_FINDINGS
 from pipeline.core.model_io import image_size_of, model_inputs, uses_patient_metadata
 from pipeline.core.patient import encode_patient_input
+from pipeline.core.recalibration import apply_recalibration
 from pipeline.core.tracking import disable_telemetry
 from pipeline.core.tracking import tracking_uri as configured_tracking_uri
 from pipeline.explain.gradcam import grad_cam
@@ -118,6 +119,8 @@ class XrayModel:
     # Where the thresholds came from: the model's metadata, a file, or the 0.5 default.
     thresholds_source: str = ""
     findings: tuple[str, ...] = FINDINGS
+    # Fitted on validation by the evaluate stage (evaluate.calibration); None = raw outputs.
+    recalibration: dict | None = None
 
     def preprocess(self, path: Path | str) -> np.ndarray:
         return preprocess_xray(path, self.image_size, self.fit)
@@ -132,8 +135,14 @@ class XrayModel:
         `metadata`: required by a model trained with it (see patient_batch)."""
         batch, single = image_batch(images, self.image_size)
         inputs = model_inputs(self.keras_model, batch, patient_batch(metadata, len(batch)))
-        probabilities = self.keras_model.predict(inputs, batch_size=batch_size, verbose=0)
+        probabilities = self.recalibrate(self.keras_model.predict(inputs, batch_size=batch_size, verbose=0))
         return probabilities[0] if single else probabilities
+
+    def recalibrate(self, probabilities: np.ndarray) -> np.ndarray:
+        """The network's (n, 14) outputs through the model's recalibration (as is without one)."""
+        if not self.recalibration:
+            return probabilities
+        return apply_recalibration(self.recalibration, probabilities).astype(np.float32)
 
     def positive_findings(self, probabilities: np.ndarray) -> list[str]:
         """Names of the findings at or above their thresholds, for one image's (14,) probabilities."""
@@ -317,4 +326,5 @@ def model_from_registry_metadata(uri: str, keras_model: keras.Model, metadata: d
         fit=metadata["preprocessing"].get("fit", DEFAULT_FIT),
         source=uri,
         thresholds_source=f"{uri} metadata",
+        recalibration=metadata.get("recalibration"),
     )

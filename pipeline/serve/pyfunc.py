@@ -4,7 +4,8 @@
     pyfunc.predict(images)  # DataFrame: one row per image, one column per finding (FINDINGS order)
 
 `images` are preprocessed float32 (n, size, size, 1) grey values 0..255
-(pipeline.serve.predict.preprocess_xray). A model trained with patient metadata
+(pipeline.serve.predict.preprocess_xray). A model registered with a
+recalibration (evaluate.calibration) returns recalibrated probabilities. A model trained with patient metadata
 takes {"image": images, "metadata": ...}, the metadata either encoded
 (n, 3) (pipeline.core.patient) or as rows of age, sex and view (a DataFrame or
 a list of dicts). `mlflow models serve` answers with the finding names too.
@@ -22,6 +23,7 @@ import pandas as pd
 from pipeline.core.labels import FINDINGS
 from pipeline.core.model_io import KERAS_ARTIFACT
 from pipeline.core.patient import IMAGE_INPUT, PATIENT_INPUT, encode_patient_input
+from pipeline.core.recalibration import apply_recalibration
 
 
 # MLflow 3.17 warns (once, at class creation) that predict has no type hints;
@@ -33,6 +35,7 @@ class ChestXrayPyfunc(mlflow.pyfunc.PythonModel):
         import keras
 
         self.model = keras.models.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
+        self.recalibration = (context.model_config or {}).get("recalibration")
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         from pipeline.core.model_io import model_inputs
@@ -44,4 +47,6 @@ class ChestXrayPyfunc(mlflow.pyfunc.PythonModel):
         else:
             images, metadata = np.asarray(model_input, dtype=np.float32), None
         probabilities = self.model.predict(model_inputs(self.model, images, metadata), verbose=0)
+        if self.recalibration:
+            probabilities = apply_recalibration(self.recalibration, probabilities)
         return pd.DataFrame(probabilities, columns=list(FINDINGS))

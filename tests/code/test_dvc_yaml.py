@@ -19,7 +19,7 @@ def test_ingest_depends_on_the_data_root():
     # a changed metadata CSV, box list, split list or image set must rerun ingest
     assert "${ingest.root}" in STAGES["ingest"]["deps"]
     assert "${paths.phantom}" in STAGES["phantom"]["outs"]
-    assert set(STAGES["ingest"]["outs"]) == {"${paths.manifest}", "${paths.boxes}"}
+    assert set(STAGES["ingest"]["outs"]) == {"${paths.manifest}", "${paths.boxes}", "${paths.ingest_report}"}
 
 
 def test_validate_declares_its_html_report():

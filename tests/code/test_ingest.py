@@ -259,7 +259,7 @@ def stage_params(tmp_path, **ingest):
 
 def run_stage_script(stage: str, project: Path, params: dict) -> subprocess.CompletedProcess:
     """`python src/<stage>.py` as DVC runs it: in the project folder, reading its params.yaml."""
-    params = {**params, "paths": {**params["paths"], "metrics": "metrics"}}
+    params = {**params, "paths": {**params["paths"], "metrics": "metrics", "ingest_report": "reports/ingest.json"}}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return subprocess.run([sys.executable, str(PROJECT_ROOT / "src" / f"{stage}.py")], cwd=project,
                           capture_output=True, text=True, timeout=300)
@@ -272,7 +272,7 @@ def test_phantom_then_ingest_stage(tmp_path):
     assert len(list((tmp_path / "data/ingest/phantom/images").iterdir())) == 6
     ingest = run_stage_script("ingest", tmp_path, params)
     assert ingest.returncode == 0, ingest.stderr
-    report = json.loads((tmp_path / "metrics/ingest.json").read_text())
+    report = json.loads((tmp_path / "reports/ingest.json").read_text())
     assert report["manifest_rows"] == 6 and report["source"] == "phantom"
     manifest = pd.read_csv(tmp_path / "data/ingest/manifest.csv")
     assert manifest["path"].str.startswith("data/ingest/phantom/images/").all()
@@ -285,7 +285,7 @@ def test_phantom_stage_writes_only_a_note_for_real_data(tmp_path, small_nih_root
     assert [p.name for p in (tmp_path / "data/ingest/phantom").iterdir()] == ["NOT_USED.txt"]
     ingest = run_stage_script("ingest", tmp_path, params)
     assert ingest.returncode == 0, ingest.stderr
-    assert json.loads((tmp_path / "metrics/ingest.json").read_text())["manifest_rows"] == 12
+    assert json.loads((tmp_path / "reports/ingest.json").read_text())["manifest_rows"] == 12
 
 
 def test_phantom_source_needs_root_at_paths_phantom(tmp_path):

@@ -11,8 +11,10 @@ import pytest
 from PIL import Image
 
 from pipeline.core.labels import FINDINGS, NO_FINDING, parse_finding_labels
+from pipeline.phantom import anatomy, render
 from pipeline.phantom import generate as phantom
 from pipeline.phantom.generate import generate_phantom
+from pipeline.phantom.plan import in_subgroup, plan_films
 
 DATA_ENTRY_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
@@ -237,4 +239,135 @@ def test_crash_keeps_old_dir_and_cleans_temp(tmp_path, monkeypatch):
 def test_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError):
         generate_phantom(tmp_path / "x", n_images=0, seed=1, progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+# --- ingest.phantom.subgroup_gap: findings drawn fainter on women under 40 ---
+
+# sha256 of Data_Entry_2017.csv for the `small` phantom (30 films, seed 5, 128 px), taken from the code
+# before subgroup_gap existed. Only the label plan goes into it, which is plain integer and float draws
+# from NumPy's seeded generator, so the pin holds on any machine. (The pixels are pinned by
+# test_subgroup_gap_zero_takes_the_old_code_path instead: NumPy's SIMD exp/sin can differ by an ulp
+# between CPUs, so a pixel hash would not be portable. The whole default 500 x 1024 px set was checked
+# byte-identical to the dvc.lock'ed one when the gap was added.)
+SMALL_DATA_ENTRY_SHA256 = "6dd89916f14bd81d2e947e1dd74cdeac728e06fb3f6dd928c7ba6a363ffcdb01"
+
+
+def in_slice(row: list[str]) -> bool:
+    """A Data_Entry_2017.csv row in the subgroup slice: Patient Gender F, Patient Age < 40."""
+    return row[5] == "F" and int(row[4]) < 40
+
+
+def box_contrasts(out: Path) -> tuple[list[float], list[float]]:
+    """|mean inside each planted box - mean of a thin ring around it|, for boxes on films
+    in the slice and on the others."""
+    _, entries = read_rows(out / "Data_Entry_2017.csv")
+    _, boxes = read_rows(out / "BBox_List_2017.csv")
+    slice_films = {row[0] for row in entries if in_slice(row)}
+    inside, outside = [], []
+    for name, _, x, y, w, h, *_ in boxes:
+        img = np.asarray(Image.open(out / "images" / name), dtype=np.float64)
+        x0, y0 = int(float(x)), int(float(y))
+        x1, y1 = int(float(x) + float(w)), int(float(y) + float(h))
+        pad = max(2, max(x1 - x0, y1 - y0) // 4)
+        outer = img[max(0, y0 - pad):y1 + pad, max(0, x0 - pad):x1 + pad]
+        inner = img[y0:y1, x0:x1]
+        ring_mean = (outer.sum() - inner.sum()) / max(1, outer.size - inner.size)
+        (inside if name in slice_films else outside).append(abs(inner.mean() - ring_mean))
+    return inside, outside
+
+
+@pytest.fixture(scope="module")
+def large_faded(tmp_path_factory):
+    """`large` again (200 films, seed 11, 256 px) with subgroup_gap 0.5."""
+    out = tmp_path_factory.mktemp("faded") / "phantom"
+    generate_phantom(out, n_images=200, seed=11, image_size=256, progress=False, subgroup_gap=0.5)
+    return out
+
+
+def test_subgroup_slice_is_women_under_40_and_a_real_share():
+    records = plan_films(3000, seed=0)
+    assert all(in_subgroup(r) == (r.sex == "F" and r.age < 40) for r in records)
+    share = sum(map(in_subgroup, records)) / len(records)
+    assert 0.08 <= share <= 0.2, share  # ~12%, about NIH's own share
+    # Enough of them have findings for slice metrics to see the gap.
+    assert sum(in_subgroup(r) and bool(r.findings) for r in records) >= 0.05 * len(records)
+
+
+def test_subgroup_gap_zero_leaves_the_labels_as_they_were(small):
+    import hashlib
+
+    out, _ = small
+    assert hashlib.sha256((out / "Data_Entry_2017.csv").read_bytes()).hexdigest() == SMALL_DATA_ENTRY_SHA256
+
+
+def test_subgroup_gap_zero_takes_the_old_code_path(small, tmp_path, monkeypatch):
+    """gap 0 never reaches the fading arithmetic: no structural sign is moved
+    (faded returns the abnormal value itself), no hidden markings are given
+    back, and the bytes equal the default call's, slice films included."""
+    out, _ = small
+    _, rows = read_rows(out / "Data_Entry_2017.csv")
+    assert any(in_slice(r) and r[1] != NO_FINDING for r in rows), "no slice film with findings to check"
+    real_faded = anatomy.faded
+
+    def only_zero(normal, abnormal, fade):
+        assert fade == 0.0
+        result = real_faded(normal, abnormal, fade)
+        assert result is abnormal
+        return result
+
+    def never(*args):
+        raise AssertionError("fade_hidden_markings called with subgroup_gap 0")
+
+    monkeypatch.setattr(anatomy, "faded", only_zero)
+    monkeypatch.setattr(render, "fade_hidden_markings", never)
+    again = tmp_path / "gap0"
+    generate_phantom(again, n_images=30, seed=5, image_size=128, progress=False, subgroup_gap=0)
+    assert tree_bytes(again) == tree_bytes(out)
+
+
+def test_subgroup_gap_changes_only_the_pixels_of_slice_films_with_findings(large, large_faded):
+    out, _ = large
+    before, after = tree_bytes(out), tree_bytes(large_faded)
+    assert before["Data_Entry_2017.csv"] == after["Data_Entry_2017.csv"]
+    _, rows = read_rows(out / "Data_Entry_2017.csv")
+    changed = {f"images/{r[0]}" for r in rows if in_slice(r) and r[1] != NO_FINDING}
+    assert len(changed) >= 10
+    assert {k for k in before if before[k] != after[k]} == changed | {"BBox_List_2017.csv"}
+    # Boxes move only where a faded structural sign (heart, hyperinflation, dome) reshapes a slice film.
+    _, boxes_before = read_rows(out / "BBox_List_2017.csv")
+    _, boxes_after = read_rows(large_faded / "BBox_List_2017.csv")
+    assert [b[:2] for b in boxes_before] == [b[:2] for b in boxes_after]
+    assert ([b for b in boxes_before if f"images/{b[0]}" not in changed]
+            == [b for b in boxes_after if f"images/{b[0]}" not in changed])
+
+
+def test_subgroup_gap_draws_slice_findings_fainter(large, large_faded):
+    """Box contrast on women under 40 vs everyone else, same films and labels.
+    Measured (seed 11): gap 0 medians 34.7 vs 30.8 grey levels (ratio 1.13),
+    gap 0.5 13.1 vs 30.8 (0.42)."""
+    out, _ = large
+    inside, outside = box_contrasts(out)
+    assert len(inside) >= 20 and len(outside) >= 150
+    assert np.median(inside) > 0.8 * np.median(outside)  # gap 0: not fainter
+    faded_inside, faded_outside = box_contrasts(large_faded)
+    assert faded_outside == outside  # the other films are untouched
+    assert np.median(faded_inside) < 0.6 * np.median(faded_outside)
+    assert np.median(faded_inside) < 0.6 * np.median(inside)
+
+
+def test_the_phantom_stage_passes_subgroup_gap_on(small, tmp_path):
+    out, _ = small
+    staged = tmp_path / "staged"
+    phantom.write_phantom(staged, "phantom", n_images=30, seed=5, image_size=128, progress=False, subgroup_gap=0.5)
+    before, after = tree_bytes(out), tree_bytes(staged)
+    _, rows = read_rows(out / "Data_Entry_2017.csv")
+    changed = {k for k in before if k.startswith("images/") and before[k] != after[k]}
+    assert changed == {f"images/{r[0]}" for r in rows if in_slice(r) and r[1] != NO_FINDING}
+
+
+@pytest.mark.parametrize("gap", [-0.1, 1.0, 1.5])
+def test_subgroup_gap_out_of_range_is_refused(tmp_path, gap):
+    with pytest.raises(ValueError, match="subgroup_gap must be in"):
+        generate_phantom(tmp_path / "x", n_images=2, seed=1, image_size=64, progress=False, subgroup_gap=gap)
     assert not (tmp_path / "x").exists()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -102,12 +103,15 @@ def test_every_stage_writes_its_outputs(repro):
 
 def test_explain_gallery_and_localisation_scores(repro):
     project, result = repro
-    metrics = json.loads((project / "metrics" / "explain.json").read_text())
+    metrics = json.loads((project / "reports" / "gradcam" / "explain.json").read_text())
+    summary = json.loads((project / "metrics" / "explain.json").read_text())
     localisation = metrics["localisation"]
     overall = localisation["overall"]
     assert overall["n"] > 0, "no boxed test image was scored"
     for key in ("pointing_game", "iobb_0.1", "iobb_0.25", "iobb_0.5"):
         assert 0.0 <= overall[key] <= 1.0 and 0.0 <= overall[f"{key}_random"] <= 1.0
+    assert summary == {"pointing_game": round(overall["pointing_game"], 4),
+                       "pointing_random": round(overall["pointing_game_random"], 4)}
     assert list(localisation["per_finding"]) == list(FINDINGS)
     assert sum(s["n"] for s in localisation["per_finding"].values()) == overall["n"]
     gradcam = project / "reports" / "gradcam"
@@ -123,9 +127,35 @@ def test_explain_gallery_and_localisation_scores(repro):
     assert "pointing game" in (result.stdout + result.stderr)
 
 
-def test_metrics_file_shape(repro):
+def test_metrics_files_hold_scalars_and_reports_the_detail(repro):
+    """DVC shows every metrics key as a column: the files hold a short scalar
+    summary, so `dvc metrics show` fits a wide terminal, and the detail is
+    in each stage's report JSON under the same key names."""
     project, _ = repro
-    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    summaries = {p.stem: json.loads(p.read_text()) for p in (project / "metrics").glob("*.json")}
+    assert set(summaries) == {"ingest", "validate", "preprocess", "train", "evaluate", "explain"}
+    for stage, summary in summaries.items():
+        assert all(v is None or isinstance(v, int | float) for v in summary.values()), (stage, summary)
+    detail = json.loads((project / "reports" / "evaluate" / "evaluate.json").read_text())
+    low, high = detail["mean_auc_ci"]
+    assert summaries["evaluate"] == {"mean_auc": round(detail["mean_auc"], 4), "auc_ci_low": round(low, 4),
+                                     "auc_ci_high": round(high, 4),
+                                     "mean_ece": round(detail["calibration"]["mean_ece"], 4)}
+    assert set(detail["subgroups"]) >= {"sex", "age", "view", "sex_age", "gaps"}
+    assert set(detail["calibration"]["ece"]) == set(FINDINGS)
+    assert summaries["train"]["best_val_auc"] == round(
+        json.loads((project / "reports" / "train.json").read_text())["best_val_auc"], 4)
+    ingest = json.loads((project / "reports" / "ingest.json").read_text())
+    assert summaries["ingest"] == {"images": ingest["manifest_rows"], "patients": ingest["patients"]}
+    shown = run(["dvc", "metrics", "show"], project).stdout.splitlines()
+    assert len(shown) == 7 and max(len(line.rstrip()) for line in shown) <= 200, shown
+    changed = run(["dvc", "metrics", "diff", "--all"], project).stdout
+    assert "metrics/evaluate.json" in changed and "mean_auc" in changed
+
+
+def test_evaluation_report_shape(repro):
+    project, _ = repro
+    metrics = json.loads((project / "reports" / "evaluate" / "evaluate.json").read_text())
     assert isinstance(metrics["mean_auc"], float) and 0.0 <= metrics["mean_auc"] <= 1.0
     assert list(metrics["auc"]) == list(FINDINGS) and list(metrics["thresholds"]) == list(FINDINGS)
     assert all(0.0 <= t <= 1.0 for t in metrics["thresholds"].values())
@@ -156,7 +186,7 @@ def test_model_registered_with_champion_and_metrics_in_mlflow(repro):
             "champion_decision"}
     assert tags <= set(champion.tags) and champion.tags["champion_decision"] == "champion"
     assert not {"auc", "params", "thresholds"} & set(champion.tags) and "Test mean AUC" in champion.description
-    evaluate = json.loads((project / "metrics" / "evaluate.json").read_text())
+    evaluate = json.loads((project / "reports" / "evaluate" / "evaluate.json").read_text())
     assert evaluate["registry"]["champion"] and evaluate["registry"]["version"] == int(champion.version)
     assert champion.tags["test_manifest"] == evaluate["test_manifest"]
     run = client.get_run(champion.run_id)
@@ -169,6 +199,21 @@ def test_model_registered_with_champion_and_metrics_in_mlflow(repro):
     explain = {"explain_pointing_game", "explain_pointing_game_random", "explain_iobb_0.25"}
     assert explain <= set(run.data.metrics)
     assert "gradcam/index.html" in {a.path for a in client.list_artifacts(run.info.run_id, "gradcam")}
+
+
+LIBRARY_NOISE = ("absl::InitializeLog", "oneDNN", "cpu_feature_guard", "E0000", "I0000", "W0000", "Warning:",
+                 "UserWarning", "FutureWarning", "DeprecationWarning", "Downloading artifacts",
+                 "Creating initial MLflow database", "INFO mlflow", "WARNING mlflow", "Traceback")
+
+
+def test_stages_print_their_own_lines_only(repro):
+    """No TensorFlow/absl/oneDNN lines, MLflow warnings or progress bars in a
+    run's output; each figure at 3-4 significant digits."""
+    _, result = repro
+    output = result.stdout + result.stderr
+    assert not [noise for noise in LIBRARY_NOISE if noise in output], output
+    evaluate_line = next(line for line in output.splitlines() if line.startswith("evaluate: mean AUC"))
+    assert re.match(r"evaluate: mean AUC \d\.\d{3} on", evaluate_line), evaluate_line
 
 
 def test_second_repro_runs_nothing(repro):
@@ -194,7 +239,9 @@ def test_invalid_metadata_stops_the_pipeline_at_validate(tmp_path):
     assert "age" in output and "414" in output
     assert "Traceback" not in output
     assert not (project / "data" / "validated").exists() and not (project / "data" / "tfrecords").exists()
-    summary = json.loads((project / "metrics" / "validate.json").read_text())
+    summary = json.loads((project / "reports" / "validation" / "validate.json").read_text())
+    assert json.loads((project / "metrics" / "validate.json").read_text()) == {
+        "failed": 1, "warnings": len(summary["warnings"])}
     failed = [c for c in summary["checks"] if not c["success"] and c["severity"] == "error"]
     assert [c["column"] for c in failed] == ["age"] and failed[0]["examples"][0]["row"] == 5
 
@@ -203,12 +250,12 @@ def test_exp_run_on_a_real_partial_nih_download(tmp_path, nih_subset):
     """The README's command for real data, on 300 real images listed among 112,120 CSV rows."""
     project = make_project(tmp_path / "project", TINY)
     run(["dvc", "exp", "run", "-S", "ingest.source=nih", "-S", f"ingest.root={nih_subset}", "preprocess"], project)
-    report = json.loads((project / "metrics" / "ingest.json").read_text())
+    report = json.loads((project / "reports" / "ingest.json").read_text())
     on_disk = len(list((nih_subset / "images_001" / "images").glob("*.png")))
     assert report["images_on_disk"] == report["manifest_rows"] == on_disk == 300
     assert report["rows_in_csv"] == 112_120 and report["rows_without_image"] == 112_120 - 300
     assert report["images_without_row"] == 0
-    preprocess = json.loads((project / "metrics" / "preprocess.json").read_text())
+    preprocess = json.loads((project / "reports" / "preprocess.json").read_text())
     assert sum(preprocess["records"].values()) == 300 and preprocess["quarantined"] == 0
     assert not (project / "models").exists(), "exp run of preprocess must not train"
 
@@ -223,8 +270,9 @@ def test_use_metadata_reruns_train_evaluate_and_explain_only(repro):
     ran = {stage for stage in ("ingest", "validate", "preprocess", "train", "evaluate", "explain")
            if f"Running stage '{stage}'" in output}
     assert ran == {"train", "evaluate", "explain"}, output
-    assert json.loads((project / "metrics" / "train.json").read_text())["uses_metadata"] is True
-    assert json.loads((project / "metrics" / "explain.json").read_text())["localisation"]["overall"]["n"] > 0
+    assert json.loads((project / "reports" / "train.json").read_text())["uses_metadata"] is True
+    explain = json.loads((project / "reports" / "gradcam" / "explain.json").read_text())
+    assert explain["localisation"]["overall"]["n"] > 0
 
     from pipeline.core.patient import PATIENT_ENCODING
     from pipeline.serve.predict import load_model
@@ -259,7 +307,7 @@ def test_more_data_rescores_the_champion_on_the_new_test_split(repro):
     champion_before = int(client.get_model_version_by_alias("chestxray", "champion").version)
     result = run(["dvc", "exp", "run", "-S", "ingest.phantom.n_images=120", "-S", "train.epochs=1",
                   "-S", "train.backbone=small_cnn", "evaluate"], project)
-    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    metrics = json.loads((project / "reports" / "evaluate" / "evaluate.json").read_text())
     comparison = metrics["registry"]["comparison"]
     assert comparison is not None, result.stderr
     assert comparison["champion_version"] == champion_before

@@ -92,3 +92,44 @@ def test_a_champion_whose_artifacts_were_deleted_means_no_promotion_in_one_line(
     assert not decision["promote"] and decision["rule"] == RULE_NO_CHAMPION_SCORES
     (reason,) = decision["reasons"]
     assert reason.startswith("champion version 1 could not be scored: ") and "\n" not in reason
+
+
+PLATT = {"method": "platt", "findings": {f: {"kind": "platt", "slope": 0.5, "intercept": -1.0} for f in FINDINGS}}
+
+
+def test_a_recalibrated_version_serves_recalibrated_probabilities(store, shards, tmp_path):
+    """The recalibration fitted by evaluate travels in the version's metadata:
+    load_model (and so `cxr`) and the MLflow pyfunc both apply it."""
+    from pipeline.core.recalibration import apply_recalibration
+    from pipeline.serve.predict import load_model
+
+    model = build_model("small_cnn", 32, "none")
+    metadata = registry_model_metadata({f: 0.5 for f in FINDINGS}, {"image_size": 32, "fit": "crop"},
+                                       {"mean_auc": 0.5, "auc": {}}, recalibration=PLATT)
+    with mlflow_store(store) as mlflow:
+        experiment_id = mlflow.create_experiment("recal", artifact_location=(tmp_path / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment_id):
+            version = register_model(mlflow, model, NAME, metadata, {}, FIRST)["version"]
+        images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 1)).astype(np.float32)
+        raw = model.predict(images, verbose=0)
+        expected = apply_recalibration(PLATT, raw)
+        served = load_model(f"models:/{NAME}/{version}", tracking_uri=store)
+        assert served.recalibration == PLATT
+        np.testing.assert_allclose(served.predict(images), expected, atol=1e-5)
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")
+        np.testing.assert_allclose(pyfunc.predict(images).to_numpy(), expected, atol=1e-5)
+    assert not np.allclose(raw, expected, atol=1e-3)
+
+
+def test_the_subgroup_check_runs_when_asked_and_names_small_slices(store, shards, tmp_path):
+    model = build_model("small_cnn", 32, "none")
+    register(store, tmp_path, model)
+    probs, labels, ids = predict_split(model, shards, "test", 4)
+    decision = champion_decision(NAME, store, shards, 4, labels, probs, ids, {"resamples": 100, "subgroups": True},
+                                 seed=0, thresholds={f: 0.5 for f in FINDINGS})
+    check = decision["subgroups"]
+    assert set(check) >= {"sex", "age", "worse_slices"} and check["worse_slices"] == []
+    assert all("reason" in figures for figures in check["sex"].values()), check["sex"]  # 12 films: too few
+    assert decision["promote"]
+    plain = decide(store, shards, probs, labels, ids)
+    assert plain["subgroups"] is None

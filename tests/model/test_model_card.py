@@ -1,6 +1,7 @@
 """The model card: one self-contained HTML page, and it renders in a real browser."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -9,29 +10,77 @@ import numpy as np
 import pytest
 
 from pipeline.core.labels import FINDINGS
+from pipeline.core.recalibration import apply_recalibration
+from pipeline.model.calibration import calibration_report, fit_recalibration
 from pipeline.model.metrics import curves, evaluation_metrics
 from pipeline.model.model_card import model_card_html
+from pipeline.model.model_card_sections import calibration_section, gap_sentence, subgroups_section
+from pipeline.model.subgroups import subgroup_report
+
+IMAGES = 600
 
 
-def card(tmp_path, previous=True):
+def synthetic(rng):
+    """Labels and probabilities with a planted sex gap: half of the F images
+    (of ill and well patients alike) get low noise only, so F's ill films are
+    called "no finding" far more often than M's. Ages 40-60 and 60-80, and 8
+    images (4 patients) aged 85: an 80+ slice too small for any figure."""
+    labels = (rng.random((IMAGES, 14)) < 0.1).astype(int)
+    probs = np.clip(labels * 0.6 + rng.random((IMAGES, 14)) * 0.45, 0, 1)
+    patients = np.arange(IMAGES) // 2
+    sexes = np.where(patients % 2 == 0, "F", "M")
+    missed = (sexes == "F") & (rng.random(IMAGES) < 0.5)
+    probs[missed] = rng.random((int(missed.sum()), 14)) * 0.3
+    ages = np.where(patients % 3 == 0, 45.0, 65.0)
+    ages[:8] = 85
+    views = np.where(np.arange(IMAGES) % 2 == 0, "PA", "AP")
+    return labels, probs, (patients, ages, sexes, views)
+
+
+def audit(labels, probs, people, thresholds):
+    """metrics["subgroups"], metrics["calibration"] and the reliability curves, as
+    the evaluate stage builds them (Platt recalibration, fitted here on the same images)."""
+    subgroups = subgroup_report(labels, probs, thresholds, *people, resamples=200, seed=0)
+    description = fit_recalibration("platt", labels, probs)
+    after = calibration_report(labels, apply_recalibration(description, probs), n_bins=10)
+    before = calibration_report(labels, probs, n_bins=10)
+    reliability = after.pop("reliability")
+    calibration = {"method": "platt", **after,
+                   "before": {key: before[key] for key in ("ece", "mean_ece", "pooled_ece")}}
+    return subgroups, calibration, reliability
+
+
+def card(tmp_path, previous=True, audited=True):
     rng = np.random.default_rng(0)
-    labels = (rng.random((400, 14)) < 0.2).astype(int)
-    probs = np.clip(labels * 0.3 + rng.random((400, 14)) * 0.7, 0, 1)
+    labels, probs, people = synthetic(rng)
     metrics = evaluation_metrics((labels, probs), (labels, probs), "youden", resamples=50, seed=0)
     comparison = None
     if previous:
         from pipeline.model.selection import paired_auc_comparison
 
         champion_probs = np.clip(probs + rng.normal(0, 0.2, probs.shape), 0, 1)
-        comparison = paired_auc_comparison(labels, probs, champion_probs, np.arange(400) // 2, 50, seed=0)
+        comparison = paired_auc_comparison(labels, probs, champion_probs, people[0], 50, seed=0)
         comparison.update(champion_version=1, champion_mean_auc=0.9, champion_auc={f: 0.9 for f in FINDINGS})
     registry = {"version": 2, "champion": False, "rule": "refused: a finding's AUC difference CI lies below",
                 "reasons": ["Mass AUC drops by 0.1"], "comparison": comparison}
-    summary = {"split_sizes": {"train": 1000, "val": 400, "test": 400}, "data_hash": "abc", "git_commit": "c0ffee",
-               "test_manifest": "m", "backbone": "small_cnn", "image_size": 64, "fit": "crop"}
+    summary = {"split_sizes": {"train": 1000, "val": 400, "test": IMAGES}, "data_hash": "abc",
+               "git_commit": "c0ffee", "test_manifest": "m", "backbone": "small_cnn", "image_size": 64, "fit": "crop"}
+    reliability = None
+    if audited:
+        metrics["subgroups"], metrics["calibration"], reliability = audit(labels, probs, people, metrics["thresholds"])
     path = tmp_path / "model_card.html"
-    path.write_text(model_card_html("chestxray", summary, metrics, curves(labels, probs)["roc"], registry))
+    roc = curves(labels, probs)["roc"]
+    if audited:
+        page = model_card_html("chestxray", summary, metrics, roc, registry, reliability=reliability)
+    else:  # an older caller: no reliability argument, metrics without subgroups or calibration
+        page = model_card_html("chestxray", summary, metrics, roc, registry)
+    path.write_text(page)
     return path
+
+
+def section(page: str, name: str) -> str:
+    start = page.index(f'<section id="{name}">')
+    return page[start:page.index("</section>", start)]
 
 
 class Collector(HTMLParser):
@@ -44,25 +93,97 @@ class Collector(HTMLParser):
         self.urls += [v for k, v in attrs if k in ("src", "href") and v]
 
 
-def test_card_is_self_contained_and_complete(tmp_path):
-    page = card(tmp_path).read_text()
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    return card(tmp_path_factory.mktemp("card")).read_text()
+
+
+def test_card_is_self_contained_and_complete(page, tmp_path):
     parsed = Collector()
     parsed.feed(page)
     assert "script" not in parsed.tags and "link" not in parsed.tags and not parsed.urls
-    assert "http:" not in page and "https:" not in page and "@import" not in page
-    assert parsed.tags.count("svg") == len(FINDINGS) and parsed.tags.count("polyline") == len(FINDINGS)
+    assert "http" not in page and "@import" not in page
+    roc = page[page.index("<h2>ROC curves"):page.index('<section id="calibration">')]
+    assert roc.count("<svg") == len(FINDINGS) and roc.count("<polyline") == len(FINDINGS)
     assert all(f in page for f in FINDINGS)
     assert "stays challenger" in page and "Mass AUC drops by 0.1" in page and "champion v1 AUC" in page
-    assert "95% CI (paired, by patient)" in page and "400 test images of 200 patients" in page
-    assert "champion v1" not in card(tmp_path, previous=False).read_text()
+    assert "95% CI (paired, by patient)" in page and f"{IMAGES} test images of {IMAGES // 2} patients" in page
+    # sections in order: findings, ROC, calibration, subgroups, champion
+    order = [page.index(h) for h in ("<h2>Per finding", "<h2>ROC curves", "<h2>Calibration", "<h2>Subgroups",
+                                     "<h2>Champion comparison")]
+    assert order == sorted(order)
+    older = card(tmp_path, previous=False, audited=False).read_text()
+    assert "champion v1" not in older and "<h2>Subgroups" not in older and "<h2>Calibration" not in older
+    assert older.count("<svg") == len(FINDINGS)
+
+
+def test_subgroups_section(page):
+    text = section(page, "subgroups")
+    assert "<h2>Subgroups (test)</h2>" in text
+    assert all(f'id="slices-{a}"' in text for a in ("sex", "age", "view", "sex_age"))
+    assert "Seyyed-Kalantari et al., Nature Medicine 2021" in text
+    assert "how many findings their ill films carry" in text
+    gaps = re.findall(r"<li( class=\"flagged\")?>(.*?)</li>", text[text.index('<ul class="gaps">'):])
+    # the planted gap, flagged, first and marked; plain 95% intervals for two slices, 3 decimals
+    assert gaps[0] == (' class="flagged"',
+                       "Underdiagnosis rate by sex: F is higher than M by 0.500 (95% CI 0.453 to 0.558): flagged.")
+    flagged = [body for mark, body in gaps if mark]
+    assert gaps[:len(flagged)] == [(' class="flagged"', body) for body in flagged]
+    assert any(body.startswith("Underdiagnosis rate by sex × age band: F/") and "family-wise" in body
+               for body in flagged)
+    assert any(body.startswith("No gap between age band slices is significant. ") for _, body in gaps)
+    # the 80+ slice (6 ill films) and the empty bands read "too small", with the reason, never a number
+    row = re.search(r"<tr><td>80\+</td>(.*?)</tr>", text).group(1)
+    assert row.count(">too small</td>") == 2 and not re.search(r"\d\.\d{3}", row)
+    assert 'title="6 images with a finding &lt; min_slice_positives 10"' in row
+    assert "80+ (mean AUC: no finding has enough positives and negatives in the slice; underdiagnosis rate: " \
+        "6 images with a finding &lt; min_slice_positives 10)" in text
+    assert "0-20 (no test images in the slice), 20-40 (no test images in the slice)" in text
+    assert "< min_slice_positives" not in text  # escaped everywhere
+    m_row = re.search(r"<tr><td>M</td>(.*?)</tr>", text).group(1)
+    assert "<td>300 (150)</td>" in m_row and "<td>1.000</td>" in m_row
+    assert text.count("<details>") == 4
+
+
+def test_calibration_section(page):
+    text = section(page, "calibration")
+    assert "<h2>Calibration (test)</h2>" in text and "10 equal-mass" in text and "Platt scaling" in text
+    table = text[text.index('<table id="ece">'):text.index("</table>")]
+    assert "<th>ECE before recalibration</th><th>ECE</th>" in table
+    assert all(f"<tr><td>{f}</td>" in table for f in FINDINGS) and "mean over findings" in table
+    assert re.search(r"<tr><td>Mass</td><td>\d\.\d{3}</td><td>\d\.\d{3}</td></tr>", table)
+    assert text.count("<svg") == 2 and "all findings" in text and "<polyline" in text
+
+
+def test_gap_sentence_when_not_computable():
+    gap = {"attribute": "view", "metric": "mean_auc", "high": None, "low": None, "difference": None, "ci": None,
+           "confidence": None, "slices_compared": 1, "flagged": False, "reason": "1 slice(s) with a <mean_auc>"}
+    assert gap_sentence(gap) == "Mean AUC by view: not compared (1 slice(s) with a &lt;mean_auc&gt;)."
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="no `chromium` binary on PATH (Debian package chromium)")
-def test_card_renders_in_headless_chromium(tmp_path):
-    path = card(tmp_path)
+def test_card_renders_in_headless_chromium(tmp_path, page):
+    path = tmp_path / "model_card.html"
+    path.write_text(page)
     result = subprocess.run(
         ["chromium", "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom", path.as_uri()],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert 'id="per-finding"' in result.stdout and result.stdout.count("<polyline") == len(FINDINGS)
+    dom = result.stdout
+    assert 'id="per-finding"' in dom and dom.count("<svg") == len(FINDINGS) + 2
+    assert section(dom, "calibration").count("<svg") == 2 and 'id="ece"' in dom
+    subgroups = section(dom, "subgroups")
+    assert 'class="flagged"' in subgroups and "too small" in subgroups and subgroups.count("<details>") == 4
+
+
+def test_calibration_section_alone_and_from_a_whole_report():
+    """Without a recalibration there is no before column; a calibration_report
+    passed whole (its curves inside) still gets its diagram."""
+    rng = np.random.default_rng(1)
+    labels = (rng.random((200, 14)) < 0.2).astype(int)
+    report = calibration_report(labels, rng.random((200, 14)), n_bins=5)
+    text = calibration_section({"method": "none", **report})
+    assert "No recalibration" in text and "before recalibration" not in text and "5 equal-mass" in text
+    assert text.count("<svg") == 2 and "http" not in text
+    assert calibration_section(None) == "" and subgroups_section(None) == ""

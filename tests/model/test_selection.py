@@ -98,3 +98,18 @@ def test_mismatched_rows_are_refused():
     labels, scores, patients = scored_test_set()
     with pytest.raises(ValueError, match="one row per test image"):
         paired_auc_comparison(labels, scores, scores[:-1], patients, resamples=10, seed=0)
+
+
+def test_subgroup_refusals_name_each_worse_slice():
+    from pipeline.model.selection import subgroup_refusals
+
+    regression = {
+        "worse_slices": ["age/0-20"],
+        "sex": {"F": {"worse": False, "difference": 0.01, "ci": [-0.02, 0.04], "champion_rate": 0.3,
+                      "challenger_rate": 0.31}},
+        "age": {"0-20": {"worse": True, "difference": 0.2, "ci": [0.05, 0.35], "champion_rate": 0.3,
+                         "challenger_rate": 0.5}},
+    }
+    (reason,) = subgroup_refusals(regression)
+    assert reason.startswith("underdiagnosis in age 0-20 +0.2") and "0.300 -> 0.500" in reason
+    assert subgroup_refusals({"worse_slices": [], "sex": {}, "age": {}}) == []

@@ -1,0 +1,144 @@
+"""`dvc plots show` / `dvc plots diff` pages render with no network: the repo's
+HTML template (.dvc/config plots.html_template) inlines vega, vega-lite and
+vega-embed instead of DVC's CDN <script src>s."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from configobj import ConfigObj
+
+from pipeline.core.plots_page import TEMPLATE_NAME, build_template
+from tests.conftest import PROJECT_ROOT
+
+REPO_PLOTS_CONFIG = ConfigObj(str(PROJECT_ROOT / ".dvc" / "config")).get("plots", {})
+CDN_HOSTS = ("jsdelivr", "unpkg.com", "cdnjs", "cdn.plot.ly", "esm.sh", "skypack")
+# Headless Chromium with every connection refused or unresolved.
+CHROMIUM_OFFLINE = ["chromium", "--headless", "--disable-gpu", "--no-sandbox", "--proxy-server=127.0.0.1:9",
+                    '--host-resolver-rules=MAP * ~NOTFOUND', "--virtual-time-budget=5000", "--dump-dom"]
+no_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
+                                 reason="no `chromium` binary on PATH (Debian package chromium)")
+
+DVC_YAML = """\
+plots:
+  - roc.csv:
+      x: fpr
+      y: tpr
+      template: simple
+  - history.csv:
+      x: epoch
+"""
+ROC = "fpr,tpr\n0.0,0.0\n0.1,0.6\n0.4,0.9\n1.0,1.0\n"
+HISTORY = "epoch,loss\n0,0.9\n1,0.6\n2,0.5\n"
+
+
+def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"{command}: {result.stdout}{result.stderr}"
+    return result
+
+
+def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run([str(Path(sys.executable).parent / "dvc"), *args], cwd)
+
+
+def git(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    identity = ["-c", "user.name=test", "-c", "user.email=test@example.invalid", "-c", "commit.gpgsign=false"]
+    return run(["git", *identity, *args], cwd)
+
+
+def script_sources(page: str) -> list[str]:
+    return re.findall(r"<script\b[^>]*\bsrc\s*=\s*[\"']?([^\"'\s>]+)", page, flags=re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def template() -> str:
+    return build_template()
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory, template) -> dict[str, Path]:
+    """A git + DVC repo with the repo's plots setting and two plots; `dvc plots show`
+    and `dvc plots diff HEAD` (one plot changed since the commit) run in it."""
+    repo = tmp_path_factory.mktemp("plots")
+    git("init", "-q", cwd=repo)
+    dvc("init", "-q", cwd=repo)
+    config = ConfigObj(str(repo / ".dvc" / "config"))
+    config["plots"] = dict(REPO_PLOTS_CONFIG)
+    config.write()
+    (repo / ".dvc" / config["plots"]["html_template"]).write_text(template, encoding="utf-8")
+    (repo / "dvc.yaml").write_text(DVC_YAML)
+    (repo / "roc.csv").write_text(ROC)
+    (repo / "history.csv").write_text(HISTORY)
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", "plots", cwd=repo)
+    (repo / "roc.csv").write_text(ROC.replace("0.6", "0.7"))
+    dvc("plots", "show", "-o", "show", cwd=repo)
+    dvc("plots", "diff", "HEAD", "-o", "diff", cwd=repo)
+    return {kind: repo / kind / "index.html" for kind in ("show", "diff")}
+
+
+def test_repo_uses_the_generated_template():
+    assert REPO_PLOTS_CONFIG.get("html_template") == TEMPLATE_NAME
+    # written by the set-up rule that `make run` and `make test` go through, so it exists wherever they ran
+    stamp_rule = re.search(r"^\$\(STAMP\):.*?\n\n", (PROJECT_ROOT / "Makefile").read_text(), re.M | re.S)
+    assert stamp_rule and f"-m pipeline.core.plots_page .dvc/{TEMPLATE_NAME}\n" in stamp_rule.group(0)
+    assert f"/.dvc/{TEMPLATE_NAME}" in (PROJECT_ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_template_inlines_the_libraries(template):
+    assert "{plot_divs}" in template and "{scripts}" not in template  # {scripts}: DVC's CDN tags
+    assert "window.vegaEmbed" in template and "vega-embed " in template
+    assert script_sources(template) == [] and not any(host in template for host in CDN_HOSTS)
+
+
+@pytest.mark.parametrize("kind", ["show", "diff"])
+def test_page_references_no_cdn(pages, kind):
+    page = pages[kind].read_text(encoding="utf-8")
+    assert page.count("vegaEmbed('#") == 2
+    assert not [src for src in script_sources(page) if re.match(r"(https?:)?//", src)], script_sources(page)
+    assert not [host for host in CDN_HOSTS if host in page]
+
+
+@no_chromium
+@pytest.mark.parametrize("kind", ["show", "diff"])
+def test_page_renders_offline_in_chromium(pages, kind):
+    result = subprocess.run([*CHROMIUM_OFFLINE, pages[kind].as_uri()], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    dom = result.stdout
+    assert len(re.findall(r'<svg\b[^>]*class="marks"', dom)) == 2, "vega-embed drew no chart"
+    assert len(re.findall(r'class="mark-line role-mark[^>]*><path\b[^>]*\bd="M[\d.]', dom)) >= 2, "no line drawn"
+    assert ">fpr<" in dom and ">epoch<" in dom  # axis titles
+    if kind == "diff":
+        assert ">HEAD<" in dom and ">workspace<" in dom  # legend: both revisions
+
+
+@no_chromium
+def test_cdn_page_is_blank_under_the_same_blocking(pages, tmp_path):
+    # The control: DVC's own page (scripts from jsdelivr) draws nothing, so the
+    # blocking above really is offline.
+    from dvc_render.html import PAGE_HTML
+
+    cdn_template = tmp_path / "cdn.html"
+    cdn_template.write_text(PAGE_HTML)
+    repo = pages["show"].parent.parent
+    dvc("plots", "show", "--html-template", str(cdn_template), "-o", str(tmp_path / "cdn"), cwd=repo)
+    page = tmp_path / "cdn" / "index.html"
+    assert any("jsdelivr" in src for src in script_sources(page.read_text()))
+    result = subprocess.run([*CHROMIUM_OFFLINE, page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert 'class="marks"' not in result.stdout
+
+
+def test_generated_template_is_current(template):
+    # make writes it at set-up, again when the pins change; a stale one means set-up was skipped.
+    generated = PROJECT_ROOT / ".dvc" / TEMPLATE_NAME
+    if not generated.is_file():
+        pytest.skip(f"{generated} not generated (`make setup` writes it)")
+    assert generated.read_text(encoding="utf-8") == template, "stale: rerun `make setup` or pipeline.core.plots_page"

@@ -10,14 +10,17 @@ epochs:
   ours + augment: train_model with params.yaml's default augmentation
       (--augment-models only: it matters where a step is short).
 Same loss (class-weighted BCE), optimizer, AUC metric and batch, timed by the
-same callback. A step's time runs from the previous step's end (from the
-epoch's start for its first step), so input stalls and the iterator's
-restart at each epoch count. The first --skip steps of each run are left out
-(tracing, compilation, warm caches); everything after them is in: mean,
-median, p90 and max, since a median hides input stalls. Throughput = batch /
-mean step time (what the wall clock sees). The per-epoch work after the last
-step (our best-model checkpoint, logging) is a fixed cost per epoch, printed
-apart. Target: ours >= 0.95 x bare on mean step time, for every model.
+same callback. A step's time runs from the previous step's end, so input
+stalls count. The first --skip steps of each run are left out (tracing,
+compilation, warm caches). Steps within an epoch give mean, median, p90 and
+max (a median hides input stalls) and the throughput, batch / mean step
+time. The first step of each later epoch (iterator restart, shuffle buffer
+refill) is a fixed cost per epoch, not per image: with this benchmark's few
+steps an epoch it would weigh a hundred times more than on NIH's ~10,000
+steps an epoch, so it is printed apart (and the ratio with it counted), as
+is the per-epoch work after the last step (our best-model checkpoint,
+logging). Target: ours >= 0.95 x bare on the mean step within an epoch, for
+every model.
 
     .venv/bin/python benchmarks/bench_train.py [--models densenet121:320:32,small_cnn:320:64] [--rounds 2]
 """
@@ -102,6 +105,7 @@ class TrainTimer(keras.callbacks.Callback):
         super().__init__()
         self.step_seconds: list[float] = []
         self.step_names: list[str] = []
+        self.epoch_first: list[bool] = []  # the first step of an epoch after the first
         self.after_seconds: list[float] = []
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -112,10 +116,23 @@ class TrainTimer(keras.callbacks.Callback):
         now = time.perf_counter()
         self.step_seconds.append(now - self.last)
         self.step_names.append(f"epoch {self.epoch + 1} step {batch + 1}")
+        self.epoch_first.append(self.epoch > 0 and batch == 0)
         self.last = now
 
     def on_epoch_end(self, epoch, logs=None):
         self.after_seconds.append(time.perf_counter() - self.last)
+
+
+def steady_steps(timer: TrainTimer, skip: int) -> list[tuple[float, str]]:
+    """(seconds, where) of the steps within an epoch: not the run's first `skip`, not a later epoch's first."""
+    return [(s, where) for i, (s, where, first) in enumerate(zip(timer.step_seconds, timer.step_names,
+                                                                   timer.epoch_first))
+            if i >= skip and not first]
+
+
+def epoch_start_steps(timer: TrainTimer, skip: int) -> list[float]:
+    """Seconds of each later epoch's first step (iterator restart, shuffle buffer refill)."""
+    return [s for i, (s, first) in enumerate(zip(timer.step_seconds, timer.epoch_first)) if i >= skip and first]
 
 
 def bare_run(backbone: str, size: int, batch: int, epochs: int, x: np.ndarray, y: np.ndarray,
@@ -206,30 +223,37 @@ def main() -> None:
             variants = model_variants(backbone, size, args, shards, x, y, pos_weight,
                                       default_augment if backbone in augment_models else None, Path(tmp))
             timers = interleaved(variants, args.rounds, log=f"{SECTION} {backbone}:{size}")
-            steps = {name: [t.step_seconds[args.skip:] for t in runs] for name, runs in timers.items()}
-            slowest = {name: max(((s, f"round {r + 1} {t.step_names[args.skip + i]}")
-                                  for r, t in enumerate(runs) for i, s in enumerate(t.step_seconds[args.skip:])))[1]
-                       for name, runs in timers.items()}
-            flat = {name: [s for run in runs for s in run] for name, runs in steps.items()}
+            within = {name: [steady_steps(t, args.skip) for t in runs] for name, runs in timers.items()}
+            starts = {name: [s for t in runs for s in epoch_start_steps(t, args.skip)] for name, runs in timers.items()}
+            flat = {name: [s for run in runs for s, _ in run] for name, runs in within.items()}
+            slowest = {name: max((s, f"round {r + 1} {where}") for r, run in enumerate(runs) for s, where in run)[1]
+                       for name, runs in within.items()}
             mean = {name: summary(values)["mean"] for name, values in flat.items()}
             p90 = {name: summary(values)["p90"] for name, values in flat.items()}
             ratio = mean["bare"] / mean["ours"]
             worst = min(worst, ratio)
-            per_round = ", ".join(f"{np.mean(b) / np.mean(o):.2f}" for b, o in zip(steps["bare"], steps["ours"]))
+            per_round = ", ".join(f"{np.mean([s for s, _ in b]) / np.mean([s for s, _ in o]):.2f}"
+                                  for b, o in zip(within["bare"], within["ours"]))
+            with_starts = {name: float(np.mean(flat[name] + starts[name])) for name in flat}
             epoch_end = [s for t in timers["ours"] for s in t.after_seconds]
             steps_per_epoch = -(-images // args.batch)
             lines += [
-                f"{backbone} at {size}px, {images} train records ({steps_per_epoch} steps an epoch):",
+                f"{backbone} at {size}px, {images} train records ({steps_per_epoch} steps an epoch); steps within "
+                f"an epoch:",
                 *[f"  {name:<15} {describe(values)} -> {args.batch / mean[name]:.2f} images/s "
                   f"(max at {slowest[name]})" for name, values in flat.items()],
-                f"  ours / bare, images/s from mean step time: {ratio:.2f} x (per round {per_round}); "
+                f"  ours / bare, images/s from the mean step: {ratio:.2f} x (per round {per_round}); "
                 f"p90 step bare / ours: {p90['bare'] / p90['ours']:.2f} x",
                 *([f"  ours + augment / bare: {mean['bare'] / mean['ours + augment']:.2f} x"]
                   if "ours + augment" in mean else []),
+                "  first step of each later epoch (a fixed cost per epoch): " + "; ".join(
+                    f"{name} {describe(values)}" for name, values in starts.items() if values),
+                f"  ours / bare with those counted, at this benchmark's {steps_per_epoch} steps an epoch: "
+                f"{with_starts['bare'] / with_starts['ours']:.2f} x",
                 f"  ours' epoch end (best-model checkpoint, logging), not in the step times: "
                 f"{describe(epoch_end, unit='s', scale=1, digits=2)}",
             ]
-    lines.append(f"target ours >= {TARGET} x bare (mean step time), every model: "
+    lines.append(f"target ours >= {TARGET} x bare (mean step within an epoch), every model: "
                  f"{'meets' if worst >= TARGET else 'MISSES'} (worst {worst:.2f} x)")
     report(args, SECTION, "bench_train: our training loop against a bare model.fit (step times)", lines)
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from common import add_output_arguments, describe, interleaved, nih_pngs, report, summary, timed
+from common import add_output_arguments, contention_line, describe, interleaved, nih_pngs, report, summary, timed
 
 SECTION = "bench_champion_cost"
 NAME = "chestxray-bench"
@@ -105,7 +105,7 @@ def main() -> None:
         keras.utils.set_random_seed(1)
         model = build_model("densenet121", SIZE, "none")
         probs, labels, ids = predict_split(model, shards, "test", args.batch)  # warm-up (graph tracing)
-        decisions = []
+        decisions, busy = [], {}
 
         def own() -> float:
             return timed(predict_split, model, shards, "test", args.batch)[1]
@@ -116,7 +116,7 @@ def main() -> None:
             decisions.append(decision)
             return seconds
 
-        rounds = interleaved({"own": own, "champion": with_champion}, args.rounds, log=SECTION)
+        rounds = interleaved({"own": own, "champion": with_champion}, args.rounds, log=SECTION, contention=busy)
 
     decision = decisions[-1]
     if decision.get("champion_version") != version or decision.get("comparison") is None:
@@ -133,6 +133,7 @@ def main() -> None:
         f"{describe(rounds['champion'], 's', 1, 2)}",
         f"(b) / (a) on the means: {mean['champion'] / mean['own']:.2f} x (per round {per_round}); slowest / slowest "
         f"{max(rounds['champion']) / max(rounds['own']):.2f} x",
+        contention_line(busy),
         f"registering the champion (set-up, not timed above): {register_s:.1f} s; decision: {decision['rule']}",
     ]
     report(args, SECTION, "bench_champion_cost: re-scoring the champion in the evaluate stage", lines)

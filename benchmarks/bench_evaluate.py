@@ -23,7 +23,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-from common import add_output_arguments, describe, interleaved, report, summary, timed
+from common import add_output_arguments, contention_line, describe, interleaved, report, summary, timed
 from sklearn.metrics import roc_auc_score
 
 from pipeline.core.labels import FINDINGS
@@ -70,7 +70,8 @@ def main() -> None:
     def naive() -> float:
         return timed(naive_bootstrap, *test, args.naive, 0)[1] * args.resamples / args.naive
 
-    rounds = interleaved({"ours": ours, "naive": naive}, args.rounds, log=SECTION)
+    busy: dict[str, list[float]] = {}
+    rounds = interleaved({"ours": ours, "naive": naive}, args.rounds, log=SECTION, contention=busy)
     mean = {name: summary(values)["mean"] for name, values in rounds.items()}
     per_round = ", ".join(f"{n / o:.0f}" for o, n in zip(rounds["ours"], rounds["naive"]))
     low, high = metrics["mean_auc_ci"]
@@ -82,6 +83,7 @@ def main() -> None:
         f"{describe(rounds['naive'], 's', 1, 1)}",
         f"(b) / (a) on the means: {mean['naive'] / mean['ours']:.0f} x (per round {per_round}); "
         f"slowest (b) / slowest (a): {max(rounds['naive']) / max(rounds['ours']):.0f} x",
+        contention_line(busy),
         f"mean AUC {metrics['mean_auc']:.4f}, 95% CI {low:.4f}-{high:.4f}",
         f"target (a) < {TARGET_S:.0f} s, slowest round: {'meets' if max(rounds['ours']) < TARGET_S else 'MISSES'}",
     ]

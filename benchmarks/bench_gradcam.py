@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-from common import add_output_arguments, describe, interleaved, nih_pngs, report, summary
+from common import add_output_arguments, contention_line, describe, interleaved, nih_pngs, report, summary
 
 SECTION = "bench_gradcam"
 TARGET_BATCHING = 0.9
@@ -168,7 +168,8 @@ def main() -> None:
                                 images[i]),
             range(args.naive)),
     }
-    rounds = interleaved(variants, args.rounds, log=SECTION)
+    busy: dict[str, list[float]] = {}
+    rounds = interleaved(variants, args.rounds, log=SECTION, contention=busy)
     flat = {name: [s for r in values for s in r] for name, values in rounds.items()}
     mean = {name: summary(values)["mean"] for name, values in flat.items()}
     p90 = {name: summary(values)["p90"] for name, values in flat.items()}
@@ -206,6 +207,7 @@ def main() -> None:
         f"a batched prediction",
         f"(n) / (a): {mean['naive'] / mean['eager']:.2f} x: rebuilding the keras.Model per call is not where the "
         f"recipe's time goes; running eagerly is",
+        contention_line(busy),
         f"largest difference between (a') and (b) heatmaps: {agree:.2e}",
         *[f"target {name}: {'meets' if ok else 'MISSES'}" for name, ok in checks.items()],
     ]

@@ -46,6 +46,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from common import (
     PROJECT_ROOT,
     add_output_arguments,
+    contention_line,
     cores,
     describe,
     describe_rates,
@@ -232,6 +233,7 @@ def main() -> None:
     manifest = manifest_rows(files, args.images)
     workers = args.workers
     shares = [paths[w::workers] for w in range(workers)]
+    busy: dict[str, list[float]] = {}
     import tensorflow  # noqa: F401  (start-up, not throughput, for (b1) and (c1))
 
     with tempfile.TemporaryDirectory(prefix="bench_preprocess.") as tmp:
@@ -255,7 +257,7 @@ def main() -> None:
                 "naiveW": naive_parallel,
                 "oursW": lambda: ours(manifest, tmp / "oursW", workers),
             }
-            rounds = interleaved(variants, args.rounds, log=SECTION)
+            rounds = interleaved(variants, args.rounds, log=SECTION, contention=busy)
         small = ours_in_child(manifest_rows(files, args.small), tmp / "small", workers)
         large = ours_in_child(manifest_rows(files, args.large), tmp / "large", workers)
         waits = {b: input_waits(tmp / "large", b, args.read_seconds) for b in sorted({args.batch_size, 32})}
@@ -303,6 +305,7 @@ def main() -> None:
         f"against the limit: (c1) / (a) = {mean['ours1'] / mean['limit']:.2f} x; (c2) / ((a) x {workers}) = "
         f"{mean['oursW'] / limit_parallel:.2f} x; scaling (c2) / (c1) = {mean['oursW'] / mean['ours1']:.2f} x "
         f"on {workers} cores",
+        contention_line(busy),
         f"record size {large['bytes'] / large['images'] / 1024:.1f} KB; all {NIH_IMAGES:,} NIH images at (c2)'s mean "
         f"rate: {NIH_IMAGES / mean['oursW'] / 60:.0f} min ((b2): {NIH_IMAGES / mean['naiveW'] / 60:.0f} min)",
         f"peak RSS, (c2) in a child process, {args.small} -> {args.large} rows: stage process "

@@ -40,7 +40,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
-from common import PROJECT_ROOT, SHARED_DATA, add_output_arguments, describe, interleaved, report, summary
+from common import (
+    PROJECT_ROOT,
+    SHARED_DATA,
+    add_output_arguments,
+    contention_line,
+    describe,
+    interleaved,
+    report,
+    summary,
+)
 
 from pipeline.core.labels import FINDINGS
 
@@ -222,7 +231,8 @@ def main() -> None:
             x, y = in_memory(shards, args.batch)
             variants = model_variants(backbone, size, args, shards, x, y, pos_weight,
                                       default_augment if backbone in augment_models else None, Path(tmp))
-            timers = interleaved(variants, args.rounds, log=f"{SECTION} {backbone}:{size}")
+            busy: dict[str, list[float]] = {}
+            timers = interleaved(variants, args.rounds, log=f"{SECTION} {backbone}:{size}", contention=busy)
             within = {name: [steady_steps(t, args.skip) for t in runs] for name, runs in timers.items()}
             starts = {name: [s for t in runs for s in epoch_start_steps(t, args.skip)] for name, runs in timers.items()}
             flat = {name: [s for run in runs for s, _ in run] for name, runs in within.items()}
@@ -252,6 +262,7 @@ def main() -> None:
                 f"{with_starts['bare'] / with_starts['ours']:.2f} x",
                 f"  ours' epoch end (best-model checkpoint, logging), not in the step times: "
                 f"{describe(epoch_end, unit='s', scale=1, digits=2)}",
+                f"  {contention_line(busy)}",
             ]
     lines.append(f"target ours >= {TARGET} x bare (mean step within an epoch), every model: "
                  f"{'meets' if worst >= TARGET else 'MISSES'} (worst {worst:.2f} x)")

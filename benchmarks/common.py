@@ -96,21 +96,68 @@ def describe_rates(rates: Sequence[float], unit: str = "images/s", digits: int =
             f"(n={s['n']} rounds)")
 
 
-def interleaved(variants: dict[str, Callable[[], object]], rounds: int, log: str = "") -> dict[str, list]:
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all processes on this machine have used since boot (/proc/stat), None where unknown."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (fields + [0] * 7)[:7]
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process, its live descendants and its reaped children."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = usage.ru_utime + usage.ru_stime
+    try:
+        import psutil
+    except ImportError:
+        times = os.times()
+        return total + times.user + times.system
+    me = psutil.Process()
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def interleaved(variants: dict[str, Callable[[], object]], rounds: int, log: str = "",
+                contention: dict[str, list[float]] | None = None) -> dict[str, list]:
     """Run every variant once per round, the order rotated each round (ABC,
     BCA, CAB, ...) so that neither a slow spell of this shared machine nor a
     position in the round lands on one variant only. Returns each variant's
-    results, round by round."""
+    results, round by round; `contention` gets, per variant and run, the
+    cores other processes used meanwhile (see contention_line)."""
     names = list(variants)
     results: dict[str, list] = {name: [] for name in names}
     for round_ in range(rounds):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
-            started = time.perf_counter()
+            busy, own, started = machine_busy_seconds(), own_cpu_seconds(), time.perf_counter()
             results[name].append(variants[name]())
+            wall = time.perf_counter() - started
+            after = machine_busy_seconds()
+            others = (max(0.0, after - busy - (own_cpu_seconds() - own)) / wall
+                      if busy is not None and after is not None and wall > 0 else float("nan"))
+            if contention is not None:
+                contention.setdefault(name, []).append(others)
             if log:
-                print(f"{log} round {round_ + 1}/{rounds}: {name} {time.perf_counter() - started:.1f} s", flush=True)
+                print(f"{log} round {round_ + 1}/{rounds}: {name} {wall:.1f} s (other processes: {others:.2f} "
+                      f"cores)", flush=True)
     return results
+
+
+def contention_line(contention: dict[str, list[float]]) -> str:
+    """What other processes took from this machine while each variant ran: a
+    ratio between variants is only as good as these are alike."""
+    parts = [f"{name} {', '.join(f'{c:.2f}' for c in values)}" for name, values in contention.items()]
+    return f"other processes' CPU while each variant ran (cores of {cores()}, per round): " + "; ".join(parts)
 
 
 # ------------------------------------------------------------------ reporting

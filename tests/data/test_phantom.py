@@ -151,6 +151,19 @@ def test_one_box_per_planted_finding_inside_image(large):
         assert 0 <= x and 0 <= y and x + w <= 256 and y + h <= 256
 
 
+def box_contrast(image_file, x, y, w, h) -> float:
+    """Mean grey level inside a box (BBox_List_2017.csv's x, y, w, h) minus the
+    mean of a thin ring around it."""
+    img = np.asarray(Image.open(image_file), dtype=np.float64)
+    x0, y0 = int(float(x)), int(float(y))
+    x1, y1 = int(float(x) + float(w)), int(float(y) + float(h))
+    # A thin ring: a wide one around a big mass reaches the bright chest wall.
+    pad = max(2, max(x1 - x0, y1 - y0) // 4)
+    outer = img[max(0, y0 - pad):y1 + pad, max(0, x0 - pad):x1 + pad]
+    inner = img[y0:y1, x0:x1]
+    return float(inner.mean() - (outer.sum() - inner.sum()) / max(1, outer.size - inner.size))
+
+
 @pytest.mark.parametrize("finding", ["Nodule", "Mass"])
 def test_round_opacities_are_brighter_than_their_surroundings(large, finding):
     out, _ = large
@@ -159,15 +172,7 @@ def test_round_opacities_are_brighter_than_their_surroundings(large, finding):
     for name, label, x, y, w, h, *_ in boxes:
         if label != finding:
             continue
-        img = np.asarray(Image.open(out / "images" / name), dtype=np.float64)
-        x0, y0 = int(float(x)), int(float(y))
-        x1, y1 = int(float(x) + float(w)), int(float(y) + float(h))
-        # A thin ring: a wide one around a big mass reaches the bright chest wall.
-        pad = max(2, max(x1 - x0, y1 - y0) // 4)
-        outer = img[max(0, y0 - pad):y1 + pad, max(0, x0 - pad):x1 + pad]
-        inner = img[y0:y1, x0:x1]
-        ring_mean = (outer.sum() - inner.sum()) / (outer.size - inner.size)
-        gains.append(inner.mean() - ring_mean)
+        gains.append(box_contrast(out / "images" / name, x, y, w, h))
     assert len(gains) >= 5
     gains = np.array(gains)
     assert (gains > 0).mean() >= 0.85, gains
@@ -266,14 +271,7 @@ def box_contrasts(out: Path) -> tuple[list[float], list[float]]:
     slice_films = {row[0] for row in entries if in_slice(row)}
     inside, outside = [], []
     for name, _, x, y, w, h, *_ in boxes:
-        img = np.asarray(Image.open(out / "images" / name), dtype=np.float64)
-        x0, y0 = int(float(x)), int(float(y))
-        x1, y1 = int(float(x) + float(w)), int(float(y) + float(h))
-        pad = max(2, max(x1 - x0, y1 - y0) // 4)
-        outer = img[max(0, y0 - pad):y1 + pad, max(0, x0 - pad):x1 + pad]
-        inner = img[y0:y1, x0:x1]
-        ring_mean = (outer.sum() - inner.sum()) / max(1, outer.size - inner.size)
-        (inside if name in slice_films else outside).append(abs(inner.mean() - ring_mean))
+        (inside if name in slice_films else outside).append(abs(box_contrast(out / "images" / name, x, y, w, h)))
     return inside, outside
 
 

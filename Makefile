@@ -17,7 +17,7 @@ export DO_NOT_TRACK := true
 export GX_ANALYTICS_ENABLED := False
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run retrain test test-quick setup mlflow-ui clean bench
+.PHONY: run retrain test test-quick setup mlflow-ui clean bench worker
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,15 @@ $(ACTIONLINT_STAMP): | $(STAMP)
 
 run: $(STAMP)
 	dvc repro
+
+# A non-chief worker of multi-worker training (docs/ci-and-scaling.md, "Several
+# machines"): the train stage's command alone, on this machine's copy of
+# data/tfrecords; the chief (task index 0) runs `dvc repro train` and writes
+# every output, this worker writes nothing into the project.
+#   make worker TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 1}}'
+worker: $(STAMP)
+	@test -n "$$TF_CONFIG" || { echo "make worker: set TF_CONFIG (see docs/ci-and-scaling.md)"; exit 2; }
+	python src/train.py
 
 # `dvc repro` only when data, params or code changed (says so otherwise);
 # what the retrain workflow in .github/workflows runs.

@@ -21,6 +21,7 @@ def main() -> None:
             image_size=int(settings["image_size"]), fit=settings["fit"],
             encoding=settings["encoding"], jpeg_quality=int(settings["jpeg_quality"]),
             shard_size=int(settings["shard_size"]), workers=worker_count(settings["workers"]),
+            min_side=int(settings["min_side"]), max_aspect=float(settings["max_aspect"]),
         )
         write_json_atomic(staging / INDEX_FILE, index)
     write_csv_atomic(quarantine, path_of(params, "reports") / "quarantine.csv")

@@ -19,6 +19,11 @@ def main() -> None:
         experiment=section(params, "mlflow")["experiment"],
         logged_params={k: params[k] for k in ("seed", "ingest", "preprocess", "train")},
     )
+    if not result["chief"]:
+        # A worker of a multi-worker run: the chief writes every output.
+        print(f"train: worker done after {result['summary']['epochs']} epoch(s); the chief writes the outputs",
+              file=sys.stderr)
+        return
     metrics = path_of(params, "metrics")
     write_stage_figures({"best_val_auc": result["summary"]["best_val_auc"]}, result["summary"],
                         metrics / "train.json", path_of(params, "train_report"))

@@ -8,6 +8,14 @@ prevalence. A model built with use_metadata takes, beside "image", the input
 
     age / 100 (years, 0..120 accepted), 1.0 if sex is M else 0.0, 1.0 if view is AP else 0.0
 
+A missing age is imputed with IMPUTED_AGE (NIH's median age), so its first
+value is IMPUTED_AGE / 100: at training, a record whose age is MISSING_AGE
+(-1, pipeline.records.tfrecords) or outside 0..120; at serving, an age that
+is None, NaN, pandas' NA or blank. Sex and view are always required, and an
+age that is given must be 0..120 (a -1 typed by a user is refused, not
+imputed: leave the age out instead). The input keeps its shape (n, 3), so
+models registered before this rule load and serve unchanged.
+
 The TF twin of encode_patient (for the shards) is pipeline.records.dataset's
 patient_vector; a test checks that both give the same numbers.
 """
@@ -16,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+import pandas as pd
 
 from pipeline.core.labels import MAX_AGE, MIN_AGE, SEXES, VIEWS
 
@@ -24,27 +33,55 @@ PATIENT_INPUT = "metadata"
 IMAGE_INPUT = "image"
 PATIENT_FEATURES = ("age", "sex", "view")
 NUM_PATIENT_FEATURES = len(PATIENT_FEATURES)
+# Age may be missing (imputed); sex and view may not.
+REQUIRED_FEATURES = ("sex", "view")
 AGE_SCALE = 100.0
+# The age, in years, that stands in for a missing one: the median "Patient Age"
+# of NIH ChestX-ray14, over the 112,120 rows (images) of Data_Entry_2017_v2020.csv
+# whose age is 0..120 (all of them: the v2020 CSV's ages run 0..95; the 2017
+# CSV's 16 typos, 148..414, would be left out). A fixed number, not a per-run
+# statistic, so that training and serving impute the same value whatever the
+# split; tests/model/test_metadata.py recomputes it from ../shared.
+IMPUTED_AGE = 49
 # The values encoded as 1.0 (the others in SEXES / VIEWS give 0.0).
 MALE, ANTERO_POSTERIOR = "M", "AP"
 
 
 # How a served model's "metadata" input is encoded, for its registry metadata.
-PATIENT_ENCODING = "float32 (n, 3): age in years / 100, 1 if sex is M else 0, 1 if view is AP else 0"
+PATIENT_ENCODING = (f"float32 (n, 3): age in years / 100 (a missing age: NIH's median, {IMPUTED_AGE} years), "
+                    "1 if sex is M else 0, 1 if view is AP else 0")
 
 
 class PatientMetadataError(ValueError):
     """Patient metadata that cannot be encoded; the message says which value and why."""
 
 
-def encode_patient(age, sex, view) -> np.ndarray:
-    """One patient's (age, sex, view) -> float32 (3,)."""
+def age_is_missing(age) -> bool:
+    """None, NaN, pandas' NA or a blank string (an empty CSV cell): no age given."""
+    if isinstance(age, str):
+        return not age.strip()
+    return age is None or (np.ndim(age) == 0 and bool(pd.isna(age)))
+
+
+def age_in_years(age) -> float:
+    """A given age as years, IMPUTED_AGE when missing; a given age outside 0..120 is an error."""
+    if age_is_missing(age):
+        return float(IMPUTED_AGE)
     try:
         years = float(age)
     except (TypeError, ValueError):
         raise PatientMetadataError(f"age must be a number of years, got {age!r}") from None
+    if np.isnan(years):  # "nan" as text
+        return float(IMPUTED_AGE)
     if not MIN_AGE <= years <= MAX_AGE:
-        raise PatientMetadataError(f"age must be {MIN_AGE}..{MAX_AGE} years, got {age!r}")
+        raise PatientMetadataError(f"age must be {MIN_AGE}..{MAX_AGE} years (leave it out when unknown), "
+                                   f"got {age!r}")
+    return years
+
+
+def encode_patient(age, sex, view) -> np.ndarray:
+    """One patient's (age, sex, view) -> float32 (3,); a missing age is imputed (IMPUTED_AGE)."""
+    years = age_in_years(age)
     sex_code = str(sex).strip().upper()
     if sex_code not in SEXES:
         raise PatientMetadataError(f"sex must be one of {', '.join(SEXES)}, got {sex!r}")
@@ -57,14 +94,15 @@ def encode_patient(age, sex, view) -> np.ndarray:
 
 
 def encode_patient_rows(rows: Iterable[Mapping]) -> np.ndarray:
-    """Several patients' {"age", "sex", "view"} -> float32 (n, 3)."""
+    """Several patients' {"age", "sex", "view"} -> float32 (n, 3). Sex and view
+    are required; an absent or missing age is imputed (IMPUTED_AGE)."""
     encoded = []
     for i, row in enumerate(rows):
-        missing = [key for key in PATIENT_FEATURES if row.get(key) is None]
+        missing = [key for key in REQUIRED_FEATURES if row.get(key) is None]
         if missing:
             raise PatientMetadataError(f"metadata row {i}: {', '.join(missing)} missing")
         try:
-            encoded.append(encode_patient(row["age"], row["sex"], row["view"]))
+            encoded.append(encode_patient(row.get("age"), row["sex"], row["view"]))
         except PatientMetadataError as exc:
             raise PatientMetadataError(f"metadata row {i}: {exc}") from None
     return np.stack(encoded) if encoded else np.zeros((0, NUM_PATIENT_FEATURES), np.float32)

@@ -11,6 +11,7 @@ must run before the first `import tensorflow` of the process to quiet it.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -58,3 +59,22 @@ def _quiet_showwarning(show):
 
     showwarning.quiet = True
     return showwarning
+
+
+@contextlib.contextmanager
+def mlflow_event_lines_off():
+    """Silence MLflow's event lines ("Successfully registered model ...",
+    "Created version ...") for the block: MLflow prints them with `eprint`,
+    straight to its own stream, past any logging level. Failures still
+    arrive as exceptions."""
+    if debugging():
+        yield
+        return
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+
+    was_enabled = MLFLOW_LOGGING_STREAM.enabled
+    MLFLOW_LOGGING_STREAM.enabled = False
+    try:
+        yield
+    finally:
+        MLFLOW_LOGGING_STREAM.enabled = was_enabled

@@ -18,6 +18,11 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACT_DIR = Path("mlruns/artifacts")
 # Seconds to wait for a remote tracking server's /health before giving up.
 SERVER_CHECK_TIMEOUT = 5.0
+# params.yaml mlflow.timeout_s when absent: the most one MLflow call may wait
+# (MLflow's own default, 120 s x 7 retries with back-off, hangs a stage ~4 min).
+DEFAULT_TIMEOUT_S = 60
+HTTP_MAX_RETRIES = 2
+HTTP_BACKOFF_FACTOR = 1
 
 
 class TrackingServerError(RuntimeError):
@@ -71,22 +76,59 @@ def check_tracking_server(uri: str, timeout: float = SERVER_CHECK_TIMEOUT) -> No
     )
 
 
-def configure_mlflow(experiment_name: str):
-    """Point MLflow at the store and select (or create) the experiment."""
+def params_timeout_s() -> float:
+    """params.yaml's mlflow.timeout_s (in the stage's working directory), else DEFAULT_TIMEOUT_S:
+    for stage scripts that do not pass it along."""
+    from pipeline.core.config import PARAMS_FILE, ConfigError, load_params
+
+    try:
+        settings = load_params(PARAMS_FILE).get("mlflow") if PARAMS_FILE.is_file() else None
+    except ConfigError:  # the stage reports a broken params.yaml itself
+        settings = None
+    value = settings.get("timeout_s") if isinstance(settings, dict) else None
+    return float(value) if isinstance(value, (int, float)) and value > 0 else float(DEFAULT_TIMEOUT_S)
+
+
+def bound_http_waits(timeout_s: float | None = None) -> None:
+    """One failing MLflow HTTP call costs about timeout_s (default: params_timeout_s()),
+    not minutes: MLflow's request timeout and a couple of quick retries, unless the user set them."""
+    seconds = max(1, round(float(params_timeout_s() if timeout_s is None else timeout_s)))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(seconds))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(HTTP_MAX_RETRIES))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(HTTP_BACKOFF_FACTOR))
+
+
+def configure_mlflow(experiment_name: str, timeout_s: float | None = None):
+    """Point MLflow at the store and select (or create) the experiment.
+
+    A SQLite store is checked and its schema created once under a lock
+    (pipeline.core.store_lock); HTTP calls wait at most about timeout_s
+    (params.yaml mlflow.timeout_s)."""
+    from pipeline.core.store_lock import prepare_sqlite_store, sqlite_path
+
     disable_telemetry()
+    bound_http_waits(timeout_s)
     uri = tracking_uri()
     check_tracking_server(uri)
+    prepare_sqlite_store(uri)
     import mlflow
 
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(experiment_name) is None:
         artifact_location = None
-        if uri == DEFAULT_TRACKING_URI:
-            DEFAULT_ARTIFACT_DIR.mkdir(parents=True, exist_ok=True)
-            artifact_location = DEFAULT_ARTIFACT_DIR.resolve().as_uri()
-        mlflow.create_experiment(experiment_name, artifact_location=artifact_location)
+        database = sqlite_path(uri)
+        if database is not None:
+            # Beside the database, never under the working directory: a queued
+            # DVC experiment runs in a temp copy that is deleted after it.
+            artifact_dir = database.parent / "artifacts"  # mlruns/artifacts for the default store
+            artifact_dir.mkdir(parents=True, exist_ok=True)
+            artifact_location = artifact_dir.resolve().as_uri()
+        try:
+            mlflow.create_experiment(experiment_name, artifact_location=artifact_location)
+        except mlflow.exceptions.MlflowException:
+            # a stage running beside this one created it first
+            if mlflow.get_experiment_by_name(experiment_name) is None:
+                raise
     mlflow.set_experiment(experiment_name)
     return mlflow
 

@@ -1,4 +1,11 @@
-"""Ingest: from an NIH-format data root to the manifest (one row per image)."""
+"""Ingest: from a data root to the manifest (one row per image).
+
+A CSV row ingest cannot use (unreadable, an Image Index that is not a plain
+NIH file name, a duplicate, an unknown finding) is set aside as a rejected
+row, all of them in one run; the validate stage decides whether they stop
+the pipeline (validate.on_invalid). Ingest itself stops only when the CSV is
+unusable (missing, empty, wrong header) or no image is left.
+"""
 from __future__ import annotations
 
 import csv
@@ -7,30 +14,33 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.core.labels import BOX_LABEL_ALIASES, FINDINGS, LabelError, parse_finding_labels
-from pipeline.data.manifest import MANIFEST_COLUMNS
+from pipeline.data.manifest import MANIFEST_COLUMNS, display_path
 from pipeline.data.nih import (
     BBOX_FILE_NAME,
     IMAGE_ID_PATTERN,
+    NOT_IN_CSV,
     OFFICIAL_TEST_LIST,
     OFFICIAL_TRAIN_VAL_LIST,
+    ROW_REJECTED,
     DataEntryError,
     check_source,
     find_metadata_csv,
-    index_images,
-    read_data_entry,
+    read_metadata,
     read_official_lists,
+    scan_image_folders,
+)
+from pipeline.data.row_problems import (
+    by_line,
+    duplicate_reasons,
+    format_rejected_row,
+    parse_labels,
+    rejected_row,
+    unused_files_line,
+    unused_files_report,
 )
 from pipeline.data.split import assign_official_splits, assign_splits_by_method, split_settings
 
-
-def display_path(path: Path) -> str:
-    """Relative to the project root when inside it, so the manifest (and its
-    DVC hash) does not depend on where the project is cloned."""
-    absolute = path.absolute()
-    try:
-        return absolute.relative_to(Path.cwd()).as_posix()
-    except ValueError:
-        return absolute.as_posix()
+__all__ = ["build_manifest", "build_nih_manifest", "display_path", "ingest_data_root", "label_matrix", "read_boxes"]
 
 
 def label_matrix(metadata: pd.DataFrame, source: Path) -> pd.DataFrame:
@@ -59,6 +69,112 @@ def assign_splits(manifest: pd.DataFrame, split: dict, seed: int, root: Path) ->
     return assign_splits_by_method(method, manifest["patient_id"], ratios, seed, labels)
 
 
+def image_index_problem(image_id: str) -> str | None:
+    """Why an Image Index cannot name a file in the image folders, or None.
+    This is what keeps ingest inside the data root: links are followed, but a
+    CSV row can only ever name a plain file in one of the layout's folders."""
+    if IMAGE_ID_PATTERN.match(image_id):
+        return None
+    if not image_id:
+        return "Image Index is empty"
+    if "/" in image_id or "\\" in image_id or image_id.startswith(".."):
+        return "Image Index is a path, not a plain file name like 00000001_000.png"
+    return "Image Index is not a file name like 00000001_000.png"
+
+
+def usable_rows(metadata: pd.DataFrame, file: str) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
+    """(rows, their 14 label columns, rejected rows): every row with a bad
+    Image Index, a repeated one (the second and later) or an unknown finding
+    is set aside, with all its problems in one reason."""
+    reasons: list[list[str]] = [[] for _ in range(len(metadata))]
+    for i, problem in enumerate(map(image_index_problem, metadata["image_id"])):
+        if problem:
+            reasons[i].append(problem)
+    for i, problem in enumerate(duplicate_reasons(metadata["image_id"], metadata["line"], "Image Index")):
+        if problem:
+            reasons[i].append(problem)
+    multi_hot, label_problems = parse_labels(metadata["finding_labels"])
+    for i, problem in enumerate(label_problems):
+        if problem:
+            reasons[i].append(problem)
+    bad = pd.Series([bool(r) for r in reasons], index=metadata.index)
+    rejected = [rejected_row(file, line, image_id, "; ".join(r)) for line, image_id, r
+                in zip(metadata["line"], metadata["image_id"], reasons) if r]
+    kept = metadata[~bad]
+    labels = pd.DataFrame([h for h, b in zip(multi_hot, bad) if not b], columns=list(FINDINGS),
+                          index=kept.index, dtype="int64")
+    return kept, labels, rejected
+
+
+def build_nih_manifest(
+    root: Path,
+    split: dict,
+    seed: int,
+    require_all_images: bool = False,
+    source: str = "nih",
+) -> tuple[pd.DataFrame, list[dict], dict]:
+    """Join the metadata CSV with the images on disk and split patient-wise.
+
+    `split`: params.yaml's ingest.split (train/val/test ratios, optional
+    method). `source`: the root's layout, nih (Box or Kaggle full data set)
+    or kaggle-sample. Returns the manifest, the rejected rows (file, line,
+    image_id, reason; in file order) and a report of what was found, kept,
+    set aside and left unused.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataEntryError(f"{root}: data root is not a directory")
+    csv_path = find_metadata_csv(root, source)
+    table = read_metadata(csv_path)
+    metadata, labels, problem_rows = usable_rows(table.frame, str(csv_path))
+    rejected = by_line(table.rejected + problem_rows)
+    rows_in_csv = len(table.frame) + len(table.rejected)
+    if metadata.empty:
+        example = f", e.g. {format_rejected_row(rejected[0])}" if rejected else ""
+        raise DataEntryError(f"{csv_path}: none of its {rows_in_csv} rows is usable{example}")
+    scan = scan_image_folders(root, source)
+    listed = set(metadata["image_id"])
+    rejected_ids = {row["image_id"] for row in rejected}
+    unlisted = sorted(key for key in scan.images if key not in listed)
+    unused = scan.unused + [
+        {"file": scan.images[key], "reason": ROW_REJECTED if key in rejected_ids else NOT_IN_CSV} for key in unlisted
+    ]
+    on_disk = metadata["image_id"].isin(scan.images.keys())
+    missing = int((~on_disk).sum())
+    if require_all_images and (missing or unlisted):
+        raise DataEntryError(
+            f"{root}: {missing} listed image(s) not on disk, {len(unlisted)} image(s) on disk "
+            f"not in {csv_path.name} (ingest.require_all_images is true)"
+        )
+    kept = metadata[on_disk]
+    if kept.empty:
+        raise DataEntryError(f"{root}: none of the {len(metadata)} images in {csv_path.name} is on disk")
+    manifest = pd.concat([kept, labels.loc[kept.index]], axis=1)
+    manifest["path"] = [display_path(scan.images[i]) for i in manifest["image_id"]]
+    manifest["split"] = assign_splits(manifest, split, seed, root)
+    kept_lines = set(manifest["line"])
+    ages_missing = [note for note in table.ages_missing if note["line"] in kept_lines]
+    manifest = manifest[list(MANIFEST_COLUMNS)].reset_index(drop=True)
+    report = {
+        "metadata_csv": display_path(csv_path),
+        "rows_in_csv": rows_in_csv,
+        "rejected_rows": len(rejected),
+        "rejected_rows_examples": [format_rejected_row(r) for r in rejected[:50]],
+        "images_on_disk": len(scan.images),
+        "rows_without_image": missing,
+        "images_without_row": len(unlisted),
+        "images_without_row_examples": unlisted[:10],
+        "unused_files": unused_files_report(unused, display_path),
+        "not_files": {"count": len(scan.not_files), "examples": [display_path(p) for p in scan.not_files[:50]]},
+        "ages_missing": ages_missing,
+        "manifest_rows": len(manifest),
+        "patients": int(manifest["patient_id"].nunique()),
+        "split_method": split_settings(split)[0],
+        "split_images": {s: int(n) for s, n in manifest["split"].value_counts().sort_index().items()},
+    }
+    return manifest, rejected, report
+
+
 def build_manifest(
     root: Path,
     split: dict,
@@ -66,61 +182,9 @@ def build_manifest(
     require_all_images: bool = False,
     source: str = "nih",
 ) -> tuple[pd.DataFrame, dict]:
-    """Join the metadata CSV with the images on disk and split patient-wise.
-
-    `split`: params.yaml's ingest.split (train/val/test ratios, optional
-    method). `source`: the root's layout, nih (Box or Kaggle full data set)
-    or kaggle-sample. Returns the manifest and a report of what was found,
-    kept and dropped.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataEntryError(f"{root}: data root is not a directory")
-    csv_path = find_metadata_csv(root, source)
-    metadata = read_data_entry(csv_path)
-    bad_ids = ~metadata["image_id"].str.match(IMAGE_ID_PATTERN.pattern)
-    if bad_ids.any():
-        first = metadata.index[bad_ids][0]
-        raise DataEntryError(
-            f"{csv_path}: line {metadata.at[first, 'line']}: Image Index "
-            f"{metadata.at[first, 'image_id']!r} is not a file name like 00000001_000.png"
-        )
-    duplicated = metadata["image_id"].duplicated()
-    if duplicated.any():
-        first = metadata.index[duplicated][0]
-        raise DataEntryError(
-            f"{csv_path}: line {metadata.at[first, 'line']}: duplicate Image Index "
-            f"{metadata.at[first, 'image_id']!r}"
-        )
-    images = index_images(root, source)
-    on_disk = metadata["image_id"].isin(images.keys())
-    unlisted = sorted(set(images) - set(metadata["image_id"]))
-    missing = int((~on_disk).sum())
-    if require_all_images and (missing or unlisted):
-        raise DataEntryError(
-            f"{root}: {missing} listed image(s) not on disk, {len(unlisted)} image(s) on disk "
-            f"not in {csv_path.name} (ingest.require_all_images is true)"
-        )
-    kept = metadata[on_disk].copy()
-    if kept.empty:
-        raise DataEntryError(f"{root}: none of the {len(metadata)} images in {csv_path.name} is on disk")
-    labels = label_matrix(kept, csv_path)
-    manifest = pd.concat([kept, labels], axis=1)
-    manifest["path"] = [display_path(images[i]) for i in manifest["image_id"]]
-    manifest["split"] = assign_splits(manifest, split, seed, root)
-    manifest = manifest[list(MANIFEST_COLUMNS)].reset_index(drop=True)
-    report = {
-        "metadata_csv": display_path(csv_path),
-        "rows_in_csv": len(metadata),
-        "images_on_disk": len(images),
-        "rows_without_image": missing,
-        "images_without_row": len(unlisted),
-        "images_without_row_examples": unlisted[:10],
-        "manifest_rows": len(manifest),
-        "patients": int(manifest["patient_id"].nunique()),
-        "split_method": split_settings(split)[0],
-        "split_images": {s: int(n) for s, n in manifest["split"].value_counts().sort_index().items()},
-    }
+    """build_nih_manifest without the list of rejected rows (the report counts
+    them and shows the first 50)."""
+    manifest, _, report = build_nih_manifest(root, split, seed, require_all_images, source)
     return manifest, report
 
 
@@ -154,21 +218,53 @@ def read_boxes(root: Path, image_ids: set[str]) -> pd.DataFrame:
 
 
 def ingest_data_root(
-    source: str, root: Path, split: dict, seed: int, require_all_images: bool = False
-) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """The ingest stage: read the data root (the phantom stage's output, or the
-    user's NIH or Kaggle download, by `source`) into the manifest and the box
-    list of its images. Returns (manifest, boxes, report).
+    source: str,
+    root: Path,
+    split: dict,
+    seed: int,
+    require_all_images: bool = False,
+    labels: Path | str | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, list[dict], dict]:
+    """The ingest stage: read the data root (the phantom stage's output, the
+    user's NIH or Kaggle download, or a folder of their own films with a
+    labels CSV, by `source`) into the manifest and the box list of its images.
+    `labels`: the folder source's labels CSV, relative to root unless absolute.
+    Returns (manifest, boxes, rejected rows, report).
 
     The stage's DVC deps include the root itself, so a changed metadata CSV,
     box list, split list or set of images reruns it (see dvc.yaml)."""
-    if source == "phantom":
+    root = Path(root)
+    if source == "folder":
+        from pipeline.data.folder import build_folder_manifest
+
+        if not labels:
+            raise DataEntryError("ingest.labels is empty: the folder source needs a labels CSV (see docs/real-data.md)")
+        manifest, rejected, report = build_folder_manifest(root, root / labels, split, seed)
+    elif source == "phantom":
         if not (root / "images").is_dir():
             raise DataEntryError(f"{root}: no phantom here; the phantom stage makes it (dvc repro)")
-        layout = "nih"  # the phantom is written in NIH's Box layout
+        # the phantom is written in NIH's Box layout
+        manifest, rejected, report = build_nih_manifest(root, split, seed, require_all_images, source="nih")
     else:
-        check_source(source)
-        layout = source
-    manifest, report = build_manifest(root, split, seed, require_all_images, source=layout)
+        check_source(source)  # nih or kaggle-sample; the error names every source
+        manifest, rejected, report = build_nih_manifest(root, split, seed, require_all_images, source=source)
     boxes = read_boxes(root, set(manifest["image_id"]))
-    return manifest, boxes, {**report, "source": source, "boxes": len(boxes)}
+    return manifest, boxes, rejected, {**report, "source": source, "boxes": len(boxes)}
+
+
+def ingest_notes(report: dict, rejected: int, rejected_file: Path, report_file: Path) -> list[str]:
+    """One line for each kind of thing ingest set aside or left alone."""
+    notes = []
+    if rejected:
+        notes.append(f"{rejected} CSV row(s) rejected, listed in {rejected_file}; the validate stage fails on them "
+                     f"unless validate.on_invalid is drop")
+    if report["ages_missing"]:
+        notes.append(f"{len(report['ages_missing'])} age(s) missing or outside 0..120 kept as missing "
+                     f"(validate names each)")
+    unused = unused_files_line(report["unused_files"])
+    if unused:
+        notes.append(f"{unused}; the first 50 in {report_file}")
+    if report["not_files"]["count"]:
+        notes.append(f"{report['not_files']['count']} image name(s) that are not readable files (a dangling link?), "
+                     f"e.g. {report['not_files']['examples'][0]}: preprocess quarantines them")
+    return notes

@@ -8,9 +8,12 @@ import csv
 import gzip
 import io
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+from pipeline.data.row_problems import ages_with_notes, rejected_row
 
 # NIH's header spans two CSV columns each for original size and pixel spacing,
 # and the 2017 file ends every line with a trailing comma; the 2020 revision
@@ -43,14 +46,15 @@ KAGGLE_SAMPLE_HEADER = (
     "OriginalImageWidth,OriginalImageHeight,OriginalImagePixelSpacing_x,OriginalImagePixelSpacing_y"
 )
 SOURCES = ("nih", "kaggle-sample")  # the data-root layouts read here (ingest.source)
+INGEST_SOURCES = ("phantom", *SOURCES, "folder")  # every ingest.source (folder: pipeline/data/folder.py)
 BBOX_FILE_NAME = "BBox_List_2017.csv"
 OFFICIAL_TEST_LIST = "test_list.txt"
 OFFICIAL_TRAIN_VAL_LIST = "train_val_list.txt"
 IMAGE_ID_PATTERN = re.compile(r"^\d{8}_\d{3}\.png$")
 INT_FIELDS = ("follow_up", "patient_id", "orig_width", "orig_height")
-# An age in whole years, or a DICOM age string: digits then D(ays), W(eeks), M(onths) or Y(ears).
-AGE_PATTERN = r"^(\d+)([DWMY]?)$"
-YEARS_PER_UNIT = {"": 1.0, "Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
+# How the CSV's header names INT_FIELDS, for messages a user can find in the file.
+CSV_NAMES = {"follow_up": "Follow-up #", "patient_id": "Patient ID", "orig_width": "OriginalImage Width",
+             "orig_height": "OriginalImage Height"}
 
 
 class DataEntryError(ValueError):
@@ -60,7 +64,7 @@ class DataEntryError(ValueError):
 def check_source(source: str) -> None:
     """A data-root layout this module reads (phantom is NIH's layout)."""
     if source not in SOURCES:
-        raise DataEntryError(f"ingest.source must be one of phantom, {', '.join(SOURCES)}; got {source!r}")
+        raise DataEntryError(f"ingest.source must be one of {', '.join(INGEST_SOURCES)}; got {source!r}")
 
 
 def find_metadata_csv(root: Path, source: str = "nih") -> Path:
@@ -110,59 +114,78 @@ def check_metadata_header(path: Path, header: list[str]) -> None:
         )
 
 
-def read_data_entry(path: Path) -> pd.DataFrame:
-    """Read Data_Entry_2017[_v2020].csv[.gz] into METADATA_FIELDS columns.
+@dataclass
+class MetadataTable:
+    """A metadata CSV read row by row: the rows ingest can use, and what it set aside."""
+    frame: pd.DataFrame  # METADATA_FIELDS + "line"; age is Int64, <NA> where the CSV's age is unusable
+    rejected: list[dict] = field(default_factory=list)  # unreadable rows, as row_problems.rejected_row
+    ages_missing: list[dict] = field(default_factory=list)  # one age note per <NA> age in frame
 
-    Row numbers in errors are the CSV's line numbers (the header is line 1).
-    """
+
+def read_metadata(path: Path) -> MetadataTable:
+    """Read Data_Entry_2017[_v2020].csv[.gz] (or Kaggle's sample_labels.csv) into METADATA_FIELDS columns.
+
+    Only a file without NIH's header raises: a row with the wrong number of
+    fields or a Patient ID, Follow-up # or size that is not an integer is set
+    aside as rejected, and an age that is missing, not a number or outside
+    MIN_AGE..MAX_AGE (NIH's 2017 typos: 148..155, 411..414) becomes <NA> with
+    a note, so one run names every problem. Line numbers are the file's (the
+    header is line 1)."""
+    file = str(path)
     rows: list[list[str]] = []
+    lines: list[int] = []
+    rejected: list[dict] = []
     with _open_text(path) as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None:
             raise DataEntryError(f"{path}: empty file, expected NIH's header")
         check_metadata_header(path, header)
-        for line_number, fields in enumerate(reader, start=2):
+        for fields in reader:
             if fields and fields[-1] == "":  # the 2017 file's trailing comma
                 fields = fields[:-1]
             if not fields:
                 continue
             if len(fields) != len(METADATA_FIELDS):
-                raise DataEntryError(
-                    f"{path}: line {line_number}: expected {len(METADATA_FIELDS)} fields, "
-                    f"got {len(fields)}: {','.join(fields)[:120]}"
-                )
+                rejected.append(rejected_row(file, reader.line_num, fields[0],
+                                             f"unreadable row: expected {len(METADATA_FIELDS)} fields, "
+                                             f"got {len(fields)}: {','.join(fields)[:120]}"))
+                continue
             rows.append(fields)
+            lines.append(reader.line_num)
     frame = pd.DataFrame(rows, columns=list(METADATA_FIELDS))
-    frame["line"] = range(2, 2 + len(frame))
-    for field in INT_FIELDS:
-        numbers = pd.to_numeric(frame[field].str.rstrip("Y"), errors="coerce")
-        bad = numbers.isna() | (numbers != numbers.round())
-        if bad.any():
-            first = frame.index[bad][0]
-            raise DataEntryError(
-                f"{path}: line {frame.at[first, 'line']}: {field} is not an integer: "
-                f"{frame.at[first, field]!r}"
-            )
-        frame[field] = numbers.astype("int64")
-    frame["age"] = _ages_in_years(frame, path)
-    return frame
+    frame["line"] = pd.Series(lines, dtype="int64")
+    frame, unreadable = _integer_fields(frame, file)
+    ages, notes = ages_with_notes(frame["age"], frame["image_id"], frame["line"], file)
+    frame["age"] = ages
+    return MetadataTable(frame, sorted(rejected + unreadable, key=lambda r: r["line"]), notes)
 
 
-def _ages_in_years(frame: pd.DataFrame, path: Path) -> pd.Series:
-    """Whole years from "57" (NIH's CSVs) or "057Y" / "013M" / "001D" (Kaggle's
-    sample): months, weeks and days round down, so a 13-month-old is 1."""
-    parts = frame["age"].str.extract(AGE_PATTERN)
-    bad = parts[0].isna()
-    if bad.any():
-        first = frame.index[bad][0]
-        raise DataEntryError(
-            f"{path}: line {frame.at[first, 'line']}: age is not an integer: {frame.at[first, 'age']!r} "
-            f"(expected whole years like 57, or an age like 060Y, 013M, 001D)"
-        )
-    years = parts[0].astype("int64") * parts[1].map(YEARS_PER_UNIT)
-    return (years + 1e-9).astype("int64")  # floor; the epsilon keeps 12M = 1 year exact
+def _integer_fields(frame: pd.DataFrame, file: str) -> tuple[pd.DataFrame, list[dict]]:
+    """INT_FIELDS as int64, without the rows where one of them is not a whole number."""
+    reasons = pd.Series(None, index=frame.index, dtype=object)
+    numbers = {}
+    for name in INT_FIELDS:
+        numbers[name] = pd.to_numeric(frame[name].str.rstrip("Y"), errors="coerce")
+        bad = (numbers[name].isna() | (numbers[name] != numbers[name].round())) & reasons.isna()
+        reasons[bad] = [f"unreadable row: {CSV_NAMES[name]} is not an integer: {v!r}" for v in frame.loc[bad, name]]
+    unreadable = reasons.notna()
+    rejected = [rejected_row(file, line, image_id, reason) for line, image_id, reason
+                in zip(frame.loc[unreadable, "line"], frame.loc[unreadable, "image_id"], reasons[unreadable])]
+    frame = frame[~unreadable].copy()
+    for name in INT_FIELDS:
+        frame[name] = numbers[name][~unreadable].astype("int64")
+    return frame.reset_index(drop=True), rejected
 
+
+def read_data_entry(path: Path) -> pd.DataFrame:
+    """read_metadata for callers that need every row: the first unreadable row
+    raises, naming file and line. Ages are Int64, <NA> where unusable."""
+    table = read_metadata(path)
+    if table.rejected:
+        first = table.rejected[0]
+        raise DataEntryError(f"{first['file']}: line {first['line']}: {first['reason']}")
+    return table.frame
 
 def image_folders(root: Path, source: str = "nih") -> list[Path]:
     """Where a layout keeps its PNGs: NIH's Box release in images/, Kaggle's full
@@ -174,22 +197,56 @@ def image_folders(root: Path, source: str = "nih") -> list[Path]:
     return [root / "images", *sorted(root.glob("images_*/images"))]
 
 
-def index_images(root: Path, source: str = "nih") -> dict[str, Path]:
-    """Map Image Index -> file for every PNG in the layout's folders, never
-    leaving root (the first folder wins for a name found twice)."""
-    root_resolved = root.resolve()
+# Why a file in an image folder is not used (the ingest report lists them).
+NOT_AN_IMAGE_NAME = "not an image file name"
+SAME_INDEX_TWICE = "same Image Index found twice, first wins"
+NOT_IN_CSV = "not in the metadata CSV"
+ROW_REJECTED = "its row in the metadata CSV was rejected"
+
+
+def image_key(name: str) -> str:
+    """A file name as the Image Index it stands for: NIH writes .png, some copies .PNG."""
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}.{suffix.lower()}" if dot else name
+
+
+@dataclass
+class ImageScan:
+    """What a layout's image folders hold."""
+    images: dict[str, Path]  # Image Index -> file; the first folder (then name) wins
+    unused: list[dict]  # {"file": Path, "reason"} for every other file in the folders
+    not_files: list[Path]  # indexed names that are not readable files: dangling links, folders
+
+
+def scan_image_folders(root: Path, source: str = "nih") -> ImageScan:
+    """Index every image in the layout's folders. Links are followed: a user's
+    images_001/images may point at another disk; what protects the project is
+    that an Image Index from the CSV must be a plain file name."""
     found: dict[str, Path] = {}
+    unused: list[dict] = []
+    not_files: list[Path] = []
     for folder in image_folders(root, source):
         if not folder.is_dir():
             continue
-        for image in sorted(folder.iterdir()):
-            if not IMAGE_ID_PATTERN.match(image.name):
+        for entry in sorted(folder.iterdir()):
+            key = image_key(entry.name)
+            if not IMAGE_ID_PATTERN.match(key):
+                if not entry.is_dir():  # a folder is not a file left out
+                    unused.append({"file": entry, "reason": NOT_AN_IMAGE_NAME})
                 continue
-            if not image.resolve().is_relative_to(root_resolved):
-                raise DataEntryError(f"{image}: symlink points outside the data root {root}")
-            found.setdefault(image.name, image)
-    return found
+            if key in found:
+                unused.append({"file": entry, "reason": SAME_INDEX_TWICE})
+                continue
+            found[key] = entry
+            if not entry.is_file():
+                not_files.append(entry)
+    return ImageScan(found, unused, not_files)
 
+
+def index_images(root: Path, source: str = "nih") -> dict[str, Path]:
+    """Map Image Index -> file for every PNG in the layout's folders (the first
+    folder wins for a name found twice; extensions in any case)."""
+    return scan_image_folders(root, source).images
 
 def read_image_list(path: Path) -> list[str]:
     """NIH's test_list.txt / train_val_list.txt: one Image Index a line."""

@@ -5,7 +5,14 @@ Great Expectations context on the manifest DataFrame as one whole-frame batch.
 Nothing is written to disk and nothing goes to the network.
 
 Row numbers in reports are 1-based manifest data rows: row 1 is the first
-row under the CSV header (line 2 of the file).
+row under the CSV header (line 2 of the file); each example names the row's
+image_id too.
+
+The suite depends on the source (ingest.source): a folder source's image_id
+is a relative path and its sex and view may be "" (unknown). Beside the
+suite, the result carries what ingest set aside: the rejected CSV rows
+(which fail the run when validate.on_invalid is fail) and the ages kept as
+missing (warnings).
 
 Two checks need values no single manifest column holds, so validate_manifest
 derives helper columns (names start with "_") on a copy before validating:
@@ -41,13 +48,15 @@ from pipeline.core.labels import (
     LabelError,
     parse_finding_labels,
 )
-from pipeline.data.manifest import MANIFEST_COLUMNS
+from pipeline.data.manifest import FOLDER_IMAGE_ID_REGEX, MANIFEST_COLUMNS, NIH_IMAGE_ID_REGEX
+from pipeline.data.row_problems import age_warning
 
 if TYPE_CHECKING:  # importing great_expectations takes ~3 s; only do it when validating
     import great_expectations
 
 SUITE_NAME = "manifest"
-IMAGE_ID_REGEX = r"^\d{8}_\d{3}\.png$"
+IMAGE_ID_REGEX = NIH_IMAGE_ID_REGEX
+ON_INVALID = ("fail", "drop")  # validate.on_invalid: what rejected CSV rows do to the run
 # Every "|"-separated name is one of the 14 findings, or the whole value is
 # exactly "No Finding" (never combined with a finding).
 _FINDING_ALTERNATION = "|".join(re.escape(f) for f in FINDINGS)
@@ -55,12 +64,12 @@ FINDING_LABELS_REGEX = (
     rf"^(?:{re.escape(NO_FINDING)}"
     rf"|(?:{_FINDING_ALTERNATION})(?:{re.escape(LABEL_SEPARATOR)}(?:{_FINDING_ALTERNATION}))*)$"
 )
-INTEGER_TYPES = ["int64", "int32", "int16", "int8", "Int64", "Int32", "Int16", "Int8"]
+# GX 1.24.1 matches pandas' nullable integers only by their class names (np.dtype("Int64") is an error).
+INTEGER_TYPES = ["int64", "int32", "int16", "int8", "Int64Dtype", "Int32Dtype", "Int16Dtype", "Int8Dtype"]
 MISMATCH_COLUMN = "_multi_hot_mismatch"
 PATIENT_SPLITS_COLUMN = "_patient_split_count"
 HELPER_COLUMNS = (MISMATCH_COLUMN, PATIENT_SPLITS_COLUMN)  # appended after the manifest's
 MAX_EXAMPLES = 5
-MAX_SUMMARY_LINES = 40
 NOT_EVALUATED = "not evaluated"
 
 
@@ -68,12 +77,19 @@ NOT_EVALUATED = "not evaluated"
 class ValidationResult:
     success: bool  # False if any expectation of severity "error" failed
     checks: list[dict] = field(default_factory=list)  # one per expectation
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # failed warning checks, then one per age kept as missing
     rows: int = 0  # manifest data rows validated (helper columns don't add any)
+    rejected_rows: list[dict] = field(default_factory=list)  # ingest's: file, line, image_id, reason
+    ages_missing: list[dict] = field(default_factory=list)  # ingest's: file, line, image_id, value, reason
+    on_invalid: str = "fail"
 
     @property
     def failed(self) -> list[dict]:
         return [c for c in self.checks if not c["success"]]
+
+    @property
+    def rejected_rows_fail(self) -> bool:
+        return bool(self.rejected_rows) and self.on_invalid == "fail"
 
     def to_json_dict(self) -> dict:
         return {
@@ -82,6 +98,9 @@ class ValidationResult:
             "failed": len(self.failed),
             "checks": self.checks,
             "warnings": self.warnings,
+            "on_invalid": self.on_invalid,
+            "rejected_rows": self.rejected_rows,
+            "ages_missing": self.ages_missing,
         }
 
 
@@ -103,10 +122,15 @@ def _gx():
     return gx
 
 
-@lru_cache(maxsize=1)
-def _runner():
+def suite_kind(source: str) -> str:
+    """The suite a source's manifest gets: "folder", or "nih" (nih, kaggle-sample, phantom)."""
+    return "folder" if source == "folder" else "nih"
+
+
+@lru_cache(maxsize=2)
+def _runner(kind: str = "nih"):
     """One ephemeral context + pandas datasource + whole-frame batch definition +
-    validation definition, built once per process and reused for every call."""
+    validation definition per suite kind, built once per process and reused."""
     gx = _gx()
     from great_expectations.data_context.types.base import (
         DataContextConfig,
@@ -121,18 +145,20 @@ def _runner():
         store_backend_defaults=InMemoryStoreBackendDefaults(),
     )
     context = gx.get_context(mode="ephemeral", project_config=config)
-    asset = context.data_sources.add_pandas("manifest_source").add_dataframe_asset("manifest")
+    asset = context.data_sources.add_pandas(f"manifest_source_{kind}").add_dataframe_asset("manifest")
     batch_definition = asset.add_batch_definition_whole_dataframe("whole_manifest")
-    suite = context.suites.add(build_manifest_suite())
+    suite = context.suites.add(build_manifest_suite(kind))
     definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name="manifest_validation", data=batch_definition, suite=suite)
+        gx.ValidationDefinition(name=f"manifest_validation_{kind}", data=batch_definition, suite=suite)
     )
     return definition
 
 
-def build_manifest_suite() -> great_expectations.core.ExpectationSuite:
-    """The manifest's expectations, in report order. Severity CRITICAL is
-    reported as "error" (fails the stage), WARNING as "warning"."""
+def build_manifest_suite(source: str = "nih") -> great_expectations.core.ExpectationSuite:
+    """The manifest's expectations for a source (ingest.source), in report
+    order. Severity CRITICAL is reported as "error" (fails the stage),
+    WARNING as "warning". Missing ages (<NA>) pass the age checks."""
+    folder = suite_kind(source) == "folder"
     gx = _gx()
     from great_expectations.expectations.metadata_types import FailureSeverity
     from great_expectations.expectations.row_conditions import Column
@@ -155,8 +181,9 @@ def build_manifest_suite() -> great_expectations.core.ExpectationSuite:
     ))
     add(E.ExpectColumnValuesToNotBeNull(column="image_id", description="every row has an image_id"))
     add(E.ExpectColumnValuesToMatchRegex(
-        column="image_id", regex=IMAGE_ID_REGEX,
-        description="image_id looks like NIH's 00000001_000.png",
+        column="image_id", regex=FOLDER_IMAGE_ID_REGEX if folder else IMAGE_ID_REGEX,
+        description=("image_id is a plain relative path to a .png, .jpg, .jpeg or .dcm file" if folder
+                     else "image_id looks like NIH's 00000001_000.png"),
     ))
     add(E.ExpectColumnValuesToBeUnique(column="image_id", description="no image_id appears twice"))
     for column in ("path", "sex", "view", "finding_labels", "split"):
@@ -170,12 +197,13 @@ def build_manifest_suite() -> great_expectations.core.ExpectationSuite:
     ))
     add(E.ExpectColumnValuesToBeBetween(
         column="age", min_value=MIN_AGE, max_value=MAX_AGE,
-        description=f"age is between {MIN_AGE} and {MAX_AGE} years",
+        description=f"age is between {MIN_AGE} and {MAX_AGE} years (or missing)",
     ))
     for column, allowed in (("sex", SEXES), ("view", VIEWS), ("split", SPLITS)):
+        unknown_allowed = folder and column != "split"  # the labels CSV's sex and view are optional
         add(E.ExpectColumnValuesToBeInSet(
-            column=column, value_set=list(allowed),
-            description=f"{column} is one of {', '.join(allowed)}",
+            column=column, value_set=[*allowed, ""] if unknown_allowed else list(allowed),
+            description=f"{column} is one of {', '.join(allowed)}" + (" or empty (unknown)" if unknown_allowed else ""),
         ))
     for finding in FINDINGS:
         add(E.ExpectColumnValuesToBeInSet(
@@ -202,7 +230,7 @@ def build_manifest_suite() -> great_expectations.core.ExpectationSuite:
                 description=f"{finding} has at least one positive in split '{split}'",
                 meta={"split": split, "finding": finding},
             ))
-    return gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations)
+    return gx.ExpectationSuite(name=f"{SUITE_NAME}_{suite_kind(source)}", expectations=expectations)
 
 
 # --------------------------------------------------------------------------
@@ -321,9 +349,7 @@ def _check_from_result(result, frame: pd.DataFrame, manifest_columns: list) -> d
         numbers = pd.to_numeric(values, errors="coerce")
         bad = numbers.isna() | (numbers.fillna(0) % 1 != 0)
         check["unexpected_count"] = int(bad.sum())
-        check["examples"] = [
-            {"row": int(r), "value": _plain(values[r])} for r in bad[bad].index[:MAX_EXAMPLES]
-        ]
+        check["examples"] = [_example(frame, r, values[r], check["column"]) for r in bad[bad].index[:MAX_EXAMPLES]]
         return check
 
     rows = details.get("partial_unexpected_index_list") or []
@@ -331,10 +357,18 @@ def _check_from_result(result, frame: pd.DataFrame, manifest_columns: list) -> d
     if check["column"] == PATIENT_SPLITS_COLUMN and not check["success"]:
         check["examples"] = _patient_examples(frame)
     elif rows:
-        check["examples"] = [
-            {"row": _plain(r), "value": _plain(v)} for r, v in zip(rows, values)
-        ][:MAX_EXAMPLES]
+        check["examples"] = [_example(frame, r, v, check["column"]) for r, v in zip(rows, values)][:MAX_EXAMPLES]
     return check
+
+
+def _example(frame: pd.DataFrame, row: Any, value: Any, column: str | None) -> dict:
+    """{"row", "image_id", "value"}: a failing row by number and by the image it
+    describes (no image_id when the value is the image_id itself, or there is none)."""
+    example = {"row": _plain(row)}
+    if column != "image_id" and "image_id" in frame.columns and row in frame.index:
+        example["image_id"] = _plain(frame.at[row, "image_id"])
+    example["value"] = _plain(value)
+    return example
 
 
 def _exception_message(info: Any) -> str | None:
@@ -359,6 +393,7 @@ def _patient_examples(frame: pd.DataFrame) -> list[dict]:
         splits = sorted(str(s) for s in rows["split"].dropna().unique())
         examples.append({
             "row": int(rows.index[0]),
+            **({"image_id": _plain(rows["image_id"].iloc[0])} if "image_id" in rows.columns else {}),
             "value": _plain(patient),
             "patient_id": _plain(patient),
             "splits": splits,
@@ -394,9 +429,21 @@ def _warnings(checks: list[dict], frame: pd.DataFrame) -> list[str]:
     return out
 
 
-def validate_manifest(manifest: pd.DataFrame) -> ValidationResult:
-    """Run the manifest suite on `manifest` (as read by read_manifest)."""
-    definition = _runner()
+def validate_manifest(
+    manifest: pd.DataFrame,
+    source: str = "nih",
+    rejected_rows: list[dict] | tuple = (),
+    ages_missing: list[dict] | tuple = (),
+    on_invalid: str = "fail",
+) -> ValidationResult:
+    """Run the manifest suite for `source` (ingest.source) on `manifest` (as
+    read by read_manifest), with ingest's rejected rows and ages kept as
+    missing (row_problems' dicts): rejected rows fail the result when
+    `on_invalid` is "fail"; with "drop" they are only listed. Each missing
+    age is a warning."""
+    if on_invalid not in ON_INVALID:
+        raise ValueError(f"validate.on_invalid must be one of {', '.join(ON_INVALID)}, got {on_invalid!r}")
+    definition = _runner(suite_kind(source))
     frame = _with_helper_columns(manifest)
     suite_result = definition.run(
         batch_parameters={"dataframe": frame},
@@ -419,89 +466,14 @@ def validate_manifest(manifest: pd.DataFrame) -> ValidationResult:
         key=lambda rc: order.get(rc[0].expectation_config.id, len(order)),
     )
     checks = [c for _, c in ranked]
-    success = not any(c["severity"] == "error" and not c["success"] for c in checks)
-    return ValidationResult(
-        success=success,
+    result = ValidationResult(
+        success=not any(c["severity"] == "error" and not c["success"] for c in checks),
         checks=checks,
-        warnings=_warnings(checks, frame),
+        warnings=[*_warnings(checks, frame), *map(age_warning, ages_missing)],
         rows=len(manifest),
+        rejected_rows=list(rejected_rows),
+        ages_missing=list(ages_missing),
+        on_invalid=on_invalid,
     )
-
-
-def _row_phrase(count: int) -> str:
-    return f"{count} row" + ("" if count == 1 else "s")
-
-
-def format_failure_summary(result: ValidationResult, source: str) -> str:
-    """One screen (at most 40 lines) saying what failed in `source`: each failed
-    check, how many rows, and a few example values with their row numbers."""
-    status = "passed" if result.success else "FAILED"
-    errors = [c for c in result.checks if c["severity"] == "error" and not c["success"]]
-    unevaluated = [c for c in errors if c.get("error", "").startswith(NOT_EVALUATED)
-                   and c["error"].endswith("is missing")]
-    evaluated = [c for c in errors if c not in unevaluated]
-    lines = [
-        f"Manifest validation {status}: {source}",
-        f"{result.rows} rows, {len(result.checks)} checks, {len(errors)} failed, "
-        f"{len(result.warnings)} warnings",
-    ]
-    if unevaluated:
-        columns = list(dict.fromkeys(str(c["column"]) for c in unevaluated))
-        lines.append(f"{len(unevaluated)} failed check(s) {NOT_EVALUATED}: column(s) missing: "
-                     f"{_short_list(columns)}")
-    budget = MAX_SUMMARY_LINES - len(lines) - 1  # room for a final "... not shown" line
-    shown = 0
-    for check in evaluated:
-        block = _check_lines(check)
-        if len(block) > budget:
-            break
-        lines.extend(block)
-        budget -= len(block)
-        shown += 1
-    shown_warnings = 0
-    if result.warnings and budget >= 2:
-        lines.append("Warnings:")
-        shown_warnings = min(len(result.warnings), budget - 1)
-        lines.extend(f"  {w}" for w in result.warnings[:shown_warnings])
-    hidden = [f"{n} more failed checks" for n in [len(evaluated) - shown] if n]
-    hidden += [f"{n} more warnings" for n in [len(result.warnings) - shown_warnings] if n]
-    if hidden:
-        lines.append(f"... {' and '.join(hidden)} not shown (see the JSON report)")
-    return "\n".join(lines[:MAX_SUMMARY_LINES])
-
-
-def _short_list(items: list, limit: int = 8) -> str:
-    text = ", ".join(str(i) for i in items[:limit])
-    return text + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
-
-
-def _check_lines(check: dict) -> list[str]:
-    where = f" [{check['column']}]" if check.get("column") else ""
-    lines = [f"- {check['expectation']}{where}: {check['description']}"]
-    if "error" in check:
-        lines.append(f"    {check['error']}")
-    if check["expectation"] == "expect_table_columns_to_match_ordered_list":
-        if check.get("missing"):
-            lines.append(f"    missing column(s): {_short_list(check['missing'])}")
-        if check.get("unexpected"):
-            lines.append(f"    unexpected column(s): {_short_list(check['unexpected'])}")
-        if not check.get("missing") and not check.get("unexpected"):
-            lines.append("    the columns are all there but out of order")
-        return lines
-    if check.get("column") == PATIENT_SPLITS_COLUMN:
-        lines.append(f"    {_row_phrase(check['unexpected_count'])} belong to patients "
-                     f"in more than one split; e.g.")
-        lines.extend(f"    row {ex['row']}: patient_id {ex['patient_id']} in "
-                     f"{', '.join(ex['splits'])}" for ex in check["examples"][:3])
-        return lines
-    if "observed" in check and "error" not in check:
-        lines.append(f"    observed: {_clip(repr(check['observed']))}")
-    if check["unexpected_count"]:
-        lines.append(f"    {_row_phrase(check['unexpected_count'])} failed; e.g.")
-        lines.extend(f"    row {ex['row']}: {_clip(repr(ex['value']))}"
-                     for ex in check["examples"][:3])
-    return lines
-
-
-def _clip(text: str, width: int = 100) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
+    result.success = result.success and not result.rejected_rows_fail
+    return result

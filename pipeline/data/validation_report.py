@@ -15,6 +15,7 @@ from pipeline.core.html import escape, html_page
 from pipeline.data.validate import ValidationResult
 
 REPORT_FILE = "index.html"
+MAX_LISTED = 200  # rejected rows and missing ages shown on the page; validate.json has them all
 STYLE = """
 h2 { font-size: 1.1em; margin-top: 1.6em; }
 .status { display: inline-block; padding: .2em .6em; border-radius: .3em; color: #fff; font-weight: bold; }
@@ -44,12 +45,42 @@ def _examples(check: dict) -> str:
     if check.get("unexpected"):
         parts.append("unexpected column(s): " + escape(", ".join(map(str, check["unexpected"]))))
     for example in check.get("examples", []):
+        where = f"row {escape(example['row'])}"
+        if example.get("image_id") is not None:
+            where += f" ({escape(example['image_id'])})"
         if "splits" in example:
-            parts.append(f"row {example['row']}: patient_id {escape(example['patient_id'])} in "
+            parts.append(f"{where}: patient_id {escape(example['patient_id'])} in "
                          f"{escape(', '.join(example['splits']))}")
         else:
-            parts.append(f"row {escape(example['row'])}: <code>{escape(repr(example['value']))}</code>")
+            parts.append(f"{where}: <code>{escape(repr(example['value']))}</code>")
     return "<br>".join(parts)
+
+
+def _rows_table(rows: list[dict], columns: tuple[str, ...], what: str) -> str:
+    """A plain table of row-problem dicts, cut at MAX_LISTED with a note."""
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    body = "\n".join("<tr>" + "".join(f"<td>{escape(row[c])}</td>" for c in columns) + "</tr>"
+                     for row in rows[:MAX_LISTED])
+    more = ""
+    if len(rows) > MAX_LISTED:
+        more = f"<p>... and {len(rows) - MAX_LISTED} more {what}, all in validate.json.</p>"
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
+
+
+def _row_problem_sections(result: ValidationResult) -> list[str]:
+    parts = []
+    if result.rejected_rows:
+        effect = ("they fail the run" if result.on_invalid == "fail"
+                  else "they are left out of the manifest and the run goes on")
+        parts += [f"<h2>Rejected CSV rows ({len(result.rejected_rows)})</h2>",
+                  f"<p>Rows of the source's CSV that ingest could not use; validate.on_invalid is "
+                  f"<code>{escape(result.on_invalid)}</code>: {effect}.</p>",
+                  _rows_table(result.rejected_rows, ("file", "line", "image_id", "reason"), "rows")]
+    if result.ages_missing:
+        parts += [f"<h2>Ages kept as missing ({len(result.ages_missing)})</h2>",
+                  "<p>The image and its labels are kept; its age is empty in the manifest.</p>",
+                  _rows_table(result.ages_missing, ("image_id", "value", "reason", "file", "line"), "ages")]
+    return parts
 
 
 def _check_row(check: dict) -> str:
@@ -83,15 +114,17 @@ def render_validation_html(result: ValidationResult, source: str) -> str:
     parts = [
         f"<h1>Manifest validation {status}</h1>",
         f"<p><code>{escape(source)}</code>: {result.rows} rows, {len(result.checks)} checks, "
-        f"{len(errors)} failed, {len(result.warnings)} warnings. Row numbers count manifest data "
-        f"rows from 1 (row 1 is line 2 of the CSV). Suite: <code>pipeline/data/validate.py</code> "
-        f"(Great Expectations).</p>",
+        f"{len(errors)} failed, {len(result.warnings)} warnings, {len(result.rejected_rows)} rejected CSV rows. "
+        f"Row numbers count manifest data rows from 1 (row 1 is line 2 of the CSV). "
+        f"Suite: <code>pipeline/data/validate.py</code> (Great Expectations).</p>",
     ]
     if errors:
         parts += ["<h2>Failed checks</h2>", _table(errors)]
-    if result.warnings:
+    check_warnings = result.warnings[: len(result.warnings) - len(result.ages_missing)]  # ages: their own table
+    if check_warnings:
         parts.append('<h2>Warnings</h2><ul>' +
-                     "".join(f"<li>{escape(w)}</li>" for w in result.warnings) + "</ul>")
+                     "".join(f"<li>{escape(w)}</li>" for w in check_warnings) + "</ul>")
+    parts += _row_problem_sections(result)
     parts += ["<h2>All checks</h2>", _table(result.checks)]
     return html_page(f"Manifest validation: {source}", "\n".join(parts), STYLE)
 

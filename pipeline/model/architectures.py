@@ -20,7 +20,6 @@ which Keras does not ship (and which have no ImageNet weights here).
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import keras
@@ -28,6 +27,7 @@ from keras import layers
 
 from pipeline.core.labels import NUM_FINDINGS
 from pipeline.core.patient import IMAGE_INPUT, NUM_PATIENT_FEATURES, PATIENT_INPUT
+from pipeline.model.pretrained import fetch_imagenet_weights, imagenet_weights_source
 
 # keras.applications constructors by our param name.
 KERAS_BACKBONES = {
@@ -54,8 +54,6 @@ IMAGENET_INPUT_MODE = {
     "mobilenetv2": "tf",
     "efficientnetb0": "raw",
 }
-# The input sizes MobileNetV2 has ImageNet weights for; Keras uses 224's otherwise.
-MOBILENETV2_SIZES = (96, 128, 160, 192, 224)
 # The smallest input each of our own backbones gives a non-empty feature map for.
 MIN_IMAGE_SIZE = {"alexnet": 32, "resnet18": 32, "small_cnn": 8}
 # Trained from the start, also while a pretrained backbone is frozen for warm-up.
@@ -147,7 +145,7 @@ def normalise(inputs: keras.KerasTensor, weights: str, backbone: str = "densenet
         # variance, read from the weights file) inside itself, then Keras adds a
         # further per-channel 1/sqrt(std) scaling, but only in a model built with
         # weights="imagenet". We build with weights=None and load the cached file
-        # (no download attempt), so that scaling is done here, before the model,
+        # (pipeline.model.pretrained), so that scaling is done here, before the model,
         # in the equivalent form x' = 255 m + (x - 255 m) / sqrt(std).
         factors = [1 / math.sqrt(s) for s in IMAGENET_STD]
         offsets = [255 * m * (1 - f) for m, f in zip(IMAGENET_MEAN, factors)]
@@ -158,38 +156,21 @@ def normalise(inputs: keras.KerasTensor, weights: str, backbone: str = "densenet
     )(scaled)
 
 
-def keras_cache_dir() -> Path:
-    """Where keras.applications keeps downloaded weights: $KERAS_HOME/models, else ~/.keras/models."""
-    return Path(os.environ.get("KERAS_HOME") or Path("~/.keras").expanduser()) / "models"
-
-
 def imagenet_weights_name(backbone: str, image_size: int) -> str:
     """The file name keras.applications downloads for `backbone` without its top."""
-    if backbone == "mobilenetv2":
-        rows = image_size if image_size in MOBILENETV2_SIZES else 224
-        return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5"
-    if backbone == "efficientnetb0":
-        return "efficientnetb0_notop.h5"
-    return f"{backbone}_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    return imagenet_weights_source(backbone, image_size).file_name
 
 
 def imagenet_weights_file(backbone: str, image_size: int) -> Path:
-    """The cached ImageNet weights file for `backbone`; fails at once, before any
-    training and without a download attempt, naming the file to put where."""
+    """The ImageNet weights file for `backbone`, from Keras's cache or downloaded
+    into it as Keras would (pipeline.model.pretrained): done when the model is
+    built, so an offline machine fails before any training, in one line."""
     if backbone not in KERAS_BACKBONES:
         raise ValueError(
             f"train.weights: imagenet has no weights for train.backbone {backbone!r} (our own definition); "
             f"use weights: none or a path, or one of {', '.join(KERAS_BACKBONES)}"
         )
-    path = keras_cache_dir() / imagenet_weights_name(backbone, image_size)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"train.weights: imagenet for {backbone} needs {path.name} in {path.parent}/ (Keras's cache; "
-            f"set KERAS_HOME to use another); it is not there and no download is attempted. Copy it from a "
-            f"machine with network access (https://storage.googleapis.com/ hosts keras-applications' files), "
-            f"or use train.weights: none"
-        )
-    return path
+    return fetch_imagenet_weights(imagenet_weights_source(backbone, image_size))
 
 
 def check_image_size(backbone: str, image_size: int) -> None:
@@ -219,8 +200,8 @@ def assemble_model(
         # model), so Grad-CAM can reach its last feature map by layer name.
         base = KERAS_BACKBONES[backbone](include_top=False, weights=None, input_tensor=x)
         if imagenet_file is not None:
-            # What Keras does with weights="imagenet", from the file checked
-            # before rather than through a download attempt.
+            # What Keras does with weights="imagenet", from the file fetched
+            # and hash-checked before (pipeline.model.pretrained).
             base.load_weights(imagenet_file)
         features = base.output
     pooled = layers.GlobalAveragePooling2D(name="pool", dtype="float32")(features)
@@ -294,7 +275,7 @@ def build_model(
     the pooled image features before the head; the model then takes a dict
     {"image": ..., "metadata": ...}.
 
-    `weights`: "none", "imagenet" (Keras's cached file, see README) or a path
+    `weights`: "none", "imagenet" (Keras's file, cached or downloaded) or a path
     to a weights file saved from one of our models (model_from_weights_file).
     Under a mixed-precision policy the head ("pool" onwards) stays float32, so
     the probabilities and Grad-CAM's logits are computed in float32.

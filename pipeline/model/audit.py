@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from pipeline.core.labels import MAX_AGE, MIN_AGE
 from pipeline.core.recalibration import apply_recalibration
 from pipeline.model.calibration import POOLED, calibration_report, fit_recalibration, reliability_rows
 from pipeline.model.subgroups import underdiagnosis_regression
@@ -26,8 +27,9 @@ DEFAULT_CALIBRATION_BINS = 10
 
 def split_demographics(tfrecord_dir: Path, split: str, image_ids: list[str]) -> dict[str, np.ndarray]:
     """{"patient_id", "age", "sex", "view"}: arrays in `image_ids` order, read
-    from the split's records without decoding images. An age outside 0..120
-    (NIH's 2017 CSV has 414) is NaN: in no age band."""
+    from the split's records without decoding images. A missing age (the
+    records' MISSING_AGE, -1) or one outside 0..120 (NIH's 2017 CSV has 414) is
+    NaN: in no age band, counted as "age unknown" by subgroup_report."""
     files = shard_files(tfrecord_dir, split)
     rows = {}
     if files:
@@ -40,7 +42,7 @@ def split_demographics(tfrecord_dir: Path, split: str, image_ids: list[str]) -> 
         raise ValueError(f"{len(missing)} test images have no record in {tfrecord_dir} (e.g. {missing[0]})")
     patients, ages, sexes, views = zip(*(rows[i] for i in image_ids)) if image_ids else ((), (), (), ())
     ages = np.array(ages, dtype=float)
-    ages[(ages < 0) | (ages > 120)] = np.nan
+    ages[(ages < MIN_AGE) | (ages > MAX_AGE)] = np.nan
     return {"patient_id": np.array(patients), "age": ages, "sex": np.array(sexes, dtype=object),
             "view": np.array(views, dtype=object)}
 

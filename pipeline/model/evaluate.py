@@ -35,7 +35,7 @@ from pipeline.model.metrics import (
     predictions_table,
 )
 from pipeline.model.model_card import CARD_FILE, model_card_html
-from pipeline.model.registry import champion_version, register_model, registry_model_metadata
+from pipeline.model.registry import champion_version, register_decided, registry_model_metadata
 from pipeline.model.selection import (
     DEFAULT_MARGIN,
     DEFAULT_MAX_CLASS_DROP,
@@ -254,22 +254,29 @@ def evaluate_model(
     if with_patient:
         preprocessing["input"] = {"image": IMAGE_INPUT_DESCRIPTION, "metadata": PATIENT_ENCODING}
     name = mlflow_settings["registered_model"]
-    mlflow = configure_mlflow(mlflow_settings["experiment"])
-    decision = champion_decision(name, mlflow.get_tracking_uri(), tfrecord_dir, batch, test_labels, test_probs,
+    mlflow = configure_mlflow(mlflow_settings["experiment"], mlflow_settings.get("timeout_s"))
+
+    def decide() -> dict:
+        return champion_decision(name, mlflow.get_tracking_uri(), tfrecord_dir, batch, test_labels, test_probs,
                                  test_ids, settings.get("promotion") or {}, seed, thresholds=metrics["thresholds"],
                                  people=people, min_slice_positives=min_positives)
+
     with resume_run(mlflow, run_file):
-        mlflow.log_metrics({**mlflow_metrics(metrics), **comparison_metrics(decision["comparison"]),
-                            **subgroup_mlflow_metrics(metrics["subgroups"]),
+        mlflow.log_metrics({**mlflow_metrics(metrics), **subgroup_mlflow_metrics(metrics["subgroups"]),
                             **calibration_mlflow_metrics(metrics["calibration"])})
         mlflow.log_artifact(str(reports_dir / "thresholds.json"))
         mlflow.log_artifacts(str(reports_dir / "plots"), "plots")
-        registry = register_model(
+        # Decided and registered in one step (pipeline.model.registry.register_decided),
+        # so that two evaluations at once cannot both take the champion alias.
+        registry = register_decided(
             mlflow, model, name,
             registry_model_metadata(metrics["thresholds"], preprocessing, metrics, test_manifest, recalibration),
             {"data_hash": summary["data_hash"], "git_commit": summary["git_commit"], "backbone": training["backbone"]},
-            decision, params=training["params"],
+            decide, params=training["params"],
         )
+        decision = registry["decision"]
+        if decision["comparison"]:
+            mlflow.log_metrics(comparison_metrics(decision["comparison"]))
         registry["comparison"] = decision["comparison"]
         write_text_atomic(reports_dir / CARD_FILE,
                           model_card_html(name, summary, metrics, test_curves["roc"], registry,

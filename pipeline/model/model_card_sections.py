@@ -5,7 +5,9 @@ pipeline.model.subgroups.subgroup_report) and metrics["calibration"] (ECE on
 test, with "before" when a recalibration was fitted), and the reliability
 curves of the served test probabilities. Every value is escaped; figures show
 3 decimals; a value the report left out as unreliable reads "too small", with
-the reason as a tooltip and a note, never a number. The reliability diagram is
+the reason as a tooltip and a note, never a number. Below the age and sex x
+age tables, how many test images had no age and so are in none of their
+slices (the report's "age_unknown"). The reliability diagram is
 calibration.reliability_svg, inlined: no script, nothing from the network.
 """
 from __future__ import annotations
@@ -59,9 +61,23 @@ SLICE_COLUMNS = ("slice", "images (patients)", "ill images", "findings with AUC"
                  "underdiagnosis rate", "95% CI")
 
 
-def slice_table(attribute: str, slices: Mapping[str, Mapping]) -> str:
+# The attributes whose slices leave out images without an age.
+AGE_ATTRIBUTES = ("age", "sex_age")
+
+
+def age_unknown_note(attribute: str, report: Mapping) -> str:
+    """"Age unknown: N images, left out of age slices." under an age table; "" elsewhere
+    or for a report written before the count."""
+    unknown = report.get("age_unknown")
+    if attribute not in AGE_ATTRIBUTES or not unknown:
+        return ""
+    return f'<p class="note age-unknown">{escape(unknown["note"].capitalize())}.</p>'
+
+
+def slice_table(attribute: str, slices: Mapping[str, Mapping], extra_note: str = "") -> str:
     """One attribute's slices: size, mean AUC and underdiagnosis rate with their
-    intervals, then notes for the "too small" cells and the per-finding detail."""
+    intervals, then notes for the "too small" cells, `extra_note` (HTML) and the
+    per-finding detail."""
     rows, notes = [], []
     for name, fig in slices.items():
         why = fig.get("unreliable") or {}
@@ -83,7 +99,7 @@ def slice_table(attribute: str, slices: Mapping[str, Mapping]) -> str:
     note = (f'<p class="note">{TOO_SMALL.capitalize()}: {", ".join(notes)}.</p>' if notes else "")
     return (f"<h3>By {escape(ATTRIBUTE_LABELS.get(attribute, attribute))}</h3>"
             f'<table class="slices" id="slices-{escape(attribute)}"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table>{note}{per_finding_details(attribute, slices)}")
+            f"<tbody>{''.join(rows)}</tbody></table>{note}{extra_note}{per_finding_details(attribute, slices)}")
 
 
 def per_finding_details(attribute: str, slices: Mapping[str, Mapping]) -> str:
@@ -164,7 +180,8 @@ def subgroups_section(report: Mapping | None) -> str:
             '<p class="note">Per attribute and metric, the highest against the lowest slice; flagged when the '
             "interval of the difference excludes 0. With more than two slices the interval is family-wise "
             "(Bonferroni over the slice pairs), since the pair was picked after looking at all of them.</p>"
-            + gaps_list(gaps, attributes) + "".join(slice_table(a, report[a]) for a in attributes) + "</section>")
+            + gaps_list(gaps, attributes)
+            + "".join(slice_table(a, report[a], age_unknown_note(a, report)) for a in attributes) + "</section>")
 
 
 def _resamples(settings: Mapping) -> str:

@@ -15,6 +15,8 @@ import json
 import shutil
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from importlib.metadata import version as package_version
 from pathlib import Path
 
@@ -22,12 +24,24 @@ import keras
 
 from pipeline.core.labels import FINDINGS
 from pipeline.core.model_io import KERAS_ARTIFACT
+from pipeline.core.quiet import mlflow_event_lines_off
+from pipeline.core.store_lock import DEFAULT_LOCK_TIMEOUT_S, registry_lock, sqlite_path
 from pipeline.model.version_notes import difference, score_tags, version_description
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+DECISION_TAG = "champion_decision"
+INCOMPLETE_TAG = "incomplete"
+# A version still without its decision tags this long after it was registered
+# was interrupted (tags follow registration within seconds); on a SQLite store,
+# under the registry lock, any such version was.
+INTERRUPTED_AFTER_S = 600
+# Times a registration re-decides when the champion moved under it (a manual promotion).
+DECISION_ATTEMPTS = 3
 # What a registered model needs at serving time, pinned like the project.
-SERVING_PACKAGES = ("mlflow", "tensorflow-cpu", "keras", "numpy", "pandas", "opencv-python-headless")
+SERVING_PACKAGES = ("mlflow", "tensorflow-cpu", "keras", "numpy", "pandas", "opencv-python-headless",
+                    # DICOM films, compressed ones too (pipeline.records.dicom)
+                    "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # What travels with a registered model, so that its pyfunc loads without the
 # project installed: the label order, patient-metadata encoding, the model's
@@ -37,7 +51,7 @@ SERVING_MODULES = (
     "__init__.py",
     "core/__init__.py", "core/labels.py", "core/patient.py", "core/model_io.py", "core/quiet.py",
     "core/recalibration.py",
-    "records/__init__.py", "records/imaging.py",
+    "records/__init__.py", "records/imaging.py", "records/image_file.py", "records/dicom.py",
     "serve/__init__.py", "serve/pyfunc.py",
 )
 
@@ -134,8 +148,9 @@ def decision_tags(decision: dict) -> dict[str, str]:
         "champion_rule": decision["rule"],
         "champion_reasons": json.dumps(decision["reasons"]),
     }
-    if decision.get("champion_version") is not None:
-        tags["compared_with_champion_version"] = str(decision["champion_version"])
+    # "none": decided with no champion to compare with (a first version)
+    champion = decision.get("champion_version")
+    tags["compared_with_champion_version"] = "none" if champion is None else str(champion)
     comparison = decision.get("comparison")
     if comparison:
         low, high = comparison["mean_auc_diff_ci"]
@@ -153,6 +168,7 @@ def register_model(
     tags: dict[str, str],
     decision: dict,
     params: dict | None = None,
+    redecide: Callable[[], dict] | None = None,
 ) -> dict:
     """Log `model` to the active run as a pyfunc with named outputs and a
     signature (pipeline.serve.pyfunc, model_signature), register it as a new
@@ -163,9 +179,11 @@ def register_model(
     markdown, give it the challenger alias, and the champion alias if the
     decision promotes it. `params` (the training params) go to the run as
     params.json, not into a tag. Full-precision scores stay in the MLmodel
-    metadata.
+    metadata. With `redecide`, the champion is read again just before the
+    aliases move and, if it changed since `decision`, the decision is made
+    again against the new one (compare-and-set, for stores without a lock).
 
-    Returns {"version", "champion": bool, "rule", "reasons", "compared_with"}.
+    Returns {"version", "champion": bool, "rule", "reasons", "compared_with", "decision"}.
     """
     from pipeline.core.model_io import image_size_of, uses_patient_metadata
     from pipeline.serve.pyfunc import ChestXrayPyfunc  # MLflow warns once, when the class is defined
@@ -183,21 +201,24 @@ def register_model(
         # run's copy (runs:/...) rather than this temporary folder.
         mlflow.log_artifact(str(keras_file), KERAS_ARTIFACT)
         keras_uri = f"runs:/{mlflow.active_run().info.run_id}/{KERAS_ARTIFACT}/{keras_file.name}"
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=ChestXrayPyfunc(),
-            artifacts={KERAS_ARTIFACT: keras_uri},
-            code_paths=[str(serving_package(Path(folder)))],
-            registered_model_name=registered_name,
-            pip_requirements=serving_requirements(),
-            signature=model_signature(model, image_size),
-            metadata=metadata,
-            # the pyfunc applies it too (its load_context reads model_config)
-            model_config={"recalibration": metadata.get("recalibration")},
-            await_registration_for=60,
-        )
+        with mlflow_event_lines_off():
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=ChestXrayPyfunc(),
+                artifacts={KERAS_ARTIFACT: keras_uri},
+                code_paths=[str(serving_package(Path(folder)))],
+                registered_model_name=registered_name,
+                pip_requirements=serving_requirements(),
+                signature=model_signature(model, image_size),
+                metadata=metadata,
+                # the pyfunc applies it too (its load_context reads model_config)
+                model_config={"recalibration": metadata.get("recalibration")},
+                await_registration_for=60,
+            )
     version = int(info.registered_model_version)
     client = mlflow.MlflowClient()
+    if redecide is not None:
+        decision = current_decision(client, registered_name, decision, redecide)
     decided = decision_tags(decision)
     version_tags = {**tags, **score_tags(metadata), **decided}
     for key, value in version_tags.items():
@@ -209,7 +230,95 @@ def register_model(
         client.set_registered_model_alias(registered_name, CHAMPION, str(version))
     mlflow.set_tags({"registry_version": str(version), **decided})
     return {"version": version, "champion": bool(decision["promote"]), "rule": decision["rule"],
-            "reasons": list(decision["reasons"]), "compared_with": decision.get("champion_version")}
+            "reasons": list(decision["reasons"]), "compared_with": decision.get("champion_version"),
+            "decision": decision}
+
+
+def current_decision(client, registered_name: str, decision: dict, redecide: Callable[[], dict]) -> dict:
+    """`decision`, or a new one from redecide() while the champion it was made
+    against is no longer the champion; a champion still moving after
+    DECISION_ATTEMPTS decisions is an error, not a guess."""
+    for _ in range(DECISION_ATTEMPTS):
+        if champion_version(client, registered_name) == decision.get("champion_version"):
+            return decision
+        decision = redecide()
+    if champion_version(client, registered_name) == decision.get("champion_version"):
+        return decision
+    raise RuntimeError(f"registered model {registered_name}: the champion kept moving during "
+                       f"{DECISION_ATTEMPTS} decisions; rerun the stage")
+
+
+def interrupted(version, run_status: str | None, exclusive: bool, active_run_id: str | None, now_ms: int) -> bool:
+    """Whether a version without decision tags is the remains of a killed registration
+    (see mark_interrupted_registrations for the rule)."""
+    if DECISION_TAG in version.tags or INCOMPLETE_TAG in version.tags:
+        return False
+    age_s = (now_ms - int(version.creation_timestamp or 0)) / 1000
+    return (exclusive or version.run_id == active_run_id or run_status != "RUNNING"
+            or age_s > INTERRUPTED_AFTER_S)
+
+
+def mark_interrupted_registrations(client, registered_name: str, exclusive: bool,
+                                   active_run_id: str | None = None) -> list[int]:
+    """Tag `incomplete` the versions of registered_name whose registration was
+    killed before its decision (no decision tags): all of them when `exclusive`
+    (the SQLite registry lock is held, so no registration is in flight), else
+    those whose run is the active one (an earlier attempt of this run), has
+    ended or is gone, or that were registered over INTERRUPTED_AFTER_S ago.
+    Returns the versions tagged."""
+    from mlflow.exceptions import MlflowException
+
+    marked = []
+    now_ms = int(time.time() * 1000)
+    for version in client.search_model_versions(f"name='{registered_name}'"):
+        if DECISION_TAG in version.tags or INCOMPLETE_TAG in version.tags:
+            continue
+        try:
+            status = client.get_run(version.run_id).info.status if version.run_id else None
+        except MlflowException:
+            status = None
+        if interrupted(version, status, exclusive, active_run_id, now_ms):
+            client.set_model_version_tag(registered_name, version.version, INCOMPLETE_TAG,
+                                         f"registration interrupted before its decision (run {version.run_id})")
+            marked.append(int(version.version))
+    return sorted(marked)
+
+
+def holds_registry_lock(uri: str) -> bool:
+    """Whether registry_lock serialises every registration on this store (SQLite and servers)."""
+    return sqlite_path(uri) is not None or uri.startswith(("http://", "https://"))
+
+
+def register_decided(
+    mlflow,
+    model: keras.Model,
+    registered_name: str,
+    metadata: dict,
+    tags: dict[str, str],
+    decide: Callable[[], dict],
+    params: dict | None = None,
+    timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+) -> dict:
+    """The champion decision and the registration as one step, under the
+    store's registry lock (pipeline.core.store_lock.registry_lock: a file lock
+    for SQLite, a lease on a server) from reading the champion to moving the
+    alias; register_model's compare-and-set (`redecide`) guards against a
+    champion moved by hand meanwhile.
+    Versions left by killed registrations are tagged `incomplete` first.
+    `decide()` returns the decision (see register_model). Returns
+    register_model's record plus "interrupted": the versions tagged."""
+    uri = mlflow.get_tracking_uri()
+    with registry_lock(uri, registered_name, timeout_s):
+        client = mlflow.MlflowClient()
+        active = mlflow.active_run()
+        marked = mark_interrupted_registrations(client, registered_name, exclusive=holds_registry_lock(uri),
+                                                active_run_id=active.info.run_id if active else None)
+        for version in marked:
+            print(f"registry: {registered_name} version {version} tagged {INCOMPLETE_TAG}: its registration was "
+                  "interrupted before its decision", file=sys.stderr)
+        registry = register_model(mlflow, model, registered_name, metadata, tags, decide(), params,
+                                  redecide=decide)
+    return {**registry, "interrupted": marked}
 
 
 def promote_version(client, registered_name: str, version: int, reason: str, user: str) -> int | None:

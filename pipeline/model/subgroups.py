@@ -19,6 +19,11 @@ figure from a handful of films. The slice's mean AUC averages the findings
 whose AUC is given (reliable in the slice); each resample averages the same
 findings, leaving out any that a resample lacks a class for.
 
+Missing ages: an image whose age is missing (NaN, None, or the records'
+MISSING_AGE, -1) or outside 0..120 is in no age band and no sex x age slice
+(it still counts in its sex and view slices); every report with age slices
+says how many such images it left out ("age_unknown").
+
 Gaps: per attribute and metric, the slices with the highest and lowest value,
 their difference and a bootstrap interval of it, each slice resampled on its
 own. The pair is picked after looking at all slices, so a plain 95% interval
@@ -78,6 +83,14 @@ def age_bands(ages: Sequence) -> np.ndarray:
     for name, low, high in AGE_BANDS:
         bands[(years >= low) & (years < high) & (years <= MAX_AGE)] = name
     return bands
+
+
+def age_unknown(ages: Sequence) -> dict:
+    """{"images": how many images have no age band, "note": the sentence a report
+    shows}: the images left out of every age and sex x age slice."""
+    images = int((age_bands(ages) == "").sum())
+    return {"images": images, "note": f"age unknown: {images} image{'' if images == 1 else 's'}, "
+                                      "left out of age slices"}
 
 
 def _categories(values: Sequence, allowed: Sequence[str]) -> np.ndarray:
@@ -348,8 +361,9 @@ def subgroup_report(
     """The subgroup evaluation of one model's test predictions, JSON-ready
     (floats to DIGITS decimals): {"sex": {"F": figures, "M": ...}, "age":
     {"0-20": ...}, "view": {"PA", "AP"}, "sex_age": {"F/0-20": ...}, "gaps":
-    [gap, ...], "settings": {...}} with figures as evaluate_slice's and gaps as
-    attribute_gaps'. thresholds: {finding: value} (as evaluate's) or 14 values."""
+    [gap, ...], "age_unknown": {"images", "note"}, "settings": {...}} with
+    figures as evaluate_slice's, gaps as attribute_gaps' and age_unknown as
+    age_unknown's. thresholds: {finding: value} (as evaluate's) or 14 values."""
     labels, probs, patients = _checked(y_true, y_prob, patient_ids, ages, sexes, views)
     cutoffs = threshold_array(thresholds)
     report: dict = {}
@@ -363,6 +377,7 @@ def subgroup_report(
         report[attribute] = figures
         gaps.extend(attribute_gaps(attribute, figures, draws, familywise))
     report["gaps"] = gaps
+    report["age_unknown"] = age_unknown(ages)
     report["settings"] = {"min_slice_positives": min_slice_positives, "resamples": resamples, "seed": seed,
                           "familywise_gaps": familywise, "images": len(labels),
                           "patients": int(pd.Series(patients).nunique())}
@@ -380,7 +395,8 @@ def subgroup_mlflow_metrics(report: dict) -> dict[str, float]:
     (mean AUC) with _ci_low/_ci_high, underdiagnosis_<attribute>_<slice> with
     _ci_low/_ci_high; per gap subgroup_gap_<metric>_<attribute> (and _flagged, 0/1).
     E.g. test_auc_sex_F, underdiagnosis_age_0-20, test_auc_sex_age_F/0-20,
-    underdiagnosis_age_80plus. None values are left out."""
+    underdiagnosis_age_80plus; test_images_age_unknown, the images in no age
+    slice. None values are left out."""
     scalar: dict[str, float | None] = {}
     for attribute in ATTRIBUTES:
         for name, figures in report[attribute].items():
@@ -389,6 +405,8 @@ def subgroup_mlflow_metrics(report: dict) -> dict[str, float]:
                 low, high = figures[f"{metric}_ci"] or (None, None)
                 scalar.update({f"{prefix}_{key}": figures[metric], f"{prefix}_{key}_ci_low": low,
                                f"{prefix}_{key}_ci_high": high})
+    if "age_unknown" in report:  # reports written before the count have none
+        scalar["test_images_age_unknown"] = report["age_unknown"]["images"]
     for gap in report["gaps"]:
         if gap["difference"] is not None:
             scalar[f"subgroup_gap_{gap['metric']}_{gap['attribute']}"] = gap["difference"]
@@ -413,9 +431,10 @@ def underdiagnosis_regression(
     challenger as good as the champion is not refused by one of seven chances.
 
     Returns {"sex": {"F": entry, "M": ...}, "age": {"0-20": ...}, "worse_slices":
-    ["sex/F", ...], "confidence": level}; entry: n, ill_images, champion_rate,
-    challenger_rate, difference, ci, worse, and reason where the slice has
-    fewer than min_slice_positives ill images (then rates, difference and ci None)."""
+    ["sex/F", ...], "confidence": level, "age_unknown": {"images", "note"}};
+    entry: n, ill_images, champion_rate, challenger_rate, difference, ci, worse,
+    and reason where the slice has fewer than min_slice_positives ill images
+    (then rates, difference and ci None)."""
     labels, champion, patients = _checked(y_true, champion_prob, patient_ids, ages, sexes)
     challenger = np.asarray(challenger_prob, dtype=float)
     if challenger.shape != champion.shape:
@@ -425,7 +444,7 @@ def underdiagnosis_regression(
     masks = slice_masks(ages, sexes, [""] * len(labels))
     checked = sum(len(masks[a]) for a in PROMOTION_ATTRIBUTES)
     confidence = 1 - (1 - CONFIDENCE) / checked if familywise else CONFIDENCE
-    result: dict = {"worse_slices": [], "confidence": confidence}
+    result: dict = {"worse_slices": [], "confidence": confidence, "age_unknown": age_unknown(ages)}
     for attribute in PROMOTION_ATTRIBUTES:
         result[attribute] = {}
         for name, mask in masks[attribute].items():

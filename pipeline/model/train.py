@@ -14,11 +14,11 @@ on one machine with the same settings, runs agree to float round-off.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -27,7 +27,22 @@ import tensorflow as tf
 
 from pipeline.core.labels import FINDINGS
 from pipeline.core.model_io import uses_patient_metadata
+from pipeline.core.stage import StageError
 from pipeline.model.architectures import set_backbone_trainable
+from pipeline.model.distributed import (
+    PEER_LOST_ERRORS,
+    StopTogether,
+    is_chief,
+    lost_peer_error,
+    multi_worker_strategy,
+    sharding_line,
+    strategy_workers,
+    task_name,
+    tf_config_workers,
+    wait_for_workers,
+    worker_checkpoint_path,
+    worker_index,
+)
 from pipeline.records.dataset import make_dataset, read_shard_index, shard_files
 
 # Positive weights are capped so a finding with a handful of positives does
@@ -97,24 +112,13 @@ def gpu_count() -> int:
     return len(tf.config.list_physical_devices("GPU"))
 
 
-def tf_config_workers() -> int:
-    """The number of workers TF_CONFIG's cluster names (0 when unset)."""
-    raw = os.environ.get("TF_CONFIG", "")
-    if not raw:
-        return 0
-    try:
-        return len(json.loads(raw).get("cluster", {}).get("worker", []))
-    except (ValueError, AttributeError) as exc:
-        raise ValueError(f"TF_CONFIG is not a JSON object with cluster.worker: {exc}") from exc
-
-
 def distribution_strategy() -> tf.distribute.Strategy:
     """MultiWorkerMirroredStrategy when TF_CONFIG names several workers,
     MirroredStrategy when more than one GPU is visible, else the default
     (single-device) strategy. Call it before building the model: the model is
     built and compiled in its scope()."""
     if tf_config_workers() > 1:
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return multi_worker_strategy()
     if gpu_count() > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
@@ -184,6 +188,9 @@ class EpochLogger(keras.callbacks.Callback):
         self.epochs = epochs
         self.mlflow = mlflow_module
         self.started = 0.0
+        # The error of a failed MLflow call: training stops at once (the best
+        # epoch so far is already checkpointed) and train_and_track reports it.
+        self.tracking_failure: Exception | None = None
 
     @staticmethod
     def metric_name(key: str) -> str:
@@ -205,7 +212,11 @@ class EpochLogger(keras.callbacks.Callback):
         if self.mlflow is not None:
             metrics = {self.metric_name(k): float(v) for k, v in logs.items() if isinstance(v, (int, float))}
             metrics["epoch_seconds"] = seconds
-            self.mlflow.log_metrics(metrics, step=epoch + 1)
+            try:
+                self.mlflow.log_metrics(metrics, step=epoch + 1)
+            except Exception as exc:  # MlflowException, or the HTTP/SQL error under it
+                self.tracking_failure = exc
+                self.model.stop_training = True
 
 
 def train_model(
@@ -234,14 +245,17 @@ def train_model(
     batch_size = int(settings["batch_size"])
     epochs = int(settings["epochs"])
     metadata = uses_patient_metadata(model)
+    workers, position = strategy_workers(strategy), worker_index(strategy)
+    if workers > 1:
+        print(sharding_line("train", len(train_files), workers), file=sys.stderr, flush=True)
     train_data = make_dataset(
         train_files, batch_size, training=True, augmentation=settings.get("augment") or None,
         seed=seed, cache=bool(settings.get("cache", False)), records=index["splits"]["train"]["records"],
-        metadata=metadata,
+        metadata=metadata, workers=workers, worker_index=position,
     )
     has_val = index["splits"]["val"]["records"] > 0
     val_data = (make_dataset(val_files, batch_size, cache=True, records=index["splits"]["val"]["records"],
-                             metadata=metadata)
+                             metadata=metadata, workers=workers, worker_index=position)
                 if has_val else None)
     steps_per_epoch = math.ceil(index["splits"]["train"]["records"] / batch_size)
     loss = make_loss(settings, positive_weights(index))
@@ -272,11 +286,18 @@ def train_model(
         # Early stopping only in the last phase: stopping in the warm-up would
         # skip fine-tuning altogether. The checkpoint keeps the best of all phases.
         last_phase = end == epochs
-        phase_callbacks = [checkpoint, logger, *([stopper] if stopper and last_phase else []), *(callbacks or [])]
-        fitted = model.fit(train_data, validation_data=val_data, initial_epoch=first, epochs=end,
-                           callbacks=phase_callbacks, verbose=0, shuffle=False)
+        phase_callbacks = [checkpoint, logger, *([stopper] if stopper and last_phase else []), *(callbacks or []),
+                           *([StopTogether(strategy)] if workers > 1 else [])]
+        with warnings.catch_warnings():
+            # Across workers an epoch's length is unknown (make_dataset): Keras
+            # warns "Your input ran out of data" at each epoch's normal end.
+            warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+            fitted = model.fit(train_data, validation_data=val_data, initial_epoch=first, epochs=end,
+                               callbacks=phase_callbacks, verbose=0, shuffle=False)
         for key, values in fitted.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
+        if logger.tracking_failure is not None:
+            break
     seconds = time.monotonic() - started
     monitored = history[monitor]
     best = int(np.nanargmax(monitored)) if np.isfinite(monitored).any() else len(monitored) - 1
@@ -295,24 +316,36 @@ def train_model(
             "train_images_per_second": round(index["splits"]["train"]["records"] * len(monitored) / seconds, 2),
         },
         "trainable_weights_per_phase": trainable_weights,
+        "tracking_failure": logger.tracking_failure,
     }
+
+
+class TrackingLost(StageError):
+    """The MLflow store failed mid-training; the message says where the best epoch was kept."""
 
 
 def train_and_track(
     tfrecord_dir: Path, model_file: Path, settings: dict, image_size: int, seed: int, experiment: str,
-    logged_params: dict,
+    logged_params: dict, mlflow_timeout_s: float | None = None,
 ) -> dict:
     """The train stage: build the model named by `settings` (params.yaml's
     train section) in the distribution strategy, fit it in a new MLflow run of
     `experiment` (with `logged_params` flattened as its params), and keep the
     best epoch at model_file (atomically: a failed run leaves the old file).
-    Returns {"summary", "history", "run": {"run_id", "experiment_id", "tracking_uri"}}."""
+    When the MLflow store fails mid-training, training stops, the best epoch
+    so far is kept beside model_file (kept_checkpoint_path) and TrackingLost
+    says so. `mlflow_timeout_s` bounds each MLflow call (params mlflow.timeout_s).
+    With several workers (TF_CONFIG) only the chief does all that; the other
+    workers train alongside it and write nothing (train_as_worker).
+    Returns {"summary", "history", "chief": True, "run": {"run_id", "experiment_id", "tracking_uri"}},
+    or on a non-chief worker {"summary", "history", "chief": False}."""
     from pipeline.core.atomic import atomic_path
     from pipeline.core.tracking import configure_mlflow, data_hash, flatten_params, git_commit
     from pipeline.model.architectures import build_model
 
     # The strategy first: MultiWorkerMirroredStrategy must exist before other TF ops.
     strategy = distribution_strategy()
+    chief = is_chief(strategy)
     deterministic = seed_everything(seed, settings.get("deterministic", "auto"))
     mixed = configure_mixed_precision(settings.get("mixed_precision", "auto"))
     print(f"train: {type(strategy).__name__} over {strategy.num_replicas_in_sync} replica(s), "
@@ -324,13 +357,99 @@ def train_and_track(
             dropout=float(settings.get("dropout", 0.0)), batchnorm_momentum=settings.get("batchnorm_momentum"),
             use_metadata=bool(settings.get("use_metadata", False)),
         )
-    mlflow = configure_mlflow(experiment)
+    if not chief:
+        return train_as_worker(model, tfrecord_dir, model_file, settings, seed, strategy)
+    mlflow = configure_mlflow(experiment, mlflow_timeout_s)
     tags = {"git_commit": git_commit(), "data_hash": data_hash(tfrecord_dir), "backbone": settings["backbone"]}
-    with mlflow.start_run(run_name=f"{settings['backbone']}-{tags['data_hash'][:8]}", tags=tags) as run:
+    # Not `with start_run()`: a run whose store failed is ended here, quietly,
+    # so that the one-line error says what was kept rather than end_run's failure.
+    run = mlflow.start_run(run_name=f"{settings['backbone']}-{tags['data_hash'][:8]}", tags=tags)
+    try:
         mlflow.log_params(flatten_params(logged_params))
         with atomic_path(model_file) as checkpoint:
-            result = train_model(model, tfrecord_dir, checkpoint, settings, seed, mlflow, strategy)
-        mlflow.log_metrics({f"train_{k}": float(v) for k, v in result["summary"].items()})
+            result = fit_across_workers(model, tfrecord_dir, checkpoint, settings, seed, mlflow, strategy)
+            failure = result.pop("tracking_failure")
+            if failure is None:
+                try:
+                    mlflow.log_metrics({f"train_{k}": float(v) for k, v in result["summary"].items()})
+                except Exception as exc:  # the store failed after the last epoch
+                    failure = exc
+            if failure is not None:
+                kept = keep_checkpoint(checkpoint, model_file)
+                raise TrackingLost(tracking_lost_message(mlflow.get_tracking_uri(), failure, result["summary"],
+                                                         kept, settings))
+    except BaseException:
+        end_run_quietly(mlflow, "FAILED")
+        raise
+    mlflow.end_run()
     result["run"] = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
                      "tracking_uri": mlflow.get_tracking_uri()}
+    result["chief"] = True
     return result
+
+
+def train_as_worker(model: keras.Model, tfrecord_dir: Path, model_file: Path, settings: dict, seed: int,
+                    strategy: tf.distribute.Strategy) -> dict:
+    """A non-chief worker's share of the train stage: the same steps and saves
+    as the chief, no MLflow, and its checkpoints in a temporary folder that is
+    deleted at the end. Returns {"summary", "history", "chief": False}: the
+    caller writes nothing."""
+    with worker_checkpoint_path(model_file) as checkpoint:
+        result = fit_across_workers(model, tfrecord_dir, checkpoint, settings, seed, None, strategy)
+    result.pop("tracking_failure")
+    result["chief"] = False
+    return result
+
+
+def fit_across_workers(model: keras.Model, tfrecord_dir: Path, checkpoint: Path, settings: dict, seed: int,
+                       mlflow_module, strategy: tf.distribute.Strategy) -> dict:
+    """train_model; with several workers, first wait until all are ready (the
+    chief has opened its MLflow run), and TF's error for a peer that is gone
+    becomes one StageError naming it."""
+    try:
+        if strategy_workers(strategy) > 1:
+            wait_for_workers(strategy)
+        return train_model(model, tfrecord_dir, checkpoint, settings, seed, mlflow_module, strategy)
+    except PEER_LOST_ERRORS as exc:
+        lost = lost_peer_error(exc, task_name(strategy)) if strategy_workers(strategy) > 1 else None
+        if lost is None:
+            raise
+        raise lost from exc
+
+
+def kept_checkpoint_path(model_file: Path) -> Path:
+    """Where the best epoch of a run whose tracking failed is kept: beside the
+    stage's output, never as it (DVC would take a run without its record for a result)."""
+    model_file = Path(model_file)
+    return model_file.with_name(f"{model_file.stem}.untracked{model_file.suffix}")
+
+
+def keep_checkpoint(checkpoint: Path, model_file: Path) -> Path:
+    kept = kept_checkpoint_path(model_file)
+    os.replace(checkpoint, kept)
+    os.chmod(kept, 0o644)
+    return kept
+
+
+def tracking_lost_message(uri: str, failure: BaseException, summary: dict, kept: Path, settings: dict) -> str:
+    """One line: which store failed and why, what was kept, how to go on."""
+    from pipeline.core.tracking import redacted
+
+    lines = [line.strip() for line in str(failure).strip().splitlines() if line.strip()]
+    cause = (lines[0] if lines else type(failure).__name__)[:300]
+    best = next((f"{key.removeprefix('best_')} {value:.4f}" for key, value in summary.items()
+                 if key.startswith("best_") and key != "best_epoch"), "")
+    return (f"MLflow store {redacted(uri)} failed during training ({cause}); the best epoch so far "
+            f"({summary['best_epoch']} of {summary['epochs']} run, {int(settings['epochs'])} planned; {best}) is "
+            f"kept at {kept}, the stage output is unchanged; fix the store and rerun `dvc repro train` "
+            "(training starts again)")
+
+
+def end_run_quietly(mlflow, status: str) -> None:
+    """End the active run (if any) with `status`; a store that is gone costs one bounded call, not an error."""
+    if mlflow.active_run() is None:
+        return
+    try:
+        mlflow.end_run(status)
+    except Exception:  # the failure being reported is the one that matters
+        pass

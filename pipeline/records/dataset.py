@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from pipeline.core.patient import AGE_SCALE, ANTERO_POSTERIOR, IMAGE_INPUT, MALE, PATIENT_INPUT
+from pipeline.core.labels import MAX_AGE, MIN_AGE
+from pipeline.core.patient import AGE_SCALE, ANTERO_POSTERIOR, IMAGE_INPUT, IMPUTED_AGE, MALE, PATIENT_INPUT
 from pipeline.records.tfrecords import INDEX_FILE, parse_example
 
 # Augmentation settings (params.yaml train.augment) and what 0/false means: off.
@@ -43,9 +44,13 @@ def shard_files(tfrecord_dir: Path, split: str) -> list[str]:
 
 def patient_vector(age: tf.Tensor, sex: tf.Tensor, view: tf.Tensor) -> tf.Tensor:
     """pipeline.core.patient.encode_patient for a record's features (validated
-    values: the validate stage checked age, sex and view)."""
+    values: the validate stage checked sex and view). A missing age, written as
+    MISSING_AGE (-1), or any age outside 0..120 becomes IMPUTED_AGE, as
+    encode_patient does for a missing one at serving."""
+    years = tf.cast(age, tf.float32)
+    years = tf.where((years >= MIN_AGE) & (years <= MAX_AGE), years, float(IMPUTED_AGE))
     return tf.stack([
-        tf.cast(age, tf.float32) / AGE_SCALE,
+        years / AGE_SCALE,
         tf.cast(tf.equal(sex, MALE), tf.float32),
         tf.cast(tf.equal(view, ANTERO_POSTERIOR), tf.float32),
     ])
@@ -145,6 +150,8 @@ def make_dataset(
     with_ids: bool = False,
     records: int | None = None,
     metadata: bool = False,
+    workers: int = 1,
+    worker_index: int = 0,
 ) -> tf.data.Dataset:
     """Batches of (image, labels), or (image, labels, image_id) with with_ids;
     with metadata, ({"image", "metadata"}, labels[, image_id]).
@@ -155,9 +162,18 @@ def make_dataset(
     (size*size bytes per image: ~100 KB at 320px, ~8 GB for NIH's train split).
     records: the number of records in `files` (from the shard index), so that
     Keras knows an epoch's length instead of discovering it by running out.
+    workers, worker_index: with several workers (multi-worker training), this
+    worker's share of the records, as worker_shard_policy says; an epoch's
+    length is then left unknown: the shares differ by up to a shard, and TF's
+    distributed iterator ends the epoch on all workers together.
     """
     if not files:
         raise ValueError("no TFRecord shards given")
+    policy = worker_shard_policy(len(files), workers)
+    if policy == tf.data.experimental.AutoShardPolicy.FILE:
+        # Picked here rather than by TF's FILE auto-sharding, which cannot see
+        # the files through the zip with the augmentation seeds.
+        files = files[worker_index::workers]
     settings = check_augmentation(augmentation) if training else None
     if training and not cache and len(files) > 1:
         # Shard order shuffled each epoch, records read from several shards at once.
@@ -188,6 +204,22 @@ def make_dataset(
     if metadata:
         dataset = dataset.map(lambda image, labels, vector, *ids: (
             {IMAGE_INPUT: image, PATIENT_INPUT: vector}, labels, *ids))
-    if records is not None:
+    if workers > 1:
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.OFF if policy == tf.data.experimental.AutoShardPolicy.FILE
+            else policy)
+        dataset = dataset.with_options(options)
+    elif records is not None:
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(math.ceil(records / batch_size)))
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def worker_shard_policy(files: int, workers: int) -> tf.data.experimental.AutoShardPolicy:
+    """How `files` are split across `workers`: FILE (each worker reads its own
+    shards) when there are at least as many shards as workers, else DATA (every
+    worker reads all shards and keeps its share of the batches); OFF for one worker."""
+    policy = tf.data.experimental.AutoShardPolicy
+    if workers <= 1:
+        return policy.OFF
+    return policy.FILE if files >= workers else policy.DATA

@@ -1,15 +1,31 @@
 """Image conventions, in one place: how any X-ray file becomes model input.
 
 The convention every stage shares (train, evaluate, explain, predict):
-  1. decode PNG or JPEG, 8- or 16-bit, grayscale, RGB or RGBA;
-  2. to 8-bit single channel (16-bit scaled by 255/65535, colour by luma,
-     alpha dropped);
-  3. non-square images centre-cropped (or padded) to a square;
-  4. resized to `image_size` with area interpolation;
-  5. the model receives float32 grey values 0..255, shape (size, size, 1),
+  1. the format is read from the file's first bytes, never its extension: PNG,
+     JPEG or DICOM (pipeline.records.dicom); anything else is refused;
+  2. the width and height are read from the header (PNG IHDR, JPEG SOF,
+     DICOM Rows/Columns) and a file over MAX_PIXELS is refused before any
+     decoding; preprocess also refuses films of implausible shape there
+     (check_film_shape: shorter side below min_side, aspect beyond max_aspect);
+  3. to 8-bit single channel: colour by luma, alpha dropped, then
+     - 8-bit samples as they are;
+     - 16-bit PNG with an sBIT chunk of b significant bits whose values fit in
+       b bits: value * 255 / (2**b - 1) (a 12-bit detector stored raw);
+     - any other 16-bit image: b is the smallest of 8, 10, 12,
+       14, 16 bits that holds the image's maximum, then the same formula; so a
+       12-bit film stored in a 16-bit PNG (values 0..4095) keeps its contrast
+       instead of coming out nearly black, and a full-range 16-bit file is
+       scaled by 255/65535 as before;
+     - DICOM: Modality LUT (rescale), then the VOI LUT or window, else the
+       range BitsStored can hold, MONOCHROME1 inverted (pipeline.records.dicom);
+  4. non-square images centre-cropped (or padded) to a square;
+  5. resized to `image_size` with area interpolation;
+  6. the model receives float32 grey values 0..255, shape (size, size, 1),
      and normalises them itself (see pipeline.model.architectures), so a registered model
      needs nothing but this file's steps.
-This module imports no TensorFlow, so worker processes stay light.
+Every failure is an ImageError whose message names the file, so one bad image
+never stops a batch. This module imports no TensorFlow, so worker processes
+stay light; pydicom is imported only when a DICOM file arrives.
 """
 from __future__ import annotations
 
@@ -18,53 +34,204 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-# Larger than any real radiograph (NIH's originals are at most ~4,000 px a
-# side); guards against decompression bombs.
-MAX_PIXELS = 100_000_000
+from pipeline.records.image_file import (  # re-exported: the names every stage imports from here
+    DICOM_MAGIC_OFFSET,
+    MAX_PIXELS,  # noqa: F401
+    ImageError,
+    check_pixel_count,
+    read_image_bytes,
+)
+
+# Film shape defaults (params preprocess.min_side, preprocess.max_aspect). The
+# shorter side: 32 px keeps NIH's 64 px thumbnails and small test films while
+# refusing 1x1 placeholders and icons. The aspect: NIH's 112,120 originals reach
+# 1.84 (landscape or portrait film); a strip beyond 2 is not a chest film.
+MIN_SIDE = 32
+MAX_ASPECT = 2.0
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SOI = b"\xff\xd8\xff"
+# SOF0..SOF15 carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
+JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Markers without a length field: TEM and the restart markers.
+JPEG_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})
+JPEG_END_OF_HEADER = frozenset({0xD9, 0xDA})  # EOI, SOS: no frame header after these
+BIT_DEPTHS = (8, 10, 12, 14, 16)
+# Colour channels per PNG colour type; sBIT has one byte per channel, alpha last.
+PNG_COLOUR_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 1, 6: 3}
+# What OpenCV's decoder can raise on hostile input besides returning None.
+DECODER_ERRORS = (cv2.error, ValueError, MemoryError, OverflowError)
 
 
-class ImageError(ValueError):
-    """A file that is not a usable image; the message says why."""
+
+def image_format(data: bytes, name: str = "image") -> str:
+    """"png", "jpeg" or "dicom", from the first bytes (a .dcm name admits a
+    DICOM without its 128-byte preamble); ImageError for anything else."""
+    if len(data) == 0:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    if data[:8] == PNG_SIGNATURE:
+        return "png"
+    if data[:3] == JPEG_SOI:
+        return "jpeg"
+    if data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == b"DICM" or name.lower().endswith(".dcm"):
+        return "dicom"
+    raise ImageError(f"{name}: not a readable PNG, JPEG or DICOM image (unrecognised first bytes {data[:8]!r})")
 
 
 def png_dimensions(data: bytes) -> tuple[int, int] | None:
     """(width, height) from a PNG's IHDR chunk without decoding, else None."""
-    if len(data) >= 24 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+    if len(data) >= 24 and data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR":
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     return None
 
 
+def jpeg_dimensions(data: bytes, name: str = "image") -> tuple[int, int]:
+    """(width, height) from a JPEG's frame header (SOF0..SOF15), walking the
+    segments before it (APPn, DQT, DHT, ...) without decoding."""
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            raise ImageError(f"{name}: JPEG header broken at byte {position} (no segment marker)")
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+            continue
+        if marker in JPEG_STANDALONE_MARKERS:
+            position += 2
+            continue
+        if marker in JPEG_END_OF_HEADER:
+            break
+        length = int.from_bytes(data[position + 2:position + 4], "big")
+        if length < 2:
+            raise ImageError(f"{name}: JPEG segment at byte {position} has an impossible length {length}")
+        if marker in JPEG_FRAME_MARKERS:
+            if length < 8 or position + 9 > len(data):
+                break
+            height = int.from_bytes(data[position + 5:position + 7], "big")
+            width = int.from_bytes(data[position + 7:position + 9], "big")
+            if width == 0 or height == 0:
+                raise ImageError(f"{name}: JPEG frame header gives {width}x{height} pixels (a height set by a "
+                                 f"later DNL marker is not supported)")
+            return width, height
+        position += 2 + length
+    raise ImageError(f"{name}: not a readable JPEG image (no frame header: corrupt or truncated)")
+
+
+def image_dimensions(data: bytes, name: str = "image") -> tuple[int, int]:
+    """(width, height) from the header of a PNG, JPEG or DICOM file, without
+    decoding its pixels; ImageError when the header cannot be read."""
+    kind = image_format(data, name)
+    if kind == "png":
+        size = png_dimensions(data)
+        if size is None:
+            raise ImageError(f"{name}: not a readable PNG image (no IHDR header: corrupt or truncated)")
+    elif kind == "jpeg":
+        size = jpeg_dimensions(data, name)
+    else:
+        size = _dicom_module(name).dicom_dimensions(data, name)
+    if size[0] == 0 or size[1] == 0:
+        raise ImageError(f"{name}: header gives {size[0]}x{size[1]} pixels")
+    return size
+
+
+
+
+
+def check_film_shape(width: int, height: int, name: str, min_side: int = MIN_SIDE,
+                     max_aspect: float = MAX_ASPECT) -> None:
+    """ImageError when a film's shape is implausible for a chest radiograph:
+    far from square (a strip, a banner), or too small to hold a chest."""
+    aspect = max(width, height) / max(min(width, height), 1)
+    if aspect > max_aspect:
+        raise ImageError(f"{name}: {width}x{height}: aspect ratio {aspect:.1f} is beyond {max_aspect} "
+                         f"(a chest film is near square; preprocess.max_aspect)")
+    if min(width, height) < min_side:
+        raise ImageError(f"{name}: {width}x{height} pixels: the shorter side is below the minimum of "
+                         f"{min_side} px (preprocess.min_side)")
+
+
+def png_significant_bits(data: bytes) -> int | None:
+    """The sBIT chunk's significant bits of a PNG's colour channels (the
+    largest, alpha excluded), or None without one; chunks are walked up to
+    the first IDAT, where the PNG spec requires sBIT to come before."""
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        return None
+    channels = PNG_COLOUR_CHANNELS.get(data[25], 1)
+    position = 8
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position:position + 4], "big")
+        kind = data[position + 4:position + 8]
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        if kind == b"sBIT":
+            bits = data[position + 8:position + 8 + min(length, channels)]
+            return max(bits) if bits else None
+        position += 12 + length
+    return None
+
+
+def significant_bits(image: np.ndarray, declared: int | None) -> int:
+    """How many low bits of a 16-bit grey image carry the grey range (rule in the module docstring)."""
+    top = int(image.max()) if image.size else 0
+    if declared is not None and 1 <= declared <= 16 and top < 2**declared:
+        return declared
+    return next(bits for bits in BIT_DEPTHS if top < 2**bits)
+
+
+def scale_to_8bit(image: np.ndarray, bits: int) -> np.ndarray:
+    """uint16 -> uint8 by value * 255 / (2**bits - 1), through a lookup table
+    (one byte per pixel out, no float copy of a large film)."""
+    top = 2**bits - 1
+    lut = np.round(np.minimum(np.arange(65536, dtype=np.float64), top) * (255.0 / top)).astype(np.uint8)
+    return lut[image]
+
+
+def _dicom_module(name: str):
+    # Imported on the first DICOM only: PNG workers (and a served model without
+    # pydicom installed) never pay for it.
+    try:
+        from pipeline.records import dicom
+    except ImportError as exc:
+        raise ImageError(f"{name}: is a DICOM file, and reading DICOM needs pydicom and pylibjpeg: {exc}") from exc
+    return dicom
+
+
+def to_gray(image: np.ndarray, name: str) -> np.ndarray:
+    """A decoded image (grey, BGR or BGRA, 8 or 16-bit) to one channel of the same type."""
+    if image.ndim == 2:
+        return image
+    channels = image.shape[2]
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
+    if channels == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    if channels == 1:
+        return image[:, :, 0]
+    raise ImageError(f"{name}: unsupported channel count {channels}")
+
+
 def decode_to_gray8(data: bytes, name: str = "image") -> np.ndarray:
-    """Decode image bytes to a 2-D uint8 array."""
-    if len(data) == 0:
-        raise ImageError(f"{name}: empty file (0 bytes)")
-    header_size = png_dimensions(data)
-    if header_size and header_size[0] * header_size[1] > MAX_PIXELS:
-        raise ImageError(
-            f"{name}: {header_size[0]}x{header_size[1]} pixels exceeds the limit of "
-            f"{MAX_PIXELS} (decompression bomb?)"
-        )
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    """Decode PNG, JPEG or DICOM bytes to a 2-D uint8 array; the size is
+    checked from the header first, and every decoder failure is an ImageError."""
+    kind = image_format(data, name)
+    if kind == "dicom":
+        return _dicom_module(name).dicom_to_gray8(data, name)
+    width, height = image_dimensions(data, name)
+    check_pixel_count(width, height, name)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except DECODER_ERRORS as exc:
+        detail = " ".join(str(exc).split()) or "no detail"  # cv2.error spans several lines
+        raise ImageError(f"{name}: not a readable {kind.upper()} image ({type(exc).__name__}: {detail})") from exc
     if image is None:
-        raise ImageError(f"{name}: not a readable PNG/JPEG image (corrupt or truncated)")
-    if image.shape[0] * image.shape[1] > MAX_PIXELS:
-        raise ImageError(f"{name}: {image.shape[1]}x{image.shape[0]} exceeds {MAX_PIXELS} pixels")
-    if image.dtype == np.uint16:
-        image = np.round(image.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
-    elif image.dtype != np.uint8:
+        raise ImageError(f"{name}: not a readable {kind.upper()} image (corrupt or truncated)")
+    if image.dtype not in (np.uint8, np.uint16):
         raise ImageError(f"{name}: unsupported pixel type {image.dtype}")
-    if image.ndim == 3:
-        channels = image.shape[2]
-        if channels == 4:
-            image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
-        elif channels == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        elif channels == 1:
-            image = image[:, :, 0]
-        else:
-            raise ImageError(f"{name}: unsupported channel count {channels}")
-    return np.ascontiguousarray(image)
+    gray = to_gray(image, name)
+    if gray.dtype == np.uint16:
+        declared = png_significant_bits(data) if kind == "png" else None
+        gray = scale_to_8bit(gray, significant_bits(gray, declared))
+    return np.ascontiguousarray(gray)
 
 
 def make_square(image: np.ndarray, fit: str = "crop") -> np.ndarray:
@@ -93,14 +260,12 @@ def resize_square(image: np.ndarray, size: int, fit: str = "crop") -> np.ndarray
     return cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
 
 
+
+
+
 def load_xray(path: Path | str, size: int, fit: str = "crop") -> np.ndarray:
-    """Read a file and apply the whole convention: (size, size) uint8."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    return resize_square(decode_to_gray8(data, str(path)), size, fit)
+    """Read a PNG, JPEG or DICOM file and apply the whole convention: (size, size) uint8."""
+    return resize_square(decode_to_gray8(read_image_bytes(path), str(path)), size, fit)
 
 
 def encode_image(image: np.ndarray, encoding: str = "png", jpeg_quality: int = 95) -> bytes:
@@ -118,18 +283,23 @@ def encode_image(image: np.ndarray, encoding: str = "png", jpeg_quality: int = 9
     return buffer.tobytes()
 
 
-def prepare_image(task: tuple[str, int, str, str, int]) -> tuple[bytes | None, int, int, str | None]:
+def prepare_image(
+    task: tuple[str, int, str, str, int, int, float],
+) -> tuple[bytes | None, int, int, str | None]:
     """The preprocess stage's work per image, run in its worker processes:
-    (path, size, fit, encoding, jpeg_quality) -> (encoded, width, height, error).
+    (path, size, fit, encoding, jpeg_quality, min_side, max_aspect) ->
+    (encoded, width, height, error). The film's shape is checked from its
+    header, before decoding.
 
     Here, not in pipeline.records.preprocess, so that workers import only OpenCV and NumPy.
     """
-    path, size, fit, encoding, quality = task
+    path, size, fit, encoding, quality, min_side, max_aspect = task
     try:
-        gray = decode_to_gray8(Path(path).read_bytes(), path)
+        data = read_image_bytes(path)
+        width, height = image_dimensions(data, path)
+        check_film_shape(width, height, path, min_side, max_aspect)
+        gray = decode_to_gray8(data, path)
         height, width = gray.shape
         return encode_image(resize_square(gray, size, fit), encoding, quality), width, height, None
     except ImageError as exc:
         return None, 0, 0, str(exc)
-    except OSError as exc:
-        return None, 0, 0, f"{path}: cannot read: {exc.strerror or exc}"

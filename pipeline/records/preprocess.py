@@ -3,8 +3,9 @@
 Decoding and resizing run in worker processes; the parent writes records in
 manifest order, so the shards are byte-identical whatever the worker count.
 Memory is bounded by a fixed number of images in flight, not by the data
-size. Images that cannot be decoded are quarantined with their reason,
-never silently dropped, and the rest are written.
+size. Images that cannot be decoded, and films whose header gives an
+implausible shape (see pipeline.records.imaging.check_film_shape), are
+quarantined with their reason, never silently dropped, and the rest are written.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pandas as pd
 from pipeline.core.labels import FINDINGS, SPLITS
 from pipeline.core.parallel import ordered_map
 from pipeline.core.progress import Progress
-from pipeline.records.imaging import prepare_image
+from pipeline.records.imaging import MAX_ASPECT, MIN_SIDE, prepare_image
 
 QUARANTINE_COLUMNS = ["image_id", "path", "split", "reason"]
 # Images per round trip to a worker: amortises the hand-over (measured at
@@ -33,6 +34,8 @@ def write_tfrecord_shards(
     jpeg_quality: int = 95,
     shard_size: int = 1000,
     workers: int = 1,
+    min_side: int = MIN_SIDE,
+    max_aspect: float = MAX_ASPECT,
 ) -> tuple[dict, pd.DataFrame]:
     """Write `{split}-NNNNN.tfrecord` shards into out_dir (which must exist).
 
@@ -47,8 +50,12 @@ def write_tfrecord_shards(
         raise ValueError(f"preprocess.encoding must be 'png' or 'jpeg', got {encoding!r}")
     if shard_size < 1:
         raise ValueError(f"preprocess.shard_size must be >= 1, got {shard_size}")
+    if min_side < 1:
+        raise ValueError(f"preprocess.min_side must be >= 1, got {min_side}")
+    if max_aspect < 1.0:
+        raise ValueError(f"preprocess.max_aspect must be >= 1.0 (long side / short side), got {max_aspect}")
     rows = pd.concat([manifest[manifest["split"] == split] for split in SPLITS])
-    tasks = ((path, image_size, fit, encoding, jpeg_quality) for path in rows["path"])
+    tasks = ((path, image_size, fit, encoding, jpeg_quality, min_side, max_aspect) for path in rows["path"])
     quarantined: list[dict] = []
     index: dict = {"image_size": image_size, "fit": fit, "encoding": encoding,
                    "findings": list(FINDINGS), "splits": {}, "shards": []}

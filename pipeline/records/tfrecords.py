@@ -7,9 +7,15 @@ from pathlib import Path
 import tensorflow as tf
 
 from pipeline.core.labels import NUM_FINDINGS
+from pipeline.core.patient import age_is_missing
 
 # Beside the shards: settings, per-split counts, each shard's records and sha256.
 INDEX_FILE = "index.json"
+# A record's "age" when the manifest has none (NIH's CSV left it out, or gave
+# an impossible one such as 414): an int64 feature has no NA, and -1 can never
+# be a real age, so readers tell it apart (pipeline.records.dataset imputes it
+# for the metadata model; pipeline.model.audit puts it in no age band).
+MISSING_AGE = -1
 
 # One Example per image. Everything a later stage needs travels with it,
 # so train/evaluate/explain never go back to the manifest or the originals.
@@ -18,7 +24,7 @@ FEATURE_SPEC = {
     "labels": tf.io.FixedLenFeature([NUM_FINDINGS], tf.int64),  # multi-hot, FINDINGS order
     "image_id": tf.io.FixedLenFeature([], tf.string),
     "patient_id": tf.io.FixedLenFeature([], tf.int64),
-    "age": tf.io.FixedLenFeature([], tf.int64),
+    "age": tf.io.FixedLenFeature([], tf.int64),  # years; MISSING_AGE when unknown
     "sex": tf.io.FixedLenFeature([], tf.string),
     "view": tf.io.FixedLenFeature([], tf.string),
     "orig_width": tf.io.FixedLenFeature([], tf.int64),
@@ -34,12 +40,17 @@ def _ints(values: list[int]) -> tf.train.Feature:
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
 
 
+def record_age(age) -> int:
+    """The manifest's age (int, or pandas' NA / None / NaN when unknown) as the record's int64."""
+    return MISSING_AGE if age_is_missing(age) else int(age)
+
+
 def serialize_example(
     image: bytes,
     labels: list[int],
     image_id: str,
     patient_id: int,
-    age: int,
+    age: int | None,
     sex: str,
     view: str,
     orig_width: int,
@@ -50,7 +61,7 @@ def serialize_example(
         "labels": _ints(labels),
         "image_id": _bytes(image_id.encode()),
         "patient_id": _ints([patient_id]),
-        "age": _ints([age]),
+        "age": _ints([record_age(age)]),
         "sex": _bytes(sex.encode()),
         "view": _bytes(view.encode()),
         "orig_width": _ints([orig_width]),

@@ -1,16 +1,27 @@
 """cxr: chest X-ray findings from the command line.
 
-    cxr predict IMAGE... [--model URI] [--gradcam DIR] [--json] [--tracking-uri URI]
+    cxr predict IMAGE... [--model URI] [--gradcam DIR] [--json] [--tracking-uri URI] [--timeout SECONDS]
+                [--min-side PX] [--max-aspect RATIO] [--allow-lateral]
                 [--age YEARS --sex M|F --view PA|AP | --metadata CSV]
+    cxr evaluate ROOT --labels CSV [--model URI] [--out DIR]   (pipeline.serve.external)
+
+IMAGE is a PNG, JPEG or DICOM file. A film is refused, with the reason,
+before it is decoded when its shorter side is below --min-side, its aspect
+ratio beyond --max-aspect, or its DICOM ViewPosition lateral (unless
+--allow-lateral).
 
 A model trained with patient metadata (train.use_metadata) needs each
 image's age, sex and view: the same for every image with --age/--sex/--view,
 or per image from --metadata (NIH's Data_Entry_2017.csv, or any CSV with
-image_id, age, sex and view), matched by file name.
+image_id, age, sex and view), matched by file name; else, for a DICOM, its
+PatientAge, PatientSex and ViewPosition.
 
-Results go to stdout (one line per image, or one JSON list with --json);
-problems go to stderr as `cxr: error: <file>: <reason>`. A bad image does not
-stop the others. Exit status: 0 all images predicted, 1 an image or the model
+Results go to stdout (a line naming the model, then one line per image, or
+one JSON list with --json); problems go to stderr as
+`cxr: error: <file>: <reason>`. A bad image does not stop the others. A
+tracking store that is missing, damaged or does not answer is one line,
+`cxr: error: MLflow store <store>...`, in seconds, and is never written.
+Exit status: 0 all images predicted, 1 an image, the model or its store
 failed, 2 a usage error.
 """
 from __future__ import annotations
@@ -18,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,14 +38,19 @@ import numpy as np
 
 from pipeline.core.labels import SEXES, VIEWS
 from pipeline.core.patient import PatientMetadataError, encode_patient
-from pipeline.core.tracking import DEFAULT_TRACKING_URI, disable_telemetry
-from pipeline.records.imaging import ImageError
+from pipeline.core.tracking import DEFAULT_TIMEOUT_S, DEFAULT_TRACKING_URI, HTTP_MAX_RETRIES, disable_telemetry
+from pipeline.records.imaging import MAX_ASPECT, MIN_SIDE, ImageError
+from pipeline.serve.film_errors import error_reason
 
 if TYPE_CHECKING:  # the real import loads TensorFlow, so it waits until after argument parsing
-    from pipeline.serve.predict import XrayModel
+    from pipeline.serve.predict import Film, XrayModel
 
 DEFAULT_MODEL = "models:/chestxray@champion"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# The film-shape limits are the preprocess stage's params, which imaging's messages
+# name; on the command line the same limits are these options.
+NO_PATIENT_METADATA = ("no age, sex or view for a PNG/JPEG (a DICOM carries them in its header): "
+                       "give --age, --sex and --view, or --metadata CSV")
 
 
 @dataclass
@@ -47,13 +62,17 @@ class ImageResult:
     probabilities: dict[str, float] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
     gradcam: dict[str, str] = field(default_factory=dict)
-    error: str | None = None
+    error: str | None = None  # the reason only: the file is `image`
     metadata: np.ndarray | None = None  # encoded (pipeline.core.patient), for a model that takes it
 
-    def as_json(self, with_gradcam: bool) -> dict:
+    def fail(self, reason: str) -> None:
+        self.error = reason
+        print(f"cxr: error: {self.image}: {reason}", file=sys.stderr, flush=True)
+
+    def as_json(self, with_gradcam: bool, model: dict) -> dict:
         if self.error is not None:
             return {"image": self.image, "error": self.error}
-        out = {"image": self.image, "probabilities": self.probabilities, "findings": self.findings}
+        out = {"image": self.image, "probabilities": self.probabilities, "findings": self.findings, **model}
         if with_gradcam:
             out["gradcam"] = self.gradcam
         return out
@@ -76,11 +95,85 @@ class ImageResult:
         return f"{self.image}: {line}"
 
 
+def model_fields(model: XrayModel) -> dict:
+    """What each JSON entry says about the model that answered."""
+    return {"model": model.source, "model_version": model.version, "model_run_id": model.run_id}
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
+def aspect_limit(text: str) -> float:
+    value = float(text)
+    if not value >= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be at least 1.0 (longer side / shorter side), got {text}")
+    return value
+
+
+def add_model_options(command: argparse.ArgumentParser) -> None:
+    """The options that say which model answers, shared by predict and evaluate."""
+    command.add_argument(
+        "--model", default=DEFAULT_MODEL, metavar="URI",
+        help=f"an MLflow URI (models:/name@alias, models:/name/version, runs:/run_id/model) "
+             f"or a .keras file (default {DEFAULT_MODEL})",
+    )
+    command.add_argument(
+        "--tracking-uri", metavar="URI",
+        help=f"MLflow tracking store for models:/ and runs:/ URIs "
+             f"(default $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})",
+    )
+    command.add_argument(
+        "--timeout", type=positive_seconds, metavar="SECONDS",
+        help=f"the most one call to a tracking server may wait, with {HTTP_MAX_RETRIES} quick retries "
+             f"(default mlflow.timeout_s of ./params.yaml, else {DEFAULT_TIMEOUT_S}; "
+             "MLFLOW_HTTP_REQUEST_TIMEOUT, if set, wins)",
+    )
+    command.add_argument(
+        "--thresholds", metavar="JSON",
+        help="{finding: threshold} file, e.g. reports/evaluate/thresholds.json "
+             "(default: the registered model's; 0.5 for a bare .keras file)",
+    )
+    command.add_argument(
+        "--batch-size", type=positive_int, default=16, metavar="N", help="images per model call (default 16)"
+    )
+
+
+def add_film_checks(command: argparse.ArgumentParser) -> None:
+    checks = command.add_argument_group(
+        "film checks", "made from the file's header, before decoding; a refused film is named with the reason"
+    )
+    checks.add_argument(
+        "--min-side", type=positive_int, default=MIN_SIDE, metavar="PX",
+        help=f"refuse a film whose shorter side has fewer pixels (default {MIN_SIDE})",
+    )
+    checks.add_argument(
+        "--max-aspect", type=aspect_limit, default=MAX_ASPECT, metavar="RATIO",
+        help=f"refuse a film whose longer side / shorter side is beyond this (default {MAX_ASPECT}; "
+             "a chest film is near square)",
+    )
+    checks.add_argument(
+        "--allow-lateral", action="store_true",
+        help="predict DICOMs whose ViewPosition is lateral (LL, RL, LATERAL, LAT) too; "
+             "the model learnt from PA/AP films only",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,37 +183,24 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     predict = commands.add_parser(
         "predict",
-        help="predict the 14 findings for PNG/JPEG X-rays",
-        description="Predict the 14 findings for PNG/JPEG X-rays, preprocessed exactly as in training.",
+        help="predict the 14 findings for PNG/JPEG/DICOM X-rays",
+        description="Predict the 14 findings for PNG/JPEG/DICOM X-rays, preprocessed exactly as in training.",
     )
     predict.add_argument(
-        "images", nargs="+", metavar="IMAGE", help="PNG or JPEG files (8/16-bit, gray/RGB/RGBA)"
+        "images", nargs="+", metavar="IMAGE", help="PNG, JPEG (8/16-bit, gray/RGB/RGBA) or DICOM files"
     )
-    predict.add_argument(
-        "--model", default=DEFAULT_MODEL, metavar="URI",
-        help=f"an MLflow URI (models:/name@alias, models:/name/version, runs:/run_id/model) "
-             f"or a .keras file (default {DEFAULT_MODEL})",
-    )
-    predict.add_argument(
-        "--tracking-uri", metavar="URI",
-        help=f"MLflow tracking store for models:/ and runs:/ URIs "
-             f"(default $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})",
-    )
-    predict.add_argument(
-        "--thresholds", metavar="JSON",
-        help="{finding: threshold} file, e.g. reports/evaluate/thresholds.json "
-             "(default: the registered model's; 0.5 for a bare .keras file)",
-    )
+    add_model_options(predict)
     predict.add_argument(
         "--gradcam", type=Path, metavar="DIR",
-        help="write a Grad-CAM overlay PNG into DIR for each positive finding (or the top one if none)",
+        help="write a Grad-CAM overlay PNG into DIR for each positive finding (or the top one if none), "
+             "labelled with the finding and its probability",
     )
     predict.add_argument("--json", action="store_true", help="print one JSON list, an object per image")
-    predict.add_argument(
-        "--batch-size", type=positive_int, default=16, metavar="N", help="images per model call (default 16)"
-    )
+    add_film_checks(predict)
     patient = predict.add_argument_group(
-        "patient metadata", "needed by a model trained with train.use_metadata; ignored (with a note) otherwise"
+        "patient metadata",
+        "needed by a model trained with train.use_metadata (a DICOM's own PatientAge, PatientSex and ViewPosition "
+        "are used when none is given); ignored (with a note) otherwise",
     )
     patient.add_argument("--age", type=float, metavar="YEARS", help="patient age, for every image")
     patient.add_argument("--sex", choices=SEXES, type=str.upper, help="patient sex, for every image")
@@ -130,41 +210,87 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-image age, sex and view: NIH's Data_Entry_2017.csv or a CSV with columns image_id, age, sex, "
              "view (e.g. data/ingest/manifest.csv), matched by file name",
     )
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="external validation: score a model on your own labelled films",
+        description="Score a model on a folder of labelled films (no training): per-finding AUC with a bootstrap "
+                    "95% CI of the mean, sensitivity and specificity at the model's thresholds.",
+    )
+    evaluate.add_argument("root", type=Path, metavar="ROOT", help="the folder the labels CSV's paths are relative to")
+    evaluate.add_argument(
+        "--labels", type=Path, required=True, metavar="CSV",
+        help="path,labels,patient_id[,age,sex,view]: labels as NIH writes them ('Effusion|Mass', 'No Finding')",
+    )
+    evaluate.add_argument(
+        "--out", type=Path, default=Path("reports/external"), metavar="DIR",
+        help="where external.json and predictions.csv go (default reports/external)",
+    )
+    evaluate.add_argument(
+        "--bootstrap", type=non_negative_int, default=1000, metavar="N",
+        help="bootstrap resamples for the mean AUC's 95%% CI (default 1000; 0 for none)",
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    add_model_options(evaluate)
+    add_film_checks(evaluate)
     return parser
-
-
-PatientLookup = Callable[[str], dict]
 
 
 class UsageError(ValueError):
     """Arguments that do not fit together; exit status 2."""
 
 
-def patient_lookup(args: argparse.Namespace) -> PatientLookup | None:
-    """image path -> its {"age", "sex", "view"} (PatientMetadataError if it has
-    none), from --age/--sex/--view or --metadata; None when neither is given."""
+@dataclass
+class PatientSource:
+    """Where each image's age, sex and view come from: --age/--sex/--view for
+    every image, else its --metadata row, else its DICOM header."""
+
+    given: dict | None = None
+    table: dict[str, dict] | None = None
+    table_path: Path | None = None
+
+    @property
+    def from_user(self) -> bool:
+        return self.given is not None or self.table is not None
+
+    def for_film(self, image: str, film: Film) -> dict:
+        name = Path(image).name
+        if self.given is not None:
+            return self.given
+        if self.table is not None and name in self.table:
+            return self.table[name]
+        if film.patient is not None:
+            return dicom_patient(film.patient)
+        if self.table is not None:
+            raise PatientMetadataError(f"no row for {name} in {self.table_path}")
+        raise PatientMetadataError(NO_PATIENT_METADATA)
+
+
+def dicom_patient(patient: dict) -> dict:
+    """A DICOM header's patient fields, or which tags it lacks (a missing age is imputed, sex and view are not)."""
+    missing = [tag for key, tag in (("sex", "PatientSex"), ("view", "ViewPosition")) if not patient.get(key)]
+    if missing:
+        raise PatientMetadataError(f"the DICOM header has no {' or '.join(missing)}: give --age, --sex and --view, "
+                                   "or --metadata CSV")
+    return patient
+
+
+def patient_source(args: argparse.Namespace) -> PatientSource:
+    """From --age/--sex/--view or --metadata; empty when neither is given (DICOM headers then)."""
     given = [name for name in ("age", "sex", "view") if getattr(args, name) is not None]
-    if given and len(given) < 3:
-        raise UsageError("give --age, --sex and --view together")
+    required = [name for name in ("sex", "view") if getattr(args, name) is None]
+    if given and required:  # an unknown age may be left out: the model imputes it (pipeline.core.patient)
+        raise UsageError("give --sex and --view together (and --age when known)")
     if given and args.metadata is not None:
         raise UsageError("give either --age/--sex/--view or --metadata, not both")
     if given:
         row = {"age": args.age, "sex": args.sex, "view": args.view}
         encode_patient(**row)  # a bad age fails here, once, not per image
-        return lambda image: row
+        return PatientSource(given=row)
     if args.metadata is None:
-        return None
+        return PatientSource()
     from pipeline.serve.predict import read_patient_metadata
 
-    table = read_patient_metadata(args.metadata)
-
-    def lookup(image: str) -> dict:
-        name = Path(image).name
-        if name not in table:
-            raise PatientMetadataError(f"no row for {name} in {args.metadata}")
-        return table[name]
-
-    return lookup
+    return PatientSource(table=read_patient_metadata(args.metadata), table_path=args.metadata)
 
 
 def quiet_environment() -> None:
@@ -188,33 +314,55 @@ def overlay_stems(images: list[str]) -> list[str]:
     return stems
 
 
+def read_result(model: XrayModel, result: ImageResult, patients: PatientSource | None) -> np.ndarray | None:
+    """The image's preprocessed pixels (and result.metadata when `patients`), or None after
+    recording why it cannot be predicted. Any failure stays this image's: the batch goes on."""
+    try:
+        film = model.read(result.image)
+        if patients is not None:
+            result.metadata = encode_patient(**patients.for_film(result.image, film))
+        return film.pixels
+    except (ImageError, PatientMetadataError) as exc:
+        result.fail(error_reason(exc, result.image))
+    except Exception as exc:  # noqa: BLE001 - a decoder bug on one hostile file must not sink the other images
+        result.fail(f"cannot read: {type(exc).__name__}: {exc}")
+    return None
+
+
 def predict_batch(
     model: XrayModel, results: list[ImageResult], gradcam_dir: Path | None, batch_size: int,
-    metadata: PatientLookup | None = None,
+    patients: PatientSource | None = None,
 ) -> None:
     """Fill in `results`: one model call for the batch's readable images (and
-    their metadata, when `metadata` is given)."""
-    loaded: list[tuple[ImageResult, np.ndarray]] = []
-    for result in results:
-        try:
-            if metadata is not None:
-                result.metadata = encode_patient(**metadata(result.image))
-            loaded.append((result, model.preprocess(result.image)))
-        except PatientMetadataError as exc:
-            result.error = f"{result.image}: patient metadata: {exc}"
-            print(f"cxr: error: {result.error}", file=sys.stderr, flush=True)
-        except ImageError as exc:
-            result.error = str(exc)
-            print(f"cxr: error: {result.error}", file=sys.stderr, flush=True)
+    their metadata, when `patients` is given)."""
+    loaded = [(result, pixels) for result in results
+              if (pixels := read_result(model, result, patients)) is not None]
     if not loaded:
         return
     images = np.stack([image for _, image in loaded])
-    encoded = np.stack([result.metadata for result, _ in loaded]) if metadata is not None else None
+    encoded = np.stack([result.metadata for result, _ in loaded]) if patients is not None else None
     for (result, _), probabilities in zip(loaded, model.predict(images, encoded, batch_size=batch_size)):
         result.probabilities = {f: float(p) for f, p in zip(model.findings, probabilities)}
         result.findings = model.positive_findings(probabilities)
     if gradcam_dir is not None:
         write_overlays(model, [result for result, _ in loaded], images, gradcam_dir, batch_size)
+
+
+def label_overlay(picture: np.ndarray, caption: str) -> np.ndarray:
+    """The caption in white on a dark band across the top, sized to the picture,
+    so that an overlay shown on its own still says what it explains."""
+    height, width = picture.shape[:2]
+    band = max(12, round(height * 0.09))
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    (text_width, text_height), _ = cv2.getTextSize(caption, font, 1.0, 1)
+    scale = min(0.6 * band / text_height, 0.94 * width / text_width)
+    thickness = max(1, round(scale * 1.4))
+    (text_width, text_height), _ = cv2.getTextSize(caption, font, scale, thickness)
+    labelled = picture.copy()
+    labelled[:band] = (24, 24, 24)
+    origin = (max(0, (width - text_width) // 2), (band + text_height) // 2)
+    cv2.putText(labelled, caption, origin, font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return labelled
 
 
 def write_overlays(
@@ -232,9 +380,46 @@ def write_overlays(
         heatmaps = grad_cam(model.keras_model, images[indices], classes, metadata=encoded)
         for (i, finding), heatmap in zip(chunk, heatmaps):
             path = out_dir / f"{results[i].overlay_stem}_{finding}.png"
-            if not cv2.imwrite(str(path), overlay_heatmap(images[i], heatmap)):
+            caption = f"{finding} {results[i].probabilities[finding]:.2f}"
+            if not cv2.imwrite(str(path), label_overlay(overlay_heatmap(images[i], heatmap), caption)):
                 raise OSError(f"{path}: cannot write the Grad-CAM overlay")
             results[i].gradcam[finding] = str(path)
+
+
+def load_for_command(args: argparse.Namespace) -> XrayModel:
+    """The model of --model, with the film checks of the command line (ModelLoadError if it cannot be served)."""
+    from pipeline.serve.predict import FilmChecks, load_model
+
+    model = load_model(args.model, tracking_uri=args.tracking_uri, thresholds=args.thresholds, timeout_s=args.timeout)
+    model.checks = FilmChecks(args.min_side, args.max_aspect, args.allow_lateral)
+    return model
+
+
+def any_dicom(images: list[str]) -> bool:
+    """Whether any input may be a DICOM (its magic bytes, or the name), read from 132 bytes of each."""
+    from pipeline.serve.predict import is_dicom
+
+    for image in images:
+        try:
+            with open(image, "rb") as file:
+                if is_dicom(file.read(132), image):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def patients_for_model(model: XrayModel, source: PatientSource, images: list[str]) -> PatientSource | None:
+    """The patient source a model needs (None for an image-only model); UsageError when nothing can give it."""
+    if not model.uses_patient_metadata:
+        if source.from_user:
+            print(f"cxr: note: {model.source} takes no patient metadata; --age/--sex/--view/--metadata ignored",
+                  file=sys.stderr)
+        return None
+    if not source.from_user and not any_dicom(images):
+        raise UsageError(f"{model.source} was trained with patient metadata (train.use_metadata): give --age, "
+                         f"--sex and --view, or --metadata CSV (a DICOM's header gives its own)")
+    return source
 
 
 def predict_command(args: argparse.Namespace) -> int:
@@ -247,33 +432,32 @@ def predict_command(args: argparse.Namespace) -> int:
             return EXIT_FAILED
     quiet_environment()
     try:
-        metadata = patient_lookup(args)
+        source = patient_source(args)
     except (UsageError, PatientMetadataError) as exc:  # PatientMetadataError here: a bad --age
         print(f"cxr: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ValueError as exc:  # an unreadable --metadata CSV
         print(f"cxr: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    from pipeline.serve.predict import ModelLoadError, load_model
+    from pipeline.serve.predict import ModelLoadError
 
     try:
-        model = load_model(args.model, tracking_uri=args.tracking_uri, thresholds=args.thresholds)
+        model = load_for_command(args)
     except ModelLoadError as exc:
         print(f"cxr: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    if model.uses_patient_metadata and metadata is None:
-        print(f"cxr: error: {model.source} was trained with patient metadata (train.use_metadata): give --age, "
-              f"--sex and --view, or --metadata CSV", file=sys.stderr)
+    try:
+        patients = patients_for_model(model, source, args.images)
+    except UsageError as exc:
+        print(f"cxr: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if metadata is not None and not model.uses_patient_metadata:
-        print(f"cxr: note: {model.source} takes no patient metadata; --age/--sex/--view/--metadata ignored",
-              file=sys.stderr)
-        metadata = None
+    if not args.json:
+        print(f"model: {model.identity()}", flush=True)
     results = [ImageResult(image, stem) for image, stem in zip(args.images, overlay_stems(args.images))]
     try:
         for start in range(0, len(results), args.batch_size):
             batch = results[start : start + args.batch_size]
-            predict_batch(model, batch, args.gradcam, args.batch_size, metadata)
+            predict_batch(model, batch, args.gradcam, args.batch_size, patients)
             if not args.json:
                 for result in batch:
                     if result.error is None:
@@ -282,8 +466,32 @@ def predict_command(args: argparse.Namespace) -> int:
         print(f"cxr: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
-        print(json.dumps([r.as_json(args.gradcam is not None) for r in results], indent=2))
+        print(json.dumps([r.as_json(args.gradcam is not None, model_fields(model)) for r in results], indent=2))
     return EXIT_FAILED if any(r.error is not None for r in results) else EXIT_OK
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    """`cxr evaluate`: 0 when the films were scored (rejected and quarantined ones listed), 1 otherwise."""
+    from pipeline.data.nih import DataEntryError
+    from pipeline.serve import external
+    from pipeline.serve.predict import ModelLoadError
+
+    for path, what in ((args.root, "image folder"), (args.labels, "labels CSV")):
+        if not path.exists():
+            print(f"cxr: error: {path}: no such {what}", file=sys.stderr)
+            return EXIT_FAILED
+    try:
+        model = load_for_command(args)
+        print(f"model: {model.identity()}", flush=True)
+        report = external.evaluate_external(model, args.root, args.labels, args.out, args.batch_size,
+                                            args.bootstrap, args.seed)
+    except (ModelLoadError, DataEntryError, external.ExternalSetError, OSError) as exc:
+        print(f"cxr: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    external.print_problems(report)
+    print(external.summary_table(report))
+    print(f"report: {args.out / external.REPORT_FILE}")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse exits on --help (0) and usage errors (2)
         return EXIT_USAGE if exit_.code else EXIT_OK
+    if args.command == "evaluate":
+        quiet_environment()
+        return evaluate_command(args)
     return predict_command(args)
 
 

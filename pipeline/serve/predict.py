@@ -3,8 +3,13 @@ training did, predict the 14 findings and explain one with Grad-CAM.
 
     from pipeline import load_model, preprocess_xray, generate_gradcam
     model = load_model("models:/chestxray@champion")
-    image = model.preprocess("chest.png")  # or preprocess_xray(path, size, fit)
+    image = model.preprocess("chest.png")  # or preprocess_xray(path, size, fit); PNG, JPEG or DICOM
     probabilities, heatmap = model.predict(image), generate_gradcam(model, image)
+
+Films are checked before they are predicted: a shorter side below MIN_SIDE,
+an aspect ratio beyond MAX_ASPECT (pipeline.records.imaging) or a DICOM whose
+ViewPosition is lateral raise ImageError with the reason. model.read(path)
+also gives a DICOM's PatientAge, PatientSex and ViewPosition.
 
 A model trained with patient metadata (train.use_metadata) also needs each
 image's age, sex and view: model.predict(image, metadata={"age": 61,
@@ -12,24 +17,47 @@ image's age, sex and view: model.predict(image, metadata={"age": 61,
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sqlite3
+import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from pipeline.core.labels import FINDINGS, NUM_FINDINGS
 from pipeline.core.model_io import image_size_of, model_inputs, uses_patient_metadata
 from pipeline.core.patient import encode_patient_input
 from pipeline.core.recalibration import apply_recalibration
-from pipeline.core.tracking import disable_telemetry
+from pipeline.core.store_lock import LEASE_SUFFIX, StoreError, check_sqlite_file, sqlite_path
+from pipeline.core.tracking import (
+    TrackingServerError,
+    bound_http_waits,
+    check_tracking_server,
+    disable_telemetry,
+    redacted,
+)
 from pipeline.core.tracking import tracking_uri as configured_tracking_uri
-from pipeline.explain.gradcam import grad_cam
-from pipeline.records.imaging import load_xray
+from pipeline.records.dicom import LATERAL_VIEWS, read_dicom_patient
+from pipeline.records.imaging import (
+    MAX_ASPECT,
+    MIN_SIDE,
+    ImageError,
+    check_film_shape,
+    decode_to_gray8,
+    image_dimensions,
+    image_format,
+    read_image_bytes,
+    resize_square,
+)
+
+if TYPE_CHECKING:  # Keras (TensorFlow) loads with the first model, so that a broken store is reported in seconds
+    import keras
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_FIT = "crop"
@@ -38,15 +66,82 @@ MODEL_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 RUN_MODEL_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<name>[^/]+)$")
 MLFLOW_SCHEMES = ("models:", "runs:")
 MLFLOW_URI_FORMS = "models:/name@alias, models:/name/version or runs:/run_id/model"
+# Tables every MLflow SQLite store has; without them MLflow would create them in whatever file it is given.
+MLFLOW_TABLES = ("experiments", "runs", "registered_models", "model_versions")
+# MLflow errors that are about the model asked for (no such alias, version or run), not about the store.
+MODEL_ERROR_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
 class ModelLoadError(RuntimeError):
     """A model URI or file that cannot be served; the message names it and says why."""
 
 
-def preprocess_xray(path: Path | str, image_size: int = 320, fit: str = DEFAULT_FIT) -> np.ndarray:
-    """Any PNG/JPEG X-ray -> float32 (size, size, 1) grey values 0..255, exactly as in training."""
-    return load_xray(path, image_size, fit).astype(np.float32)[..., None]
+class ModelStoreError(ModelLoadError):
+    """The tracking store a models:/ or runs:/ URI needs is missing, not an MLflow store, or fails."""
+
+
+class LateralViewError(ImageError):
+    """A DICOM whose ViewPosition is lateral: the models learnt from frontal films only."""
+
+    def __init__(self, name: str, view: str):
+        self.name, self.view = name, view
+        super().__init__(f"{name}: lateral view (ViewPosition {view}): the model was trained on frontal PA/AP films; "
+                         "allow_lateral=True to predict anyway")
+
+
+@dataclass
+class Film:
+    """One checked, preprocessed film, and what its DICOM header says about the patient."""
+
+    pixels: np.ndarray  # float32 (size, size, 1) grey values 0..255
+    # {"age", "sex", "view"} from a DICOM header (each None when absent); None for PNG/JPEG.
+    patient: dict | None = None
+
+
+@dataclass(frozen=True)
+class FilmChecks:
+    """What a film must be to be predicted: frontal, and not too small or elongated to be a chest film."""
+
+    min_side: int = MIN_SIDE
+    max_aspect: float = MAX_ASPECT
+    allow_lateral: bool = False
+
+
+def is_dicom(data: bytes, name: str) -> bool:
+    """Whether imaging reads these bytes as DICOM (its magic bytes; a .dcm name without the preamble too)."""
+    try:
+        return image_format(data, name) == "dicom"
+    except ImageError:
+        return False
+
+
+def dicom_patient(data: bytes, name: str) -> dict:
+    try:
+        return read_dicom_patient(data)
+    except ImageError as exc:  # it names the bytes "DICOM"; the user knows the file by its path
+        raise ImageError(f"{name}: {str(exc).removeprefix('DICOM: ')}") from exc
+
+
+def read_film(path: Path | str, image_size: int, fit: str = DEFAULT_FIT, checks: FilmChecks = FilmChecks()) -> Film:
+    """A PNG, JPEG or DICOM file -> Film, refused (ImageError naming the file) before decoding when its header
+    shows a film too small, too elongated or lateral; the pixels are training's convention (load_xray)."""
+    name = str(path)
+    data = read_image_bytes(path)
+    width, height = image_dimensions(data, name)
+    check_film_shape(width, height, name, checks.min_side, checks.max_aspect)
+    patient = dicom_patient(data, name) if is_dicom(data, name) else None
+    if patient and patient.get("view") in LATERAL_VIEWS and not checks.allow_lateral:
+        raise LateralViewError(name, patient["view"])
+    pixels = resize_square(decode_to_gray8(data, name), image_size, fit).astype(np.float32)[..., None]
+    return Film(pixels, patient)
+
+
+def preprocess_xray(
+    path: Path | str, image_size: int = 320, fit: str = DEFAULT_FIT, checks: FilmChecks = FilmChecks()
+) -> np.ndarray:
+    """Any PNG/JPEG/DICOM X-ray -> float32 (size, size, 1) grey values 0..255, exactly as in training;
+    ImageError for a film that `checks` refuse (see read_film)."""
+    return read_film(path, image_size, fit, checks).pixels
 
 
 def image_batch(images: np.ndarray, image_size: int) -> tuple[np.ndarray, bool]:
@@ -121,9 +216,23 @@ class XrayModel:
     findings: tuple[str, ...] = FINDINGS
     # Fitted on validation by the evaluate stage (evaluate.calibration); None = raw outputs.
     recalibration: dict | None = None
+    # The registered version and run an MLflow URI resolved to; None for a .keras file (and version for runs:/).
+    version: str | None = None
+    run_id: str | None = None
+    checks: FilmChecks = field(default_factory=FilmChecks)
+
+    def read(self, path: Path | str) -> Film:
+        """A film checked (self.checks) and preprocessed for this model, with its DICOM patient fields."""
+        return read_film(path, self.image_size, self.fit, self.checks)
 
     def preprocess(self, path: Path | str) -> np.ndarray:
-        return preprocess_xray(path, self.image_size, self.fit)
+        return self.read(path).pixels
+
+    def identity(self) -> str:
+        """Which model answered: the URI, and the registered version and run it resolved to."""
+        version = [f"= version {self.version}"] if self.version else []
+        run = [f"(run {self.run_id})"] if self.run_id else []
+        return " ".join([self.source, *version, *run])
 
     @property
     def uses_patient_metadata(self) -> bool:
@@ -170,14 +279,24 @@ def generate_gradcam(
         index = int(np.argmax(keras_model(model_inputs(keras_model, batch, encoded), training=False)[0]))
     else:
         index = finding_index(finding)
+    from pipeline.explain.gradcam import grad_cam
+
     return grad_cam(keras_model, batch, np.array([index]), layer_name, metadata=encoded)[0]
 
 
 def load_model(
-    uri: Path | str, tracking_uri: str | None = None, thresholds: dict[str, float] | Path | str | None = None
+    uri: Path | str, tracking_uri: str | None = None, thresholds: dict[str, float] | Path | str | None = None,
+    timeout_s: float | None = None,
 ) -> XrayModel:
     """A model from a `.keras` file or an MLflow URI (models:/name@alias,
     models:/name/version, runs:/run_id/model).
+
+    The tracking store is checked first, writing nothing (require_tracking_store):
+    a missing, empty or damaged SQLite file, or a server that does not answer,
+    raises ModelStoreError in seconds, as does any later failure of the store.
+    A server's calls wait at most about `timeout_s` each (default: params.yaml's
+    mlflow.timeout_s in the working directory, else 60), set for the process in
+    MLFLOW_HTTP_REQUEST_* (values already there win).
 
     Registered models carry their findings, thresholds and preprocessing in
     their metadata. A bare `.keras` file has none: its image size comes from its
@@ -187,7 +306,7 @@ def load_model(
     """
     uri = str(uri)
     if uri.startswith(MLFLOW_SCHEMES):
-        model = load_mlflow_model(uri, tracking_uri or configured_tracking_uri())
+        model = load_mlflow_model(uri, tracking_uri or configured_tracking_uri(), timeout_s)
     else:
         model = load_keras_file(Path(uri))
     if thresholds is not None:
@@ -202,6 +321,8 @@ def load_keras_file(path: Path) -> XrayModel:
         raise ModelLoadError(f"{path}: no such model file")
     if path.suffix != ".keras":
         raise ModelLoadError(f"{path}: not a .keras file or an MLflow URI ({MLFLOW_URI_FORMS})")
+    import keras
+
     try:
         keras_model = keras.models.load_model(path, compile=False)
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
@@ -229,28 +350,92 @@ def read_thresholds(thresholds: dict[str, float] | Path | str, name: str = "thre
     return {f: float(thresholds[f]) for f in FINDINGS}
 
 
-def require_tracking_store(uri: str, store: str) -> None:
-    """MLflow would silently create an empty SQLite store; say there is none instead."""
-    if store.startswith("sqlite:///"):
-        database = Path(store.removeprefix("sqlite:///"))
-        if not database.is_file():
-            raise ModelLoadError(
-                f"{uri}: no MLflow tracking store {store} ({database.resolve()} does not exist; "
-                "set MLFLOW_TRACKING_URI or pass a tracking URI)"
-            )
+def require_tracking_store(uri: str, store: str, timeout_s: float | None = None) -> None:
+    """Check, writing nothing, that `store` can be read before MLflow opens it: MLflow would create
+    a missing SQLite store, create its tables in an empty or foreign file, and retry a dead server
+    for minutes. For a server, also bound its calls (bound_http_waits). Raises ModelStoreError."""
+    database = sqlite_path(store)
+    if database is not None:
+        require_sqlite_store(uri, store, database)
+    elif store.startswith(("http://", "https://")):
+        bound_http_waits(timeout_s)
+        try:
+            check_tracking_server(store)
+        except TrackingServerError as exc:
+            raise ModelStoreError(str(exc)) from exc
 
 
-def model_artifact_location(client, uri: str) -> str:
-    """Where the model's files are, by resolving its URI against this store's
-    registry. Done with an explicit client because MLflow 3.17 resolves
-    models:/ URIs against the process-wide registry, ignoring download_artifacts'
-    tracking_uri."""
+def require_sqlite_store(uri: str, store: str, database: Path) -> None:
+    if not database.is_file():
+        raise ModelStoreError(
+            f"{uri}: no MLflow tracking store {store} ({database.resolve()} does not exist; "
+            "set MLFLOW_TRACKING_URI or pass a tracking URI)"
+        )
+    try:
+        check_sqlite_file(database)
+        missing = missing_mlflow_tables(database)
+    except StoreError as exc:
+        raise ModelStoreError(str(exc)) from exc
+    if missing:
+        raise ModelStoreError(f"MLflow store {database} is an SQLite file without MLflow's tables "
+                              f"({', '.join(missing)}): not an MLflow store; set MLFLOW_TRACKING_URI or pass a "
+                              "tracking URI")
+
+
+def missing_mlflow_tables(database: Path) -> list[str]:
+    """Which of MLFLOW_TABLES the SQLite file lacks, read-only; StoreError if it cannot be read."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as exc:
+        raise StoreError(f"MLflow store {database}: {exc}") from exc
+    return [table for table in MLFLOW_TABLES if table not in tables]
+
+
+def store_failure_line(store: str, exc: BaseException) -> str | None:
+    """`MLflow store <store>: <cause>` for an MLflow, SQLAlchemy, sqlite3 or requests error, else None.
+    store_failure names MLflow's process-wide tracking URI; cxr's client is given its own store."""
+    from pipeline.core.stage import store_failure
+
+    line = store_failure(exc)
+    if line is None:
+        return None
+    mlflow = sys.modules.get("mlflow")
+    named = redacted(mlflow.get_tracking_uri() if mlflow is not None else configured_tracking_uri())
+    cause = line.removeprefix(f"MLflow store {named}: ")
+    return f"MLflow store {redacted(store)}: {cause}"
+
+
+def registered_name(uri: str) -> str | None:
+    """The registered model a models:/ URI names (None for runs:/ and other URIs)."""
+    match = MODEL_ALIAS_URI.match(uri) or MODEL_VERSION_URI.match(uri)
+    return match["name"] if match else None
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model URI's files are, and the registered version and run it resolved to."""
+
+    location: str
+    version: str | None
+    run_id: str | None
+
+
+def resolve_model_uri(client, uri: str) -> ResolvedModel:
+    """Resolve the URI against this store's registry with an explicit client,
+    because MLflow 3.17 resolves models:/ URIs against the process-wide
+    registry, ignoring download_artifacts' tracking_uri."""
     if match := MODEL_ALIAS_URI.match(uri):
-        name = match["name"]
-        version = client.get_model_version_by_alias(name, match["alias"]).version
-        return client.get_model_version_download_uri(name, version)
-    if match := MODEL_VERSION_URI.match(uri):
-        return client.get_model_version_download_uri(match["name"], match["version"])
+        registered = client.get_model_version_by_alias(match["name"], match["alias"])
+    elif match := MODEL_VERSION_URI.match(uri):
+        registered = client.get_model_version(match["name"], match["version"])
+    else:
+        return ResolvedModel(logged_model_location(client, uri), None, RUN_MODEL_URI.match(uri)["run_id"])
+    location = client.get_model_version_download_uri(registered.name, registered.version)
+    return ResolvedModel(location, str(registered.version), registered.run_id)
+
+
+def logged_model_location(client, uri: str) -> str:
     match = RUN_MODEL_URI.match(uri)
     run = client.get_run(match["run_id"])
     logged = client.search_logged_models(
@@ -262,28 +447,53 @@ def model_artifact_location(client, uri: str) -> str:
     return logged[0].artifact_location
 
 
-def load_mlflow_model(uri: str, store: str) -> XrayModel:
+def load_mlflow_model(uri: str, store: str, timeout_s: float | None = None) -> XrayModel:
     if not any(form.match(uri) for form in (MODEL_ALIAS_URI, MODEL_VERSION_URI, RUN_MODEL_URI)):
         raise ModelLoadError(f"{uri}: not a supported MLflow model URI ({MLFLOW_URI_FORMS})")
-    require_tracking_store(uri, store)
+    if (registered_name(uri) or "").endswith(LEASE_SUFFIX):
+        raise ModelLoadError(f"{uri}: {registered_name(uri)} is the lock held while a champion is decided, "
+                             "not a model")
+    require_tracking_store(uri, store, timeout_s)
     disable_telemetry()
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    # Keras reads the whole model into memory, so the download need not outlive it.
+    with tempfile.TemporaryDirectory(prefix="cxr-model-") as download_dir:
+        resolved, local = download_model(uri, store, Path(download_dir))
+        try:
+            mlmodel = mlflow.models.Model.load(str(local / "MLmodel"))
+            keras_model = registered_keras_model(uri, local, mlmodel.flavors)
+        except MlflowException as exc:
+            raise ModelLoadError(f"{uri}: {exc.message}") from exc
+        metadata = mlmodel.metadata or {}
+    model = model_from_registry_metadata(uri, keras_model, metadata)
+    model.version, model.run_id = resolved.version, resolved.run_id
+    return model
+
+
+def download_model(uri: str, store: str, download_dir: Path) -> tuple[ResolvedModel, Path]:
+    """Resolve the URI and download its files: ModelLoadError when the store has no such model,
+    ModelStoreError (one line naming the store) when the store itself fails."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
         client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
-        location = model_artifact_location(client, uri)
-        # Keras reads the whole model into memory, so the download need not outlive it.
-        with tempfile.TemporaryDirectory(prefix="cxr-model-") as download_dir:
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=location, dst_path=download_dir, tracking_uri=store
-            )
-            mlmodel = mlflow.models.Model.load(str(Path(local) / "MLmodel"))
-            keras_model = registered_keras_model(uri, Path(local), mlmodel.flavors)
-            metadata = mlmodel.metadata or {}
+        resolved = resolve_model_uri(client, uri)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=resolved.location, dst_path=str(download_dir), tracking_uri=store
+        )
     except MlflowException as exc:
-        raise ModelLoadError(f"{uri}: {exc.message} (tracking store {store})") from exc
-    return model_from_registry_metadata(uri, keras_model, metadata)
+        if exc.error_code in MODEL_ERROR_CODES:
+            raise ModelLoadError(f"{uri}: {exc.message} (tracking store {redacted(store)})") from exc
+        raise ModelStoreError(store_failure_line(store, exc)) from exc
+    except Exception as exc:
+        line = store_failure_line(store, exc)
+        if line is None:
+            raise
+        raise ModelStoreError(line) from exc
+    return resolved, Path(local)
 
 
 def registered_keras_model(uri: str, local: Path, flavors: dict) -> keras.Model:
@@ -294,6 +504,8 @@ def registered_keras_model(uri: str, local: Path, flavors: dict) -> keras.Model:
 
     artifact = flavors.get("python_function", {}).get("artifacts", {}).get(KERAS_ARTIFACT)
     if artifact is not None:
+        import keras
+
         return keras.models.load_model(local / artifact["path"], compile=False)
     if "keras" in flavors:
         import mlflow

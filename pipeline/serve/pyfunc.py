@@ -4,7 +4,10 @@
     pyfunc.predict(images)  # DataFrame: one row per image, one column per finding (FINDINGS order)
 
 `images` are preprocessed float32 (n, size, size, 1) grey values 0..255
-(pipeline.serve.predict.preprocess_xray). A model registered with a
+(pipeline.serve.predict.preprocess_xray, which is where a film is checked:
+too small, too elongated or lateral films are refused there, since a
+preprocessed array no longer shows the film's shape). Anything else is
+refused with the shape or values expected. A model registered with a
 recalibration (evaluate.calibration) returns recalibrated probabilities. A model trained with patient metadata
 takes {"image": images, "metadata": ...}, the metadata either encoded
 (n, 3) (pipeline.core.patient) or as rows of age, sex and view (a DataFrame or
@@ -41,12 +44,27 @@ class ChestXrayPyfunc(mlflow.pyfunc.PythonModel):
         from pipeline.core.model_io import model_inputs
 
         if isinstance(model_input, dict):
-            images = np.asarray(model_input[IMAGE_INPUT], dtype=np.float32)
+            images = self.checked_images(model_input[IMAGE_INPUT])
             metadata = model_input.get(PATIENT_INPUT)
             metadata = None if metadata is None else encode_patient_input(metadata, len(images))
         else:
-            images, metadata = np.asarray(model_input, dtype=np.float32), None
+            images, metadata = self.checked_images(model_input), None
         probabilities = self.model.predict(model_inputs(self.model, images, metadata), verbose=0)
         if self.recalibration:
             probabilities = apply_recalibration(self.recalibration, probabilities)
         return pd.DataFrame(probabilities, columns=list(FINDINGS))
+
+    def checked_images(self, images) -> np.ndarray:
+        """preprocess_xray's output stacked, or ValueError saying what is expected: a film read
+        another way (another size, raw 16-bit values) would be scored without complaint."""
+        from pipeline.core.model_io import image_size_of
+
+        size = image_size_of(self.model)
+        array = np.asarray(images, dtype=np.float32)
+        if array.ndim != 4 or array.shape[1:] != (size, size, 1):
+            raise ValueError(f"expected preprocessed images of shape (n, {size}, {size}, 1) "
+                             f"(pipeline.serve.predict.preprocess_xray), got {array.shape}")
+        if not np.isfinite(array).all() or array.min(initial=0) < 0 or array.max(initial=0) > 255:
+            raise ValueError("expected grey values 0..255 (pipeline.serve.predict.preprocess_xray), got "
+                             f"{np.nanmin(array):g}..{np.nanmax(array):g}")
+        return array

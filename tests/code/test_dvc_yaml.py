@@ -19,7 +19,8 @@ def test_ingest_depends_on_the_data_root():
     # a changed metadata CSV, box list, split list or image set must rerun ingest
     assert "${ingest.root}" in STAGES["ingest"]["deps"]
     assert "${paths.phantom}" in STAGES["phantom"]["outs"]
-    assert set(STAGES["ingest"]["outs"]) == {"${paths.manifest}", "${paths.boxes}", "${paths.ingest_report}"}
+    assert set(STAGES["ingest"]["outs"]) == {"${paths.manifest}", "${paths.boxes}", "${paths.ingest_report}",
+                                                  "${paths.rejected_rows}"}
 
 
 def test_validate_declares_its_html_report():
@@ -59,6 +60,8 @@ NOT_OUTPUT_AFFECTING = {
     "pipeline/core/config.py",  # reads params.yaml, whose values are declared as params
     "pipeline/core/atomic.py",  # how files are written, not what
     "pipeline/core/tracking.py",  # MLflow logging
+    "pipeline/core/quiet.py",  # library log lines
+    "pipeline/core/store_lock.py",  # MLflow store checks and locks
 }
 
 

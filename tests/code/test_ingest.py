@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 from pipeline.core.labels import FINDINGS
-from pipeline.data.ingest import build_manifest, read_boxes
-from pipeline.data.manifest import MANIFEST_COLUMNS
+from pipeline.data.ingest import build_manifest, build_nih_manifest, read_boxes
+from pipeline.data.manifest import MANIFEST_COLUMNS, read_manifest
 from pipeline.data.nih import DataEntryError, index_images, read_data_entry
+from pipeline.records.imaging import ImageError, load_xray
 from tests.conftest import PROJECT_ROOT
 
 RATIOS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -61,21 +62,92 @@ def rewrite_line(root, line_number, new_line):
 
 
 @pytest.mark.parametrize(
-    "line,problem",
+    "line,image_id,reason",
     [
-        ("00000001_000.png,Mass,0,1,40,M", "line 2: expected 11 fields, got 6"),
-        ("00000001_000.png,Pneumonitis,0,1,40,M,PA,48,48,0.1,0.1,", "line 2: unknown finding 'Pneumonitis'"),
-        ("../x.png,Mass,0,1,40,M,PA,48,48,0.1,0.1,", "line 2: Image Index '../x.png' is not a file name"),
-        ("/etc/passwd,Mass,0,1,40,M,PA,48,48,0.1,0.1,", "line 2: Image Index '/etc/passwd'"),
-        ("00000001_001.png,Mass,0,1,40,M,PA,48,48,0.1,0.1,", "line 3: duplicate Image Index '00000001_001.png'"),
-        ("00000001_000.png,Mass,0,1,forty,M,PA,48,48,0.1,0.1,", "line 2: age is not an integer: 'forty'"),
+        ("00000001_000.png,Mass,0,1,40,M", "00000001_000.png", "unreadable row: expected 11 fields, got 6: "),
+        ("00000001_000.png,Mass,0,one,40,M,PA,48,48,0.1,0.1,", "00000001_000.png",
+         "unreadable row: Patient ID is not an integer: 'one'"),
+        ("00000001_000.png,Mass,0.5,1,40,M,PA,48,48,0.1,0.1,", "00000001_000.png",
+         "unreadable row: Follow-up # is not an integer: '0.5'"),
+        ("00000001_000.png,Pneumonitis,0,1,40,M,PA,48,48,0.1,0.1,", "00000001_000.png",
+         "unknown finding 'Pneumonitis' in 'Pneumonitis'"),
+        ("../x.png,Mass,0,1,40,M,PA,48,48,0.1,0.1,", "../x.png",
+         "Image Index is a path, not a plain file name like 00000001_000.png"),
+        ("/etc/passwd,Mass,0,1,40,M,PA,48,48,0.1,0.1,", "/etc/passwd",
+         "Image Index is a path, not a plain file name like 00000001_000.png"),
+        ("scan.jpg,Mass,0,1,40,M,PA,48,48,0.1,0.1,", "scan.jpg",
+         "Image Index is not a file name like 00000001_000.png"),
+        ("00000001_001.png,Mass,0,1,40,M,PA,48,48,0.1,0.1,", "00000001_001.png",
+         "duplicate Image Index (first on line 2)"),
     ],
 )
-def test_bad_metadata_names_file_and_line(small_nih_root, line, problem):
+def test_bad_row_is_set_aside_with_file_line_and_reason(small_nih_root, line, image_id, reason):
     path = rewrite_line(small_nih_root, 2, line)
-    with pytest.raises(DataEntryError, match=problem) as caught:
+    manifest, rejected, report = build_nih_manifest(small_nih_root, RATIOS, seed=0)
+    duplicate = reason.startswith("duplicate")
+    assert [(r["file"], r["line"], r["image_id"]) for r in rejected] == [(str(path), 3 if duplicate else 2, image_id)]
+    assert rejected[0]["reason"].startswith(reason)
+    assert len(manifest) == 11 and report["rejected_rows"] == 1  # the other rows go on
+    assert report["rejected_rows_examples"][0].startswith(f"{path}: line {rejected[0]['line']}: {image_id}: ")
+
+
+def test_every_row_problem_in_one_run(small_nih_root):
+    # line n holds patient (n - 2) // 2 + 1's follow-up (n - 2) % 2; patient 5 is 35
+    path = small_nih_root / "Data_Entry_2017.csv"
+    lines = path.read_text().splitlines()
+    lines[6 - 1] = lines[6 - 1].replace("Effusion|Nodule", "Effusion|Pneumonitis")  # 00000003_000.png
+    lines[8 - 1] = lines[3 - 1]  # 00000001_001.png again, over 00000004_000.png
+    lines[10 - 1] = lines[10 - 1].replace("00000005_000.png", "../../../../etc/passwd")
+    lines[11 - 1] = lines[11 - 1].replace(",35,", ",414,")  # 00000005_001.png
+    lines.append("00000099_000.png,Mass,0,99")  # line 14
+    path.write_text("\n".join(lines) + "\n")
+    manifest, rejected, report = build_nih_manifest(small_nih_root, RATIOS, seed=0)
+    assert [(r["file"], r["line"], r["image_id"], r["reason"]) for r in rejected] == [
+        (str(path), 6, "00000003_000.png", "unknown finding 'Pneumonitis' in 'Effusion|Pneumonitis'"),
+        (str(path), 8, "00000001_001.png", "duplicate Image Index (first on line 3)"),
+        (str(path), 10, "../../../../etc/passwd", "Image Index is a path, not a plain file name like 00000001_000.png"),
+        (str(path), 14, "00000099_000.png", "unreadable row: expected 11 fields, got 4: 00000099_000.png,Mass,0,99"),
+    ]
+    assert report["ages_missing"] == [{"file": str(path), "line": 11, "image_id": "00000005_001.png",
+                                       "value": "414", "reason": "age 414 outside 0..120"}]
+    age = manifest.set_index("image_id")["age"]
+    assert pd.isna(age["00000005_001.png"]) and age["00000006_000.png"] == 36
+    assert str(manifest["age"].dtype) == "Int64" and len(manifest) == 9
+    # the images no usable row names are listed, not skipped in silence
+    unused = {Path(u["file"]).name: u["reason"] for u in report["unused_files"]["first"]}
+    assert unused == {"00000003_000.png": "its row in the metadata CSV was rejected",
+                      "00000004_000.png": "not in the metadata CSV",
+                      "00000005_000.png": "not in the metadata CSV"}
+
+
+def test_bad_ages_are_kept_as_missing(small_nih_root, tmp_path):
+    path = small_nih_root / "Data_Entry_2017.csv"
+    lines = path.read_text().splitlines()
+    for line, age in ((2, "148"), (3, "forty"), (4, "")):
+        fields = lines[line - 1].split(",")
+        fields[4] = age
+        lines[line - 1] = ",".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+    manifest, rejected, report = build_nih_manifest(small_nih_root, RATIOS, seed=0)
+    assert rejected == [] and len(manifest) == 12
+    assert [(n["line"], n["value"], n["reason"]) for n in report["ages_missing"]] == [
+        (2, "148", "age 148 outside 0..120"), (3, "forty", "age 'forty' is not a number of years"),
+        (4, "", "age missing")]
+    written = tmp_path / "manifest.csv"
+    manifest.to_csv(written, index=False)
+    assert read_manifest(written)["age"].isna().sum() == 3
+
+
+def test_unusable_files_still_stop_ingest(small_nih_root):
+    path = small_nih_root / "Data_Entry_2017.csv"
+    header = path.read_text().splitlines()[0]
+    path.write_text(header + "\n" + "".join(f"0000000{i}_000.png,Mass,0,{i}\n" for i in range(3)))
+    with pytest.raises(DataEntryError, match="Data_Entry_2017.csv: none of its 3 rows is usable, e.g. .*line 2: "
+                                             "00000000_000.png: unreadable row"):
         build_manifest(small_nih_root, RATIOS, seed=0)
-    assert str(path) in str(caught.value)
+    path.write_text("")
+    with pytest.raises(DataEntryError, match="empty file"):
+        build_manifest(small_nih_root, RATIOS, seed=0)
 
 
 def test_wrong_header_named(small_nih_root):
@@ -94,14 +166,70 @@ def test_missing_required_column_named(small_nih_root):
         build_manifest(small_nih_root, RATIOS, seed=0)
 
 
-def test_symlink_outside_root_rejected(small_nih_root, tmp_path):
-    outside = tmp_path / "secret.png"
-    outside.write_bytes(b"x")
-    target = small_nih_root / "images" / "00000001_000.png"
-    target.unlink()
-    target.symlink_to(outside)
-    with pytest.raises(DataEntryError, match="symlink points outside the data root"):
-        index_images(small_nih_root)
+def without_root(manifest: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """The manifest with its paths made relative to the data root."""
+    return manifest.assign(path=[str(Path(p).relative_to(root)) for p in manifest["path"]])
+
+
+def test_symlinked_image_folder_on_another_disk(small_nih_root, tmp_path):
+    real, _ = build_manifest(small_nih_root, RATIOS, seed=0)
+    other_disk = tmp_path / "other-disk" / "nih-images"
+    other_disk.parent.mkdir()
+    (small_nih_root / "images").rename(other_disk)
+    (small_nih_root / "images_001").mkdir()
+    (small_nih_root / "images_001" / "images").symlink_to(other_disk)
+    linked, report = build_manifest(small_nih_root, RATIOS, seed=0)
+    expected = real.assign(path=[p.replace("/images/", "/images_001/images/") for p in real["path"]])
+    pd.testing.assert_frame_equal(linked, expected)
+    assert report["unused_files"]["count"] == 0 and report["not_files"]["count"] == 0
+
+
+def test_symlinked_data_root_and_image_files(small_nih_root, tmp_path):
+    real, _ = build_manifest(small_nih_root, RATIOS, seed=0)
+    outside = tmp_path / "elsewhere.png"
+    (small_nih_root / "images" / "00000001_000.png").rename(outside)
+    (small_nih_root / "images" / "00000001_000.png").symlink_to(outside)
+    link = tmp_path / "nih-link"
+    link.symlink_to(small_nih_root)
+    linked, _ = build_manifest(link, RATIOS, seed=0)
+    pd.testing.assert_frame_equal(without_root(linked, link), without_root(real, small_nih_root))
+    assert index_images(link)["00000001_000.png"].read_bytes() == outside.read_bytes()
+
+
+def test_dangling_link_is_kept_for_preprocess_to_quarantine(small_nih_root):
+    image = small_nih_root / "images" / "00000001_000.png"
+    image.unlink()
+    image.symlink_to(small_nih_root / "gone.png")
+    manifest, report = build_manifest(small_nih_root, RATIOS, seed=0)
+    assert len(manifest) == 12
+    assert report["not_files"] == {"count": 1, "examples": [str(image)]}
+    path = manifest.set_index("image_id").at["00000001_000.png", "path"]
+    with pytest.raises(ImageError, match=f"^{path}: cannot read: No such file or directory$"):
+        load_xray(path, 32)  # reads as preprocess does (read_image_bytes), which quarantines the film
+
+
+def test_upper_case_extension_matches_and_unused_files_are_named(small_nih_root):
+    images = small_nih_root / "images"
+    (images / "00000001_000.png").rename(images / "00000001_000.PNG")
+    (images / "00000002_000.png").rename(images / "00000002_000.Png")
+    (images / "00000002_001.PNG").write_bytes((images / "00000002_001.png").read_bytes())
+    (images / "Thumbs.db").write_bytes(b"x")
+    (images / "00000042_000.png").write_bytes(b"x")
+    (images / "subfolder").mkdir()
+    manifest, report = build_manifest(small_nih_root, RATIOS, seed=0)
+    assert len(manifest) == 12
+    paths = manifest.set_index("image_id")["path"]
+    assert paths["00000001_000.png"].endswith("images/00000001_000.PNG")
+    assert paths["00000002_000.png"].endswith("images/00000002_000.Png")
+    unused = report["unused_files"]
+    assert {Path(u["file"]).name: u["reason"] for u in unused["first"]} == {
+        "00000002_001.png": "same Image Index found twice, first wins",
+        "Thumbs.db": "not an image file name",
+        "00000042_000.png": "not in the metadata CSV",
+    }
+    assert paths["00000002_001.png"].endswith("00000002_001.PNG")  # sorted: upper case first
+    assert unused["count"] == 3 and unused["by_reason"] == {
+        "same Image Index found twice, first wins": 1, "not an image file name": 1, "not in the metadata CSV": 1}
 
 
 def test_no_image_on_disk_is_an_error(small_nih_root):
@@ -174,13 +302,17 @@ def test_kaggle_sample_images_one_level_down(tmp_path):
     assert len(manifest) == 6
 
 
-def test_kaggle_sample_bad_age_names_file_and_line(tmp_path):
+def test_kaggle_sample_bad_age_kept_as_missing(tmp_path):
     from tests.conftest import make_kaggle_sample_root
 
-    rows = [*SAMPLE_ROWS[:2], ("00000032_001.png", "No Finding", 1, 32, "55 years", "F", "PA")]
+    rows = [*SAMPLE_ROWS[:2], ("00000032_001.png", "No Finding", 1, 32, "55 years", "F", "PA"),
+            ("00000061_025.png", "Effusion", 25, 61, "411Y", "M", "AP")]
     root = make_kaggle_sample_root(tmp_path / "s", rows)
-    with pytest.raises(DataEntryError, match="sample_labels.csv: line 4: age is not an integer: '55 years'"):
-        build_manifest(root, RATIOS, seed=0, source="kaggle-sample")
+    manifest, report = build_manifest(root, RATIOS, seed=0, source="kaggle-sample")
+    assert len(manifest) == 4 and manifest["age"].isna().sum() == 2
+    assert [(n["line"], n["image_id"], n["reason"]) for n in report["ages_missing"]] == [
+        (4, "00000032_001.png", "age '55 years' is not a number of years"),
+        (5, "00000061_025.png", "age 411Y outside 0..120")]
 
 
 def test_wrong_source_gets_a_hint(tmp_path, small_nih_root):
@@ -198,7 +330,9 @@ def test_wrong_source_gets_a_hint(tmp_path, small_nih_root):
 def test_real_kaggle_sample_labels(nih_subset):
     metadata = read_data_entry(nih_subset / "sample_labels.csv")
     assert len(metadata) == 5_606
-    assert metadata["age"].between(0, 411).all()
+    # NIH's 2017 typo, 411Y on line 4,244, is kept as a missing age; every other age is in range
+    assert metadata.loc[metadata["age"].isna(), ["image_id", "line"]].values.tolist() == [["00020900_002.png", 4244]]
+    assert metadata["age"].dropna().between(0, 120).all()
     assert metadata.loc[metadata["image_id"] == "00000013_005.png", "age"].item() == 60
     assert set(metadata["view"]) == {"PA", "AP"} and set(metadata["sex"]) == {"M", "F"}
     assert (metadata["orig_width"] > 0).all()
@@ -250,7 +384,7 @@ def stage_params(tmp_path, **ingest):
     return {
         "seed": 3,
         "paths": {"phantom": "data/ingest/phantom", "manifest": "data/ingest/manifest.csv",
-                  "boxes": "data/ingest/boxes.csv"},
+                  "boxes": "data/ingest/boxes.csv", "rejected_rows": "data/ingest/rejected_rows.csv"},
         "ingest": {"source": "phantom", "root": "data/ingest/phantom", "require_all_images": False,
                    "phantom": {"n_images": 6, "image_size": 64}, "split": dict(RATIOS), "workers": 1,
                    **ingest},
@@ -277,6 +411,23 @@ def test_phantom_then_ingest_stage(tmp_path):
     manifest = pd.read_csv(tmp_path / "data/ingest/manifest.csv")
     assert manifest["path"].str.startswith("data/ingest/phantom/images/").all()
     assert (tmp_path / "data/ingest/boxes.csv").is_file()
+    assert (tmp_path / "data/ingest/rejected_rows.csv").read_text() == "file,line,image_id,reason\n"
+    assert json.loads((tmp_path / "metrics/ingest.json").read_text()) == {
+        "images": 6, "patients": report["patients"], "unused_files": 0}
+
+
+def test_ingest_stage_writes_rejected_rows_and_says_so(tmp_path, small_nih_root):
+    rewrite_line(small_nih_root, 3, "00000001_001.png,Pneumonitis,1,1,31,M,AP,48,48,0.1,0.1,")
+    (small_nih_root / "images" / "notes.txt").write_text("x")
+    ingest = run_stage_script("ingest", tmp_path, stage_params(tmp_path, source="nih", root=str(small_nih_root)))
+    assert ingest.returncode == 0, ingest.stderr
+    rejected = pd.read_csv(tmp_path / "data/ingest/rejected_rows.csv")
+    assert rejected[["line", "image_id"]].values.tolist() == [[3, "00000001_001.png"]]
+    err = ingest.stderr.splitlines()
+    assert any(line.startswith("ingest: 1 CSV row(s) rejected, listed in data/ingest/rejected_rows.csv")
+               for line in err)
+    assert "ingest: 2 file(s) in the image folders not used (not an image file name: 1, its row in the metadata " \
+           "CSV was rejected: 1); the first 50 in reports/ingest.json" in err
 
 
 def test_phantom_stage_writes_only_a_note_for_real_data(tmp_path, small_nih_root):

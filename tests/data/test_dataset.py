@@ -2,12 +2,15 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
+from pipeline.core.patient import AGE_SCALE, IMPUTED_AGE
 from pipeline.data.ingest import build_manifest
 from pipeline.records.dataset import affine_transforms, augment_batch, check_augmentation, make_dataset
 from pipeline.records.preprocess import write_tfrecord_shards
+from pipeline.records.tfrecords import MISSING_AGE, parse_example
 
 RATIOS = {"train": 0.5, "val": 0.25, "test": 0.25}
 OFF = check_augmentation({})
@@ -20,6 +23,32 @@ def shards(small_nih_root, tmp_path):
     out.mkdir()
     index, _ = write_tfrecord_shards(manifest, out, image_size=32, shard_size=2)
     return [str(out / s["file"]) for s in index["shards"]]
+
+
+def test_a_missing_age_is_written_as_missing_age_and_fed_as_the_imputed_age(small_nih_root, tmp_path):
+    """Ingest keeps images whose age NIH left out or mistyped, with <NA> in a
+    nullable Int64 column: preprocess writes -1 for them instead of failing,
+    and the metadata input gets IMPUTED_AGE."""
+    manifest, _ = build_manifest(small_nih_root, RATIOS, seed=0)
+    manifest["age"] = manifest["age"].astype("Int64")
+    unknown = set(manifest["image_id"].iloc[::3])
+    manifest.loc[manifest["image_id"].isin(unknown), "age"] = pd.NA
+    out = tmp_path / "shards"
+    out.mkdir()
+    index, quarantined = write_tfrecord_shards(manifest, out, image_size=32, shard_size=5)
+    files = [str(out / s["file"]) for s in index["shards"]]
+    assert quarantined.empty and sum(s["records"] for s in index["shards"]) == len(manifest)
+
+    ages = {r["image_id"].numpy().decode(): int(r["age"].numpy())
+            for r in tf.data.TFRecordDataset(files).map(parse_example)}
+    given = dict(zip(manifest["image_id"], manifest["age"]))
+    assert ages == {i: MISSING_AGE if i in unknown else int(given[i]) for i in given}
+
+    fed = {}
+    for inputs, _, ids in make_dataset(files, 4, with_ids=True, metadata=True):
+        fed.update(zip((i.decode() for i in ids.numpy()), inputs["metadata"].numpy()[:, 0]))
+    expected = {i: (IMPUTED_AGE if i in unknown else given[i]) / AGE_SCALE for i in given}
+    np.testing.assert_allclose([fed[i] for i in given], [expected[i] for i in given], rtol=1e-6)
 
 
 def epochs(dataset, n=2):

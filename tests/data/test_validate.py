@@ -7,12 +7,8 @@ import pandas as pd
 
 from pipeline.core.labels import FINDINGS, NO_FINDING, format_finding_labels
 from pipeline.data.manifest import MANIFEST_COLUMNS, MANIFEST_DTYPES, read_manifest
-from pipeline.data.validate import (
-    ValidationResult,
-    build_manifest_suite,
-    format_failure_summary,
-    validate_manifest,
-)
+from pipeline.data.validate import ValidationResult, build_manifest_suite, validate_manifest
+from pipeline.data.validation_summary import format_failure_summary
 
 # 10 patients, 3 images each; patient-wise splits: 6 train, 2 val, 2 test.
 PATIENT_SPLITS = {1: "train", 2: "train", 3: "train", 4: "train", 5: "train", 6: "train",
@@ -109,7 +105,7 @@ def test_non_integer_age_reports_rows():
     result = validate_manifest(manifest)
     check = only_failure(result, "expect_column_values_to_be_in_type_list", "age")
     assert check["unexpected_count"] == 1
-    assert check["examples"] == [{"row": 4, "value": None}]
+    assert check["examples"] == [{"row": 4, "image_id": "00000002_000.png", "value": None}]
     json.dumps(result.to_json_dict(), allow_nan=False)
 
 
@@ -144,7 +140,58 @@ def test_age_out_of_range():
     manifest.loc[11, "age"] = 414
     check = only_failure(validate_manifest(manifest), "expect_column_values_to_be_between", "age")
     assert check["unexpected_count"] == 1
-    assert check["examples"] == [{"row": 12, "value": 414}]
+    assert check["examples"] == [{"row": 12, "image_id": "00000004_002.png", "value": 414}]
+
+
+def test_missing_ages_pass_and_read_back_empty(tmp_path):
+    manifest = make_manifest()
+    manifest.loc[[2, 11], "age"] = pd.NA
+    path = tmp_path / "manifest.csv"
+    manifest.to_csv(path, index=False)
+    assert path.read_text().splitlines()[3].split(",")[4] == ""  # an empty field, not "<NA>" or "nan"
+    again = read_manifest(path)
+    assert str(again["age"].dtype) == "Int64" and again["age"].isna().sum() == 2
+    result = validate_manifest(again)
+    assert result.success, format_failure_summary(result, str(path))
+
+
+def test_ages_kept_as_missing_are_warnings():
+    note = {"file": "/data/nih/Data_Entry_2017.csv", "line": 1235, "image_id": "00001234_000.png",
+            "value": "414", "reason": "age 414 outside 0..120"}
+    result = validate_manifest(make_manifest(), ages_missing=[note])
+    assert result.success
+    assert result.warnings == ["age 414 outside 0..120 kept as missing: 00001234_000.png "
+                               "(Data_Entry_2017.csv line 1235)"]
+    assert result.to_json_dict()["ages_missing"] == [note]
+
+
+REJECTED = [{"file": "Data_Entry_2017.csv", "line": 7, "image_id": "../../../../etc/passwd",
+             "reason": "Image Index is a path, not a plain file name like 00000001_000.png"}]
+
+
+def test_rejected_rows_fail_unless_dropped():
+    failed = validate_manifest(make_manifest(), rejected_rows=REJECTED)
+    assert failed.success is False and failing(failed) == []  # the rows alone fail it
+    assert "1 rejected CSV rows (fail the run" in format_failure_summary(failed, "m.csv")
+    dropped = validate_manifest(make_manifest(), rejected_rows=REJECTED, on_invalid="drop")
+    assert dropped.success is True
+    assert dropped.to_json_dict()["rejected_rows"] == REJECTED and dropped.to_json_dict()["on_invalid"] == "drop"
+
+
+def test_folder_source_suite_takes_paths_and_unknown_sex():
+    manifest = make_manifest()
+    manifest["image_id"] = [f"ward{i % 3}/film {i}.PNG" for i in range(len(manifest))]
+    manifest.loc[[0, 5], "sex"] = ""
+    manifest.loc[7, "view"] = ""
+    result = validate_manifest(manifest, source="folder")
+    assert result.success, format_failure_summary(result, "m.csv")
+    nih = validate_manifest(manifest)
+    assert {(c["column"], c["unexpected_count"]) for c in failing(nih, "error")} == {
+        ("image_id", 30), ("sex", 2), ("view", 1)}
+    manifest.loc[3, "image_id"] = "ward1/../../etc/passwd.png"
+    check = only_failure(validate_manifest(manifest, source="folder"), "expect_column_values_to_match_regex",
+                         "image_id")
+    assert check["examples"] == [{"row": 4, "value": "ward1/../../etc/passwd.png"}]
 
 
 def test_unknown_sex():
@@ -152,7 +199,7 @@ def test_unknown_sex():
     manifest.loc[0, "sex"] = "X"
     check = only_failure(validate_manifest(manifest), "expect_column_values_to_be_in_set", "sex")
     assert check["unexpected_count"] == 1
-    assert check["examples"] == [{"row": 1, "value": "X"}]
+    assert check["examples"] == [{"row": 1, "image_id": "00000001_000.png", "value": "X"}]
 
 
 def test_unknown_view():
@@ -160,7 +207,8 @@ def test_unknown_view():
     manifest.loc[[3, 29], "view"] = "LL"
     check = only_failure(validate_manifest(manifest), "expect_column_values_to_be_in_set", "view")
     assert check["unexpected_count"] == 2
-    assert check["examples"] == [{"row": 4, "value": "LL"}, {"row": 30, "value": "LL"}]
+    assert check["examples"] == [{"row": 4, "image_id": "00000002_000.png", "value": "LL"},
+                                 {"row": 30, "image_id": "00000010_002.png", "value": "LL"}]
 
 
 def test_unknown_finding_name():
@@ -170,7 +218,7 @@ def test_unknown_finding_name():
     check = only_failure(validate_manifest(manifest), "expect_column_values_to_match_regex",
                          "finding_labels")
     assert check["unexpected_count"] == 1
-    assert check["examples"] == [{"row": 10, "value": bad}]
+    assert check["examples"] == [{"row": 10, "image_id": "00000004_000.png", "value": bad}]
 
 
 def test_no_finding_combined_with_a_finding():
@@ -181,7 +229,8 @@ def test_no_finding_combined_with_a_finding():
     check = only_failure(validate_manifest(manifest), "expect_column_values_to_match_regex",
                          "finding_labels")
     assert check["unexpected_count"] == 1
-    assert check["examples"] == [{"row": row + 1, "value": "No Finding|Mass"}]
+    assert check["examples"] == [{"row": row + 1, "image_id": manifest.loc[row, "image_id"],
+                                  "value": "No Finding|Mass"}]
 
 
 def test_multi_hot_disagrees_with_finding_labels():
@@ -204,7 +253,7 @@ def test_patient_in_two_splits():
                          "_patient_split_count")
     assert check["unexpected_count"] == 3  # all of patient 7's rows
     assert check["examples"] == [
-        {"row": 19, "value": 7, "patient_id": 7, "splits": ["test", "val"]}
+        {"row": 19, "image_id": "00000007_000.png", "value": 7, "patient_id": 7, "splits": ["test", "val"]}
     ]
 
 
@@ -263,7 +312,7 @@ def test_failure_summary_names_source_expectation_and_row():
     assert "expect_column_values_to_match_regex" in summary
     assert "expect_column_values_to_be_between" in summary
     assert "row 5" in summary and "'../x.png'" in summary
-    assert "row 12" in summary and "414" in summary
+    assert "row 12 (00000004_002.png): 414" in summary
     assert len(summary.splitlines()) <= 40
 
 

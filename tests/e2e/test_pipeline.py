@@ -203,7 +203,8 @@ def test_model_registered_with_champion_and_metrics_in_mlflow(repro):
 
 LIBRARY_NOISE = ("absl::InitializeLog", "oneDNN", "cpu_feature_guard", "E0000", "I0000", "W0000", "Warning:",
                  "UserWarning", "FutureWarning", "DeprecationWarning", "Downloading artifacts",
-                 "Creating initial MLflow database", "INFO mlflow", "WARNING mlflow", "Traceback")
+                 "Creating initial MLflow database", "INFO mlflow", "WARNING mlflow", "Traceback",
+                 "Successfully registered model", "Created version")
 
 
 def test_stages_print_their_own_lines_only(repro):
@@ -225,10 +226,14 @@ def test_second_repro_runs_nothing(repro):
 
 
 def test_invalid_metadata_stops_the_pipeline_at_validate(tmp_path):
+    """A sex GE refuses and an unknown finding ingest rejects: both named in one
+    run, which stops at validate; NIH's age typo (414) is kept as missing."""
     from tests.conftest import make_nih_root
 
     rows = [(f"{p:08d}_000.png", "Mass" if p % 2 else "No Finding", 0, p, 40, "F", "PA") for p in range(1, 13)]
     rows[4] = ("00000005_000.png", "Effusion", 0, 5, 414, "M", "PA")  # an age like those in NIH's 2017 CSV
+    rows[6] = ("00000007_000.png", "Mass", 0, 7, 40, "X", "PA")
+    rows[8] = ("00000009_000.png", "Pneumonitis", 0, 9, 40, "F", "PA")
     root = make_nih_root(tmp_path / "nih", rows)
     project = make_project(tmp_path / "project", {**TINY, "ingest.source": "nih", "ingest.root": str(root)})
     result = run(["dvc", "repro"], project, check=False)
@@ -236,14 +241,16 @@ def test_invalid_metadata_stops_the_pipeline_at_validate(tmp_path):
     assert result.returncode != 0
     assert "Running stage 'preprocess'" not in output
     assert "validate: error: data/ingest/manifest.csv failed validation" in output
-    assert "age" in output and "414" in output
+    assert "00000007_000.png" in output and "'X'" in output
+    assert "00000009_000.png" in output and "Pneumonitis" in output
+    assert "414" in output and "00000005_000.png" in output
     assert "Traceback" not in output
     assert not (project / "data" / "validated").exists() and not (project / "data" / "tfrecords").exists()
     summary = json.loads((project / "reports" / "validation" / "validate.json").read_text())
     assert json.loads((project / "metrics" / "validate.json").read_text()) == {
-        "failed": 1, "warnings": len(summary["warnings"])}
+        "failed": 1, "warnings": len(summary["warnings"]), "ages_missing": 1, "rejected_rows": 1}
     failed = [c for c in summary["checks"] if not c["success"] and c["severity"] == "error"]
-    assert [c["column"] for c in failed] == ["age"] and failed[0]["examples"][0]["row"] == 5
+    assert [c["column"] for c in failed] == ["sex"] and failed[0]["examples"][0]["image_id"] == "00000007_000.png"
 
 
 def test_exp_run_on_a_real_partial_nih_download(tmp_path, nih_subset):

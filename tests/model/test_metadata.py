@@ -7,23 +7,34 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
-from pipeline.core.labels import FINDINGS
+from pipeline.core.labels import FINDINGS, MAX_AGE, MIN_AGE
 from pipeline.core.model_io import uses_patient_metadata
-from pipeline.core.patient import PatientMetadataError, encode_patient, encode_patient_rows
+from pipeline.core.patient import (
+    AGE_SCALE,
+    IMPUTED_AGE,
+    PATIENT_ENCODING,
+    PatientMetadataError,
+    encode_patient,
+    encode_patient_input,
+    encode_patient_rows,
+)
 from pipeline.data.manifest import MANIFEST_COLUMNS
 from pipeline.explain.gradcam import grad_cam
 from pipeline.model.architectures import build_model, set_backbone_trainable
 from pipeline.model.evaluate import predict_split
 from pipeline.model.train import train_model
-from pipeline.records.dataset import make_dataset, shard_files
+from pipeline.records.dataset import make_dataset, patient_vector, shard_files
 from pipeline.records.preprocess import write_tfrecord_shards
+from pipeline.records.tfrecords import MISSING_AGE, parse_example
 from pipeline.serve.cli import main as cxr_main
 from pipeline.serve.predict import generate_gradcam, load_model, read_patient_metadata
 from tests.conftest import NIH_2017_HEADER, write_png
 
 SIZE = 32
+IMPUTED = IMPUTED_AGE / AGE_SCALE
 # Findings whose label is a function of the metadata alone (the images are blank).
 BY_VIEW, BY_SEX, BY_AGE = "Effusion", "Cardiomegaly", "Atelectasis"
 
@@ -51,11 +62,53 @@ def test_bad_metadata_is_named(age, sex, view, message):
 def test_a_missing_field_names_its_row():
     with pytest.raises(PatientMetadataError, match="metadata row 1: sex missing"):
         encode_patient_rows([{"age": 1, "sex": "M", "view": "PA"}, {"age": 2, "view": "AP"}])
+    with pytest.raises(PatientMetadataError, match="metadata row 0: view missing"):
+        encode_patient_rows([{"sex": "M"}])
+
+
+def test_imputed_age_is_the_median_age_of_nih(nih_subset):
+    """IMPUTED_AGE is NIH ChestX-ray14's median age over its images with an age in 0..120."""
+    ages = pd.read_csv(nih_subset / "Data_Entry_2017_v2020.csv.gz", usecols=["Patient Age"])["Patient Age"]
+    assert len(ages) == 112_120
+    known = ages[ages.between(MIN_AGE, MAX_AGE)]
+    assert IMPUTED_AGE == known.median()
+    assert str(IMPUTED_AGE) in PATIENT_ENCODING
+
+
+@pytest.mark.parametrize("missing", [None, np.nan, pd.NA, "", " "])
+def test_a_missing_age_is_imputed_at_serving(missing):
+    np.testing.assert_allclose(encode_patient(missing, "M", "AP"), [IMPUTED, 1.0, 1.0])
+    np.testing.assert_allclose(encode_patient(missing, "F", "PA"), encode_patient(IMPUTED_AGE, "F", "PA"))
+
+
+def test_rows_and_frames_without_an_age_are_imputed_and_others_kept():
+    rows = [{"sex": "F", "view": "PA"}, {"age": None, "sex": "M", "view": "AP"}, {"age": 70, "sex": "M", "view": "PA"}]
+    expected = [[IMPUTED, 0.0, 0.0], [IMPUTED, 1.0, 1.0], [0.70, 1.0, 0.0]]
+    np.testing.assert_allclose(encode_patient_rows(rows), expected, rtol=1e-6)
+    # as the ingest stage's manifest holds ages: pandas' nullable Int64, <NA> when NIH gave none
+    frame = pd.DataFrame({"age": pd.array([None, None, 70], dtype="Int64"), "sex": ["F", "M", "M"],
+                          "view": ["PA", "AP", "PA"]})
+    np.testing.assert_allclose(encode_patient_input(frame, count=3), expected, rtol=1e-6)
+
+
+def test_records_and_serving_encode_a_missing_age_alike():
+    """patient_vector (the shards) reads MISSING_AGE, or an age outside 0..120,
+    as encode_patient (serving) reads a missing age: IMPUTED_AGE."""
+    for sex, view in (("M", "AP"), ("F", "PA")):
+        served = encode_patient(None, sex, view)
+        for stored in (MISSING_AGE, 414):
+            recorded = patient_vector(tf.constant(stored, tf.int64), tf.constant(sex), tf.constant(view)).numpy()
+            np.testing.assert_allclose(recorded, served, rtol=1e-6)
+    for age in (0, 37, 120):
+        recorded = patient_vector(tf.constant(age, tf.int64), tf.constant("F"), tf.constant("AP")).numpy()
+        np.testing.assert_allclose(recorded, encode_patient(age, "F", "AP"), rtol=1e-6)
 
 
 def blank_manifest(root, n: int, seed: int = 0) -> pd.DataFrame:
     """n identical grey PNGs with random metadata; BY_VIEW is positive exactly
     on AP films, BY_SEX on men, BY_AGE over 60; the rest random and rare.
+    Every tenth film has no age (<NA> in a nullable Int64 column, as ingest
+    writes it), so BY_AGE is negative there, as for the imputed age.
     (Identical images: noise images would let the CNN memorise the train set.)"""
     rng = np.random.default_rng(seed)
     rows = []
@@ -63,12 +116,14 @@ def blank_manifest(root, n: int, seed: int = 0) -> pd.DataFrame:
         image_id = f"{k:08d}_000.png"
         path = write_png(root / image_id, np.full((SIZE, SIZE), 128, np.uint8))
         age, sex, view = int(rng.integers(5, 95)), str(rng.choice(["M", "F"])), str(rng.choice(["PA", "AP"]))
+        age = None if k % 10 == 3 else age
         labels = {f: int(rng.random() < 0.1) for f in FINDINGS}
-        labels.update({BY_VIEW: int(view == "AP"), BY_SEX: int(sex == "M"), BY_AGE: int(age > 60)})
+        labels.update({BY_VIEW: int(view == "AP"), BY_SEX: int(sex == "M"),
+                       BY_AGE: int(age is not None and age > 60)})
         split = "train" if k < 0.6 * n else "val" if k < 0.7 * n else "test"
         rows.append({"image_id": image_id, "path": str(path), "patient_id": k + 1, "follow_up": 0, "age": age,
                      "sex": sex, "view": view, "finding_labels": "No Finding", **labels, "split": split})
-    return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+    return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).astype({"age": "Int64"})
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +147,22 @@ def test_shards_give_the_same_metadata_vectors_as_encode_metadata(noise_shards):
             np.testing.assert_allclose(vector, expected[image_id.decode()], rtol=1e-6)
             seen += 1
     assert seen == (manifest["split"] == "test").sum()
+
+
+def test_training_records_without_an_age_hold_missing_age_and_decode_to_the_imputed_age(noise_shards):
+    shards, manifest = noise_shards
+    unknown = set(manifest.loc[manifest["age"].isna() & (manifest["split"] == "train"), "image_id"])
+    assert unknown
+    stored = {}
+    for record in tf.data.TFRecordDataset(shard_files(shards, "train")).map(parse_example):
+        stored[record["image_id"].numpy().decode()] = int(record["age"].numpy())
+    assert {i for i, age in stored.items() if age == MISSING_AGE} == unknown
+    decoded = {}
+    for inputs, _, ids in make_dataset(shard_files(shards, "train"), 64, with_ids=True, metadata=True):
+        decoded.update(zip((i.decode() for i in ids.numpy()), inputs["metadata"].numpy()[:, 0]))
+    assert {decoded[i] for i in unknown} == {np.float32(IMPUTED)}
+    known = {i: stored[i] / AGE_SCALE for i in decoded if i not in unknown}
+    np.testing.assert_allclose([decoded[i] for i in known], list(known.values()), rtol=1e-6)
 
 
 def trained(shards, use_metadata: bool, tmp_path):
@@ -183,9 +254,16 @@ def test_cxr_with_a_metadata_model(metadata_model_file, tmp_path, capsys):
     assert cxr_main(["predict", str(first), *model]) == 2
     assert "trained with patient metadata" in capsys.readouterr().err
     assert cxr_main(["predict", str(first), *model, "--age", "61"]) == 2
-    assert "--age, --sex and --view together" in capsys.readouterr().err
+    assert "--sex and --view together" in capsys.readouterr().err
     assert cxr_main(["predict", str(first), *model, "--age", "300", "--sex", "F", "--view", "AP"]) == 2
     assert "age must be 0..120" in capsys.readouterr().err
+    assert cxr_main(["predict", str(first), *model, "--age", "-1", "--sex", "F", "--view", "AP"]) == 2
+    assert "age must be 0..120 years (leave it out when unknown)" in capsys.readouterr().err
+    assert cxr_main(["predict", str(first), *model, "--sex", "F", "--view", "AP", "--json"]) == 0
+    no_age = json.loads(capsys.readouterr().out)[0]["probabilities"]
+    imputed_age = load_model(metadata_model_file).predict(
+        load_model(metadata_model_file).preprocess(first), {"age": None, "sex": "F", "view": "AP"})
+    np.testing.assert_allclose([no_age[f] for f in FINDINGS], imputed_age, atol=1e-5)
 
     assert cxr_main(["predict", str(first), *model, "--age", "61", "--sex", "f", "--view", "ap", "--json",
                      "--gradcam", str(tmp_path / "cams")]) == 0
@@ -203,6 +281,15 @@ def test_cxr_with_a_metadata_model(metadata_model_file, tmp_path, capsys):
     np.testing.assert_allclose([results[str(first)]["probabilities"][f] for f in FINDINGS], expected, atol=1e-5)
     assert "no row for 00000002_000.png" in results[str(second)]["error"]
     assert f"cxr: error: {second}: patient metadata: no row for 00000002_000.png" in captured.err
+
+    # a manifest-style table whose age cell is empty: served with the imputed age, not refused
+    unknown_age = tmp_path / "manifest.csv"
+    unknown_age.write_text("image_id,age,sex,view\n00000001_000.png,,F,AP\n")
+    assert cxr_main(["predict", str(first), *model, "--metadata", str(unknown_age), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)[0]
+    imputed = load_model(metadata_model_file).predict(
+        load_model(metadata_model_file).preprocess(first), {"age": IMPUTED_AGE, "sex": "F", "view": "AP"})
+    np.testing.assert_allclose([result["probabilities"][f] for f in FINDINGS], imputed, atol=1e-5)
 
 
 def test_cxr_notes_metadata_given_to_an_image_only_model(tmp_path, capsys):

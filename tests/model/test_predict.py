@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 
 from pipeline.core.labels import FINDINGS
-from pipeline.explain.gradcam import grad_cam
+from pipeline.explain.gradcam import grad_cam, overlay_heatmap
 from pipeline.model.architectures import build_model
 from pipeline.model.registry import register_model, registry_model_metadata
-from pipeline.records.imaging import load_xray
+from pipeline.records.imaging import MIN_SIDE, ImageError, load_xray
+from pipeline.serve.cli import label_overlay
 from pipeline.serve.cli import main as cxr_main
-from pipeline.serve.predict import ModelLoadError, generate_gradcam, load_model, preprocess_xray
+from pipeline.serve.predict import FilmChecks, ModelLoadError, generate_gradcam, load_model, preprocess_xray
 from tests.conftest import PROJECT_ROOT, mlflow_store, write_png
 
 SIZE = 64
@@ -30,13 +31,11 @@ CXR = Path(sys.executable).parent / "cxr"
 THRESHOLDS = {f: round(0.40 + 0.01 * i, 2) for i, f in enumerate(FINDINGS)}
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """A tracking store where chestxray v1 is the champion, and v2's metadata
-    lists the findings in another order."""
+def register_test_models(root: Path) -> SimpleNamespace:
+    """A tracking store under `root` where chestxray v1 (a small_cnn) is the
+    champion, and v2's metadata lists the findings in another order."""
     import mlflow
 
-    root = tmp_path_factory.mktemp("registry")
     store = f"sqlite:///{root / 'mlflow.db'}"
     model = build_model("small_cnn", SIZE, "none")
     keras_path = root / "model.keras"
@@ -52,6 +51,11 @@ def registry(tmp_path_factory):
             register_model(mlflow, model, "chestxray", reordered, {},
                            {"promote": False, "rule": "refused", "reasons": [], "champion_version": 1})
     return SimpleNamespace(store=store, keras_path=keras_path, keras_model=model, run_id=run.info.run_id)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    return register_test_models(tmp_path_factory.mktemp("registry"))
 
 
 @pytest.fixture(scope="module")
@@ -110,14 +114,25 @@ def bad_inputs(folder: Path, real_png: Path) -> dict[Path, str]:
     (folder / "cut.png").write_bytes(data[: len(data) // 2])
     (folder / "bomb.png").write_bytes(oversized_png())
     (folder / "a-directory.png").mkdir(exist_ok=True)
+    write_png(folder / "dot.png", np.zeros((1, 1), np.uint8))
+    write_png(folder / "strip.png", np.full((40, 3000), 128, np.uint8))
     return {
         folder / "missing.png": "No such file",
         folder / "notes.png": "not a readable",
         folder / "empty.png": "0 bytes",
         folder / "cut.png": "truncated",
-        folder / "bomb.png": "decompression bomb",
+        folder / "bomb.png": "exceeds the limit",
         folder / "a-directory.png": "Is a directory",
+        folder / "dot.png": f"1x1 pixels: the shorter side is below the minimum of {MIN_SIDE} px (--min-side)",
+        folder / "strip.png": "3000x40: aspect ratio 75.0 is beyond",
     }
+
+
+def band_height(overlay: np.ndarray) -> int:
+    """How many top rows of a Grad-CAM overlay are label_overlay's band: its grey band and white caption are
+    neutral (B = G = R), while every pixel of the heatmap's colour map below has some hue."""
+    neutral = (overlay.max(axis=2) == overlay.min(axis=2)).all(axis=1)
+    return int(np.argmin(neutral)) if not neutral.all() else len(neutral)
 
 
 # --- import cost -----------------------------------------------------------
@@ -164,6 +179,19 @@ def test_model_preprocesses_with_its_own_size_and_fit(champion, tmp_path):
     np.testing.assert_array_equal(champion.preprocess(path), preprocess_xray(path, SIZE, "crop"))
 
 
+def test_films_of_implausible_shape_are_refused_with_the_reason(champion, tmp_path):
+    dot = write_png(tmp_path / "dot.png", np.zeros((1, 1), np.uint8))
+    strip = write_png(tmp_path / "strip.png", np.full((40, 3000), 128, np.uint8))
+    with pytest.raises(ImageError, match=rf"^{dot}: 1x1 pixels: the shorter side is below the minimum of {MIN_SIDE}"):
+        champion.preprocess(dot)
+    with pytest.raises(ImageError, match=rf"^{strip}: 3000x40: aspect ratio 75.0 is beyond 2.0"):
+        preprocess_xray(strip, SIZE)
+    # The limits are the caller's to move: a thumbnail pipeline may accept what a radiology one refuses.
+    lenient = FilmChecks(min_side=1, max_aspect=100)
+    assert preprocess_xray(dot, SIZE, checks=lenient).shape == (SIZE, SIZE, 1)
+    assert preprocess_xray(strip, SIZE, checks=lenient).shape == (SIZE, SIZE, 1)
+
+
 # --- loading ---------------------------------------------------------------
 
 
@@ -198,7 +226,7 @@ def test_load_bare_keras_file(registry, tmp_path):
     "uri,problem",
     [
         ("models:/chestxray@nope", "alias nope not found"),
-        ("models:/nothere/1", "nothere not found"),
+        ("models:/nothere/1", r"name=nothere, version=1\) not found"),
         ("models:/chestxray/2", "findings"),
         ("runs:/0123456789abcdef/model", "0123456789abcdef not found"),
         ("models:/chestxray", "not a supported MLflow model URI"),
@@ -296,18 +324,30 @@ def test_cxr_json_on_real_and_bad_images(registry, champion, nih_subset, tmp_pat
     for path in good:
         result = by_image[str(path)]
         assert "error" not in result and list(result["probabilities"]) == list(FINDINGS)
+        assert (result["model"], result["model_version"]) == ("models:/chestxray@champion", "1")
+        assert result["model_run_id"] == registry.run_id
+        pixels = champion.preprocess(path)
         probabilities = np.array(list(result["probabilities"].values()))
-        np.testing.assert_allclose(probabilities, champion.predict(champion.preprocess(path)), atol=1e-5)
+        np.testing.assert_allclose(probabilities, champion.predict(pixels), atol=1e-5)
         assert result["findings"] == champion.positive_findings(probabilities)
         explained = result["findings"] or [FINDINGS[int(np.argmax(probabilities))]]
         assert list(result["gradcam"]) == explained
-        for picture in result["gradcam"].values():
-            assert Path(picture).parent == overlays and cv2.imread(picture).shape == (SIZE, SIZE, 3)
+        for finding, picture in result["gradcam"].items():
+            assert picture == str(overlays / f"{path.stem}_{finding}.png")
+            written = cv2.imread(picture)
+            assert written.shape == (SIZE, SIZE, 3)
+            unlabelled = overlay_heatmap(pixels, generate_gradcam(champion, pixels, finding=finding))
+            band = band_height(written)
+            # The caption's band replaces the top rows; the heatmap below it is the unlabelled overlay's.
+            assert 0 < band < SIZE // 4 and (written[:band] != unlabelled[:band]).mean() > 0.5
+            assert (written[:band].max(axis=2) > 200).any(), "no white caption text in the band"
+            assert np.abs(written[band:].astype(int) - unlabelled[band:]).mean() < 1.0
     error_lines = [line for line in done.stderr.splitlines() if line.startswith("cxr: error: ")]
     assert len(error_lines) == len(bad)
     for path, problem in bad.items():
-        assert problem in by_image[str(path)]["error"]
-        assert any(str(path) in line and problem in line for line in error_lines), (path, done.stderr)
+        error = by_image[str(path)]["error"]
+        assert problem in error and str(path) not in error, error  # the entry's "image" names the file
+        assert f"cxr: error: {path}: {error}" in error_lines, (path, done.stderr)
     assert "Traceback" not in done.stderr
 
 
@@ -319,8 +359,36 @@ def test_cxr_text_lines_from_a_keras_file(registry, tmp_path, capsys):
                        "--thresholds", str(thresholds)])
     out, err = capsys.readouterr()
     assert status == 0 and err == ""
-    lines = out.splitlines()
+    model_line, *lines = out.splitlines()
+    assert model_line == f"model: {registry.keras_path}"
     assert [line.split(": ")[0] for line in lines] == list(map(str, images))
+
+
+def test_cxr_says_which_version_the_alias_resolved_to(registry, tmp_path, capsys):
+    image = rgb_jpeg(tmp_path / "colour.jpg")
+    assert cxr_main(["predict", str(image), str(image), "--tracking-uri", registry.store]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"model: models:/chestxray@champion = version 1 (run {registry.run_id})"
+    assert len(lines) == 3 and not any(line.startswith("model:") for line in lines[1:])
+    assert cxr_main(["predict", str(image), "--model", "models:/chestxray/1", "--tracking-uri", registry.store]) == 0
+    assert capsys.readouterr().out.startswith(f"model: models:/chestxray/1 = version 1 (run {registry.run_id})\n")
+    run_uri = f"runs:/{registry.run_id}/model"
+    assert cxr_main(["predict", str(image), "--model", run_uri, "--tracking-uri", registry.store]) == 0
+    assert capsys.readouterr().out.startswith(f"model: {run_uri} (run {registry.run_id})\n")
+
+
+def test_overlay_caption_is_legible_at_the_served_size():
+    heatmap = np.tile(np.linspace(0, 1, 320, dtype=np.float32), (320, 1))
+    picture = overlay_heatmap(np.full((320, 320, 1), 200, np.float32), heatmap)
+    labelled = label_overlay(picture, "Effusion 0.83")
+    band = band_height(labelled)
+    assert 0 < band < 320 // 4
+    text = np.argwhere(labelled[:band].max(axis=2) > 200)
+    rows, columns = np.ptp(text[:, 0]) + 1, np.ptp(text[:, 1]) + 1
+    # OpenCV's Hershey font needs about 8 px of cap height to be read; the caption spans much of the width.
+    assert rows >= 12 and columns >= 100, (rows, columns)
+    np.testing.assert_array_equal(labelled[band:], picture[band:])
+    assert band_height(picture) == 0, "label_overlay drew on its input"
 
 
 def test_cxr_unloadable_model_is_one_line_and_status_1(registry, tmp_path, capsys):
@@ -335,3 +403,13 @@ def test_cxr_unloadable_model_is_one_line_and_status_1(registry, tmp_path, capsy
 def test_cxr_usage_errors_exit_2(args, capsys):
     assert cxr_main(args) == 2
     assert "usage: cxr" in capsys.readouterr().err
+
+
+def test_pyfunc_refuses_what_is_not_preprocess_xrays_output(registry):
+    with mlflow_store(registry.store) as mlflow:
+        pyfunc = mlflow.pyfunc.load_model("models:/chestxray@champion")
+    images = random_images(2)
+    np.testing.assert_allclose(pyfunc.predict(images).to_numpy(), registry.keras_model(images).numpy(), atol=1e-5)
+    # Raw 16-bit values would otherwise be scored as an all-white film, without complaint.
+    with pytest.raises(ValueError, match=r"expected grey values 0\.\.255 .*got [0-9.]+\.\.65"):
+        pyfunc.predict(images * 257)

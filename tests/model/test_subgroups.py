@@ -10,8 +10,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from pipeline.core.labels import FINDINGS
+from pipeline.model.model_card_sections import subgroups_section
 from pipeline.model.subgroups import (
     age_bands,
+    age_unknown,
     slice_masks,
     subgroup_mlflow_metrics,
     subgroup_report,
@@ -64,6 +66,36 @@ def test_slices_leave_out_missing_or_other_values():
     assert masks["view"]["AP"].tolist() == [False, True, False, False]
     assert masks["sex_age"]["F/20-40"].tolist() == [True, False, False, False]
     assert not masks["sex_age"]["M/80+"].any()  # image 2 is 80+ but its sex is "O"
+
+
+def test_images_without_an_age_are_in_no_age_slice_and_counted():
+    """NaN, None and the records' -1 (and a typo like 414) put an image in no age band
+    and no sex x age slice, yet in its sex and view slices; the report counts them."""
+    labels, scores, patients, ages, sexes, views = cohort(patients=200, seed=10)
+    ages = ages.astype(object)
+    unknown = np.arange(len(ages)) % 7 == 0
+    ages[unknown] = [(np.nan, None, -1, 414)[i % 4] for i in range(unknown.sum())]
+    assert age_unknown(ages) == {"images": int(unknown.sum()),
+                                 "note": f"age unknown: {unknown.sum()} images, left out of age slices"}
+    assert age_unknown([-1])["note"] == "age unknown: 1 image, left out of age slices"
+
+    report = subgroup_report(labels, scores, CUTOFFS, patients, ages, sexes, views, resamples=20)
+    assert report["age_unknown"]["images"] == unknown.sum() > 0
+    in_bands = sum(s["n"] for s in report["age"].values())
+    assert in_bands == len(ages) - unknown.sum()
+    assert sum(s["n"] for s in report["sex_age"].values()) == in_bands
+    assert sum(s["n"] for s in report["sex"].values()) == len(ages) == sum(s["n"] for s in report["view"].values())
+    # every known age in the cohort is 10, 30, 50, 70 or 85: "0-20" holds only the 10-year-olds
+    assert report["age"]["0-20"]["n"] == int(((ages == 10.0) & ~unknown).sum())
+    assert subgroup_mlflow_metrics(report)["test_images_age_unknown"] == float(unknown.sum())
+
+    check = underdiagnosis_regression(labels, scores, CUTOFFS, scores, CUTOFFS, patients, ages, sexes, resamples=20)
+    assert check["age_unknown"] == report["age_unknown"]
+    assert sum(s["n"] for s in check["age"].values()) == in_bands
+
+    html = subgroups_section(report)
+    note = f"Age unknown: {unknown.sum()} images, left out of age slices."
+    assert html.count(note) == 2  # under the age table and under the sex x age table
 
 
 def test_underdiagnosis_rate_by_hand():
@@ -162,7 +194,8 @@ def test_a_planted_gap_is_flagged_and_none_without_it():
 def test_report_is_plain_json_with_the_documented_keys():
     report = report_of(cohort(patients=300, seed=6), resamples=50)
     assert json.loads(json.dumps(report)) == report
-    assert set(report) == {"sex", "age", "view", "sex_age", "gaps", "settings"}
+    assert set(report) == {"sex", "age", "view", "sex_age", "gaps", "age_unknown", "settings"}
+    assert report["age_unknown"] == {"images": 0, "note": "age unknown: 0 images, left out of age slices"}
     assert list(report["age"]) == ["0-20", "20-40", "40-60", "60-80", "80+"]
     assert list(report["view"]) == ["PA", "AP"] and list(report["sex"]) == ["F", "M"]
     figures = report["sex"]["F"]
@@ -187,7 +220,7 @@ def test_promotion_check_finds_a_slice_the_challenger_underdiagnoses():
     labels, scores, patients, ages, sexes, views = cohort(patients=1000, seed=8)
     same = underdiagnosis_regression(labels, scores, CUTOFFS, scores.copy(), CUTOFFS, patients, ages, sexes,
                                      resamples=100)
-    assert same["worse_slices"] == [] and list(same) == ["worse_slices", "confidence", "sex", "age"]
+    assert same["worse_slices"] == [] and list(same) == ["worse_slices", "confidence", "age_unknown", "sex", "age"]
     assert same["sex"]["F"]["difference"] == 0.0 and same["sex"]["F"]["ci"] == [0.0, 0.0]
 
     challenger = scores.copy()

@@ -94,7 +94,12 @@ def test_early_stopping_stops_when_val_auc_stalls(tiny_shards, tmp_path):
 
 
 def test_missing_imagenet_weights_name_the_file_and_the_cache(tmp_path, monkeypatch):
+    from pipeline.model import pretrained
+    from tests.conftest import free_port
+
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    # A closed port: the download attempt fails at once, with or without network.
+    monkeypatch.setattr(pretrained, "KERAS_APPLICATIONS_URL", f"http://127.0.0.1:{free_port()}/")
     with pytest.raises(FileNotFoundError) as raised:
         build_model("densenet121", 64, "imagenet")
     message = str(raised.value)
@@ -112,7 +117,7 @@ def test_efficientnet_imagenet_input_scaled_as_keras_scales_it(tmp_path, monkeyp
     import h5py
     from keras.src.legacy.saving import legacy_h5_format
 
-    from pipeline.model.architectures import IMAGENET_MEAN, IMAGENET_STD, imagenet_weights_name
+    from pipeline.model.architectures import IMAGENET_MEAN, IMAGENET_STD, assemble_model, imagenet_weights_name
 
     size = 32
     stand_in = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(size, size, 3))
@@ -122,8 +127,9 @@ def test_efficientnet_imagenet_input_scaled_as_keras_scales_it(tmp_path, monkeyp
     (tmp_path / "models").mkdir()
     with h5py.File(tmp_path / "models" / imagenet_weights_name("efficientnetb0", size), "w") as file:
         legacy_h5_format.save_weights_to_hdf5_group(file, stand_in)
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    model = build_model("efficientnetb0", size, "imagenet")
+    # The stand-in is not Keras's file (its MD5 differs), so it is loaded directly, not through the cache.
+    model = assemble_model("efficientnetb0", size, "imagenet", imagenet_file=tmp_path / "models" /
+                           imagenet_weights_name("efficientnetb0", size))
     stem_input = keras.Model(model.input, model.get_layer("stem_conv_pad").input)
     grey = np.random.default_rng(0).uniform(0, 255, (2, size, size, 1)).astype(np.float32)
     mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)

@@ -26,9 +26,9 @@ def main() -> None:
     write_csv_atomic(manifest, path_of(params, "manifest"))
     write_csv_atomic(boxes, path_of(params, "boxes"))
     write_rejected_rows(rejected, rejected_file)
-    # Rejected rows and missing ages are counted once, in validate's summary (the stage that decides on them).
-    summary = {"images": report["manifest_rows"], "patients": report["patients"],
-               "unused_files": report["unused_files"]["count"]}
+    # Every key here is a column of `dvc metrics show`: patients and unused files are in the report
+    # only, rejected rows and missing ages in validate's summary (the stage that decides on them).
+    summary = {"images": report["manifest_rows"]}
     write_stage_figures(summary, report, path_of(params, "metrics") / "ingest.json", report_file)
     without_image = report.get("rows_without_image")
     print(

@@ -413,7 +413,7 @@ def test_phantom_then_ingest_stage(tmp_path):
     assert (tmp_path / "data/ingest/boxes.csv").is_file()
     assert (tmp_path / "data/ingest/rejected_rows.csv").read_text() == "file,line,image_id,reason\n"
     assert json.loads((tmp_path / "metrics/ingest.json").read_text()) == {
-        "images": 6, "patients": report["patients"], "unused_files": 0}
+        "images": 6}
 
 
 def test_ingest_stage_writes_rejected_rows_and_says_so(tmp_path, small_nih_root):

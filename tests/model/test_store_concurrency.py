@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import PROJECT_ROOT, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -76,12 +77,27 @@ def run_workers(uris: list[str], folders: list[str]) -> dict[int, list]:
     barrier, results = context.Barrier(2), context.Queue()
     workers = [context.Process(target=register_rounds, args=(worker, uris, folders, barrier, results))
                for worker in (0, 1)]
-    for process in workers:
-        process.start()
-    outcomes: dict[int, list] = {}
+    # Spawned workers get this process's sys.path. A pyfunc model loaded by an
+    # earlier test (MLflow's code_paths) put its copy of a few pipeline modules
+    # in front, without pipeline.core.tracking: the project goes first.
+    saved_path = list(sys.path)
+    sys.path[:] = [str(PROJECT_ROOT), *(entry for entry in saved_path if entry != str(PROJECT_ROOT))]
     try:
-        for _ in range(2 * len(uris)):
-            round_number, worker, version, error = results.get(timeout=WORKER_TIMEOUT_S)
+        for process in workers:
+            process.start()
+    finally:
+        sys.path[:] = saved_path
+    outcomes: dict[int, list] = {}
+    deadline = time.monotonic() + WORKER_TIMEOUT_S
+    try:
+        while sum(len(o) for o in outcomes.values()) < 2 * len(uris):
+            try:
+                round_number, worker, version, error = results.get(timeout=5)
+            except queue.Empty:
+                dead = [(w, p.exitcode) for w, p in enumerate(workers) if p.exitcode not in (None, 0)]
+                assert not dead, f"worker(s) died before reporting every round (worker, exit code): {dead}"
+                assert time.monotonic() < deadline, f"no result within {WORKER_TIMEOUT_S} s"
+                continue
             outcomes.setdefault(round_number, []).append((worker, version, error))
     finally:
         for process in workers:

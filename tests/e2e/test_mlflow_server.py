@@ -50,10 +50,10 @@ def stop(server: subprocess.Popen) -> None:
             server.wait()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A local tracking server: SQLite backend and proxied artifacts in a temp dir."""
-    store = tmp_path_factory.mktemp("mlflow-server")
+def start_server(store: Path) -> tuple[str, subprocess.Popen]:
+    """`mlflow server` on 127.0.0.1 with its SQLite backend and proxied artifacts
+    in `store`, once it answers /health: (url, process); stop it with stop()."""
+    store.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = store / "server.log"
     command = [
@@ -68,6 +68,17 @@ def server(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_health(url, process, log)
+    except BaseException:
+        stop(process)
+        raise
+    return url, process
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A local tracking server: SQLite backend and proxied artifacts in a temp dir."""
+    url, process = start_server(tmp_path_factory.mktemp("mlflow-server"))
+    try:
         yield url, process
     finally:
         stop(process)

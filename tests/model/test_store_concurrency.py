@@ -7,14 +7,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT, free_port
+from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -148,21 +147,10 @@ def test_parallel_registrations_on_fresh_sqlite_stores_keep_one_champion(tmp_pat
 
 
 def test_parallel_registrations_on_a_server_keep_one_champion(tmp_path):
-    from tests.e2e.test_mlflow_server import stop, wait_for_health
-    from tests.e2e.test_pipeline import pipeline_env
+    from tests.e2e.test_mlflow_server import start_server, stop
 
-    port = free_port()
-    log = tmp_path / "server.log"
-    command = [str(Path(sys.executable).parent / "mlflow"), "server",
-               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-               "--artifacts-destination", str(tmp_path / "artifacts"),
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with open(log, "w") as output:
-        server = subprocess.Popen(command, cwd=tmp_path, env=pipeline_env(), stdout=output,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    url, server = start_server(tmp_path / "server")
     try:
-        wait_for_health(url, server, log)
         folder = tmp_path / "client"
         folder.mkdir()
         outcomes = run_workers([url], [str(folder)])

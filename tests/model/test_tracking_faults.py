@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from pipeline.core.store_lock import StoreError, prepare_sqlite_store
-from tests.conftest import PROJECT_ROOT, free_port, mlflow_store
+from tests.conftest import PROJECT_ROOT, mlflow_store
 
 TIMEOUT_S = 5
 
@@ -263,21 +263,11 @@ def shards(small_nih_root, tmp_path):
 @pytest.mark.slow
 def test_a_server_dying_mid_training_keeps_the_best_epoch_and_fails_in_one_line(shards, tmp_path):
     from pipeline.model.train import kept_checkpoint_path
-    from tests.e2e.test_mlflow_server import stop, wait_for_health
-    from tests.e2e.test_pipeline import pipeline_env
+    from tests.e2e.test_mlflow_server import start_server, stop
 
-    port = free_port()
-    log = tmp_path / "server.log"
-    with open(log, "w") as output:
-        server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-             f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts"),
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=tmp_path, env=pipeline_env(), stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    url, server = start_server(tmp_path / "server")
     model_file = tmp_path / "models" / "model.keras"
     try:
-        wait_for_health(url, server, log)
         stage = subprocess.Popen([sys.executable, "-c", TRAINING_STAGE, str(shards), str(model_file), str(TIMEOUT_S)],
                                  cwd=tmp_path, env=child_env(MLFLOW_TRACKING_URI=url), stderr=subprocess.PIPE,
                                  text=True)

@@ -150,7 +150,7 @@ def make_project(project: Path, root: Path) -> dict:
     for name in PIPELINE_FILES:
         source = PROJECT_ROOT / name
         if source.is_dir():
-            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(source, project / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, project / name)
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())

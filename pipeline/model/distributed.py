@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing.pool
 import os
 import re
 import shutil
@@ -194,3 +195,27 @@ def lost_peer_error(exc: BaseException, this_task: str) -> StageError | None:
     return StageError(f"lost {' and '.join(peers) or 'another worker'} during multi-worker training "
                       f"({type(exc).__name__}: {cause[:200]}); this {this_task} stopped and wrote nothing: "
                       "restart every worker with the same TF_CONFIG")
+
+
+def close_failed_reduce_pools(exc: BaseException) -> int:
+    """Terminate the thread pools that TF's eager all-reduce left running when
+    its collective failed; how many.
+
+    cross_device_ops._all_reduce_per_replica_values opens a ThreadPool for each
+    eager reduce and closes it only when the reduce succeeds. The failed one
+    lives on in the traceback's frames, and its __del__ at interpreter exit
+    writes to pipes already closed: an "OSError: [Errno 9] Bad file
+    descriptor" traceback after the stage's one-line error."""
+    closed = 0
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback = exc.__traceback__
+        while traceback is not None:
+            for value in list(traceback.tb_frame.f_locals.values()):
+                if isinstance(value, multiprocessing.pool.Pool) and value._state == multiprocessing.pool.RUN:
+                    value.terminate()
+                    closed += 1
+            traceback = traceback.tb_next
+        exc = exc.__cause__ or exc.__context__
+    return closed

@@ -32,6 +32,7 @@ from pipeline.model.architectures import set_backbone_trainable
 from pipeline.model.distributed import (
     PEER_LOST_ERRORS,
     StopTogether,
+    close_failed_reduce_pools,
     is_chief,
     lost_peer_error,
     multi_worker_strategy,
@@ -414,6 +415,7 @@ def fit_across_workers(model: keras.Model, tfrecord_dir: Path, checkpoint: Path,
         lost = lost_peer_error(exc, task_name(strategy)) if strategy_workers(strategy) > 1 else None
         if lost is None:
             raise
+        close_failed_reduce_pools(exc)
         raise lost from exc
 
 

@@ -5,6 +5,7 @@ and, quick, how the shards are split and how a lost worker is reported."""
 from __future__ import annotations
 
 import json
+import multiprocessing.pool
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from pipeline.model.distributed import lost_peer_error, tf_config_workers
+from pipeline.model.distributed import close_failed_reduce_pools, lost_peer_error, tf_config_workers
 from pipeline.records.dataset import make_dataset, shard_files, worker_shard_policy
 from tests.conftest import free_port
 from tests.e2e.test_pipeline import TINY, make_project, pipeline_env, run
@@ -159,8 +160,8 @@ def test_killed_worker_makes_the_chief_fail_in_one_line_within_bounded_time(proj
     log = (tmp_path / "chief.log").read_text()
     assert returncode == 1, log[-3000:]
     last = log.strip().splitlines()[-1]
-    assert last.startswith("train: error: lost worker 1 during multi-worker training ("), last
-    assert "this worker 0 stopped and wrote nothing" in last
+    assert last.startswith("train: error: lost worker 1 during multi-worker training ("), log[-3000:]
+    assert "this worker 0 stopped and wrote nothing" in last, log[-3000:]
     print(f"chief stopped {seconds:.1f}s after worker 1 was killed")  # shown with -s
     # The chief's run is FAILED and the stage output is as it was.
     runs = mlflow_runs(store)
@@ -221,3 +222,31 @@ def test_a_lost_worker_is_named_in_one_line():
     internal = tf.errors.InternalError(None, None, "a kernel failed on /job:worker/task:0")
     assert lost_peer_error(internal, "worker 0") is None
     assert lost_peer_error(ValueError("no"), "worker 0") is None
+
+
+def test_the_pool_of_a_failed_eager_reduce_is_closed():
+    """TF's eager all-reduce opens a ThreadPool and closes it only on success; the
+    one a lost peer left running is terminated, so its __del__ at exit cannot
+    print a traceback after the one-line error (seen as "OSError: [Errno 9] Bad
+    file descriptor" under load)."""
+    left_running = []
+
+    def reduce_like_tf():  # cross_device_ops._all_reduce_per_replica_values's shape
+        def collective(_):
+            raise tf.errors.UnavailableError(None, None, HEARTBEAT_LOST)
+
+        pool = multiprocessing.pool.ThreadPool(1)
+        left_running.append(pool)
+        outputs = pool.map(collective, [0])
+        pool.close()
+        return outputs
+
+    try:
+        try:
+            reduce_like_tf()
+        except tf.errors.UnavailableError as cause:
+            raise RuntimeError("Keras wrapped it") from cause
+    except RuntimeError as exc:
+        assert left_running[0]._state == multiprocessing.pool.RUN
+        assert close_failed_reduce_pools(exc) == 1
+    assert left_running[0]._state == multiprocessing.pool.TERMINATE

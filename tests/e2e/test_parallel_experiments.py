@@ -1,10 +1,10 @@
-"""The parallel-experiments recipe of docs/ci-and-scaling.md, run as written but
-for its `mlflow experiments create` line, so that the store is new: two
-experiments queued with `dvc exp run --queue -S ...`, run two at a time by
+"""The parallel-experiments recipe of docs/ci-and-scaling.md, run as written: two
+experiments queued with `dvc exp run --queue -S ...` (the second with an
+uncommitted change to the training code), run two at a time by
 `dvc queue start -j 2` with MLFLOW_TRACKING_URI naming an absolute SQLite store
-that does not exist yet. Both register into that one store (the first stage
-creates it under a lock); exactly one version is champion and each decision
-names the champion it was compared with."""
+that does not exist yet. Each runs the code it was queued with; both register
+into that one store (the first stage creates it under a lock); exactly one
+version is champion and each decision names the champion it was compared with."""
 from __future__ import annotations
 
 import json
@@ -28,6 +28,9 @@ QUEUE_PARAMS = {**TINY, "train.epochs": 1, "evaluate.bootstrap": 50, "evaluate.p
 QUEUE_TIMEOUT_S = 1500
 POLL_S = 5
 UNFINISHED = ("Queued", "Running")
+CHANGED_CODE_RATE = LEARNING_RATES[1]
+CODE_MARKER = "train code as queued with learning rate 0.0005"
+CODE_CHANGE = f"\nimport sys as _sys\n\nprint({CODE_MARKER!r}, file=_sys.stderr)\n"
 
 
 def queue_env(store: str) -> dict:
@@ -107,27 +110,47 @@ def queued(tmp_path_factory):
     env = queue_env(store)
     started = time.monotonic()
     # Queued without the store: the workers take their environment from `dvc queue start`.
+    # The second is queued with a change to the training code that is not
+    # committed (the queue takes the workspace as it is), then undone: its run
+    # must use it and the first's must not.
+    train_module = project / "pipeline" / "model" / "train.py"
     for rate in LEARNING_RATES:
+        if rate == CHANGED_CODE_RATE:
+            train_module.write_text(train_module.read_text() + CODE_CHANGE)
         dvc(["exp", "run", "--queue", "-S", f"train.learning_rate={rate}"], project, pipeline_env())
+        run(["git", "checkout", "--", str(train_module.relative_to(project))], project)
     try:
         dvc(["queue", "start", "-j", "2"], project, env)
         rows = wait_for_queue(project, env, len(LEARNING_RATES))
     finally:
         dvc(["queue", "stop"], project, env)
     elapsed = time.monotonic() - started
-    logs = {name: dvc(["queue", "logs", name], project, env) for name, state in rows.items() if state != "Success"}
+    logs = {name: dvc(["queue", "logs", name], project, env) for name in rows}
     return {"project": project, "env": env, "store": store, "database": database, "rows": rows, "logs": logs,
             "elapsed_s": elapsed}
 
 
 def test_both_queued_experiments_succeed(queued):
     rows, logs = queued["rows"], queued["logs"]
-    assert set(rows.values()) == {"Success"}, f"{rows}\n" + "\n".join(f"--- {n}\n{text}" for n, text in logs.items())
+    assert set(rows.values()) == {"Success"}, f"{rows}\n" + "\n".join(
+        f"--- {n}\n{text}" for n, text in logs.items() if rows[n] != "Success")
     shown = experiments_shown(queued["project"], queued["env"])
     assert set(shown) == set(rows)
     assert sorted(e["learning_rate"] for e in shown.values()) == sorted(LEARNING_RATES)
     assert all(0.0 <= e["mean_auc"] <= 1.0 for e in shown.values()), shown
     print(f"two queued experiments ran in {queued['elapsed_s']:.0f}s")
+
+
+def test_each_experiment_runs_the_code_it_was_queued_with(queued):
+    """The queue runs each experiment in a temporary copy of the repo; the stage
+    scripts there import that copy's pipeline package (src/pipeline), not the
+    one the virtualenv's editable install points at."""
+    shown = experiments_shown(queued["project"], queued["env"])
+    rate_of = {name: shown[name]["learning_rate"] for name in shown}
+    for name, text in queued["logs"].items():
+        expected = rate_of[name] == CHANGED_CODE_RATE
+        assert (CODE_MARKER in text) == expected, f"{name} (learning rate {rate_of[name]}):\n{text[-3000:]}"
+    assert CODE_MARKER not in (queued["project"] / "pipeline" / "model" / "train.py").read_text()
 
 
 def test_one_store_two_versions_one_champion(queued):

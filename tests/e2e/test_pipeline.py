@@ -46,7 +46,7 @@ def make_project(destination: Path, overrides: dict) -> Path:
     for name in ("dvc.yaml", "src", "pipeline"):
         source = PROJECT_ROOT / name
         if source.is_dir():
-            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(source, destination / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, destination / name)
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())

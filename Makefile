@@ -78,7 +78,7 @@ test-quick: $(STAMP)
 	python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # Rerun every benchmarks/bench_*.py at the current commit and rewrite
-# benchmarks/RESULTS.md (only when all succeed); about 12 minutes on 2 cores.
+# benchmarks/RESULTS.md (only when all succeed); about an hour on 2 cores, half of it the full-size rehearsal (11 GB of free disk).
 # BENCH_NOTE="..." adds a line to its header.
 bench: $(STAMP)
 	python benchmarks/run_all.py

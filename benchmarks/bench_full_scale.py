@@ -174,7 +174,9 @@ def children_cpu_seconds() -> float:
 
 
 def is_stage_process(cmdline: list[str], stage: str | None) -> bool:
-    # the shell DVC starts has "python src/<stage>.py" as one argument; the stage's python has it as its own
+    # The stage's python has "src/<stage>.py" as an argument of its own; the shell
+    # DVC starts has "python src/<stage>.py" as one, and is not it (a shell that
+    # execs python keeps its pid, so the sampler reads each pid's cmdline anew).
     return stage is not None and f"src/{stage}.py" in cmdline
 
 
@@ -201,7 +203,6 @@ class TreeSampler:
         self.stage_cpu = {"at_first_worker": None, "last": 0.0}
         self.worker_cpu: dict[int, float] = {}
         self.stage_pid: int | None = None
-        self.cmdlines: dict[int, list[str]] = {}
 
     def sample(self) -> None:
         import psutil
@@ -214,7 +215,7 @@ class TreeSampler:
         for member in tree:
             try:
                 sizes[member.pid] = member.memory_info().rss
-                cmdline = self.cmdlines.setdefault(member.pid, member.cmdline())
+                cmdline = member.cmdline()
                 if self.stage_pid is None and is_stage_process(cmdline, self.stage):
                     self.stage_pid = member.pid
                 if member.pid == self.stage_pid:

@@ -63,8 +63,9 @@ def die_with_parent() -> None:
         return
 
 
-def store_failure(exc: BaseException) -> str | None:
-    """`MLflow store <uri>: <cause>` for an MLflow, SQLAlchemy or sqlite3 error, else None.
+def store_failure(exc: BaseException, uri: str | None = None) -> str | None:
+    """`MLflow store <uri>: <cause>` for an MLflow, SQLAlchemy, sqlite3 or requests error, else None;
+    `uri` is the store the failing client was given (default: MLflow's process-wide tracking URI).
 
     Only classes already imported are checked: if MLflow was never loaded the
     error cannot be its, and a stage that does not track stays light."""
@@ -76,8 +77,9 @@ def store_failure(exc: BaseException) -> str | None:
         return None
     from pipeline.core.tracking import redacted, tracking_uri
 
-    mlflow = sys.modules.get("mlflow")
-    uri = mlflow.get_tracking_uri() if mlflow is not None else tracking_uri()
+    if uri is None:
+        mlflow = sys.modules.get("mlflow")
+        uri = mlflow.get_tracking_uri() if mlflow is not None else tracking_uri()
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     cause = lines[0] if lines else type(exc).__name__
     if len(cause) > CAUSE_MAX_CHARS:

@@ -50,7 +50,13 @@ def redacted(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def check_tracking_server(uri: str, timeout: float = SERVER_CHECK_TIMEOUT) -> None:
+# What to do about a server that does not answer: it came from the environment,
+# or (ARGUMENT_REMEDY) the caller named it, e.g. cxr's --tracking-uri.
+ENV_REMEDY = "start it or unset MLFLOW_TRACKING_URI"
+ARGUMENT_REMEDY = "start it or pass another tracking URI"
+
+
+def check_tracking_server(uri: str, timeout: float = SERVER_CHECK_TIMEOUT, remedy: str = ENV_REMEDY) -> None:
     """Raise TrackingServerError when an http(s) tracking server does not answer.
 
     MLflow's own client retries a dead server with back-off for minutes, and
@@ -72,7 +78,7 @@ def check_tracking_server(uri: str, timeout: float = SERVER_CHECK_TIMEOUT) -> No
     except OSError as exc:  # a timeout while reading the answer
         reason = str(exc) or type(exc).__name__
     raise TrackingServerError(
-        f"MLflow tracking server {redacted(uri)} is not reachable: {reason}; start it or unset MLFLOW_TRACKING_URI"
+        f"MLflow tracking server {redacted(uri)} is not reachable: {reason}; {remedy}"
     )
 
 

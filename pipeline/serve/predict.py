@@ -21,7 +21,6 @@ import contextlib
 import json
 import re
 import sqlite3
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -36,6 +35,8 @@ from pipeline.core.patient import encode_patient_input
 from pipeline.core.recalibration import apply_recalibration
 from pipeline.core.store_lock import LEASE_SUFFIX, StoreError, check_sqlite_file, sqlite_path
 from pipeline.core.tracking import (
+    ARGUMENT_REMEDY,
+    ENV_REMEDY,
     TrackingServerError,
     bound_http_waits,
     check_tracking_server,
@@ -306,7 +307,8 @@ def load_model(
     """
     uri = str(uri)
     if uri.startswith(MLFLOW_SCHEMES):
-        model = load_mlflow_model(uri, tracking_uri or configured_tracking_uri(), timeout_s)
+        remedy = ARGUMENT_REMEDY if tracking_uri else ENV_REMEDY
+        model = load_mlflow_model(uri, tracking_uri or configured_tracking_uri(), timeout_s, remedy)
     else:
         model = load_keras_file(Path(uri))
     if thresholds is not None:
@@ -350,7 +352,7 @@ def read_thresholds(thresholds: dict[str, float] | Path | str, name: str = "thre
     return {f: float(thresholds[f]) for f in FINDINGS}
 
 
-def require_tracking_store(uri: str, store: str, timeout_s: float | None = None) -> None:
+def require_tracking_store(uri: str, store: str, timeout_s: float | None = None, remedy: str = ENV_REMEDY) -> None:
     """Check, writing nothing, that `store` can be read before MLflow opens it: MLflow would create
     a missing SQLite store, create its tables in an empty or foreign file, and retry a dead server
     for minutes. For a server, also bound its calls (bound_http_waits). Raises ModelStoreError."""
@@ -360,7 +362,7 @@ def require_tracking_store(uri: str, store: str, timeout_s: float | None = None)
     elif store.startswith(("http://", "https://")):
         bound_http_waits(timeout_s)
         try:
-            check_tracking_server(store)
+            check_tracking_server(store, remedy=remedy)
         except TrackingServerError as exc:
             raise ModelStoreError(str(exc)) from exc
 
@@ -394,16 +396,10 @@ def missing_mlflow_tables(database: Path) -> list[str]:
 
 def store_failure_line(store: str, exc: BaseException) -> str | None:
     """`MLflow store <store>: <cause>` for an MLflow, SQLAlchemy, sqlite3 or requests error, else None.
-    store_failure names MLflow's process-wide tracking URI; cxr's client is given its own store."""
+    Names `store`, the one cxr's client was given, not MLflow's process-wide tracking URI."""
     from pipeline.core.stage import store_failure
 
-    line = store_failure(exc)
-    if line is None:
-        return None
-    mlflow = sys.modules.get("mlflow")
-    named = redacted(mlflow.get_tracking_uri() if mlflow is not None else configured_tracking_uri())
-    cause = line.removeprefix(f"MLflow store {named}: ")
-    return f"MLflow store {redacted(store)}: {cause}"
+    return store_failure(exc, uri=store)
 
 
 def registered_name(uri: str) -> str | None:
@@ -447,13 +443,13 @@ def logged_model_location(client, uri: str) -> str:
     return logged[0].artifact_location
 
 
-def load_mlflow_model(uri: str, store: str, timeout_s: float | None = None) -> XrayModel:
+def load_mlflow_model(uri: str, store: str, timeout_s: float | None = None, remedy: str = ENV_REMEDY) -> XrayModel:
     if not any(form.match(uri) for form in (MODEL_ALIAS_URI, MODEL_VERSION_URI, RUN_MODEL_URI)):
         raise ModelLoadError(f"{uri}: not a supported MLflow model URI ({MLFLOW_URI_FORMS})")
     if (registered_name(uri) or "").endswith(LEASE_SUFFIX):
         raise ModelLoadError(f"{uri}: {registered_name(uri)} is the lock held while a champion is decided, "
                              "not a model")
-    require_tracking_store(uri, store, timeout_s)
+    require_tracking_store(uri, store, timeout_s, remedy)
     disable_telemetry()
     import mlflow
     from mlflow.exceptions import MlflowException

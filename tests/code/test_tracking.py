@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.core.store_lock import StoreError, registry_lock, sqlite_path
 from pipeline.core.tracking import (
+    ARGUMENT_REMEDY,
     DEFAULT_TIMEOUT_S,
     TrackingServerError,
     bound_http_waits,
@@ -24,7 +25,14 @@ def test_a_dead_server_is_named_without_its_password():
         check_tracking_server(uri, timeout=2)
     message = str(caught.value)
     assert "s3cret" not in message and "alice:***@127.0.0.1" in message
-    assert "is not reachable" in message and "unset MLFLOW_TRACKING_URI" in message
+    assert "is not reachable" in message and message.endswith("; start it or unset MLFLOW_TRACKING_URI")
+
+
+def test_a_dead_server_the_caller_named_gets_the_caller_s_remedy():
+    uri = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(TrackingServerError) as caught:
+        check_tracking_server(uri, timeout=2, remedy=ARGUMENT_REMEDY)
+    assert str(caught.value).endswith("; start it or pass another tracking URI")
 
 
 def test_local_stores_are_not_checked_and_plain_uris_are_kept():

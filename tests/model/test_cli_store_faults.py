@@ -105,6 +105,16 @@ def test_a_store_of_another_mlflow_schema_is_one_line_and_not_migrated(registry,
     assert digest(database) == before
 
 
+def test_a_closed_port_named_with_tracking_uri_gets_advice_about_the_option(film, tmp_path):
+    """The store came from --tracking-uri, not from the environment: the advice says so."""
+    url = f"http://127.0.0.1:{free_port()}"
+    done, elapsed = run_cxr(["predict", str(film), "--tracking-uri", url], cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [f"cxr: error: MLflow tracking server {url} is not reachable: "
+                                        "[Errno 111] Connection refused; start it or pass another tracking URI"]
+    assert elapsed < 10, f"{elapsed:.1f}s"
+
+
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
 def test_a_closed_port_is_one_line_in_seconds(film, tmp_path, command):
     url = f"http://127.0.0.1:{free_port()}"

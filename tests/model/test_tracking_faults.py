@@ -83,6 +83,10 @@ def test_a_later_sqlalchemy_failure_becomes_one_line_naming_the_store(real_store
         message = store_failure(caught.value)
     assert message == f"MLflow store sqlite:///{truncated}: (sqlite3.DatabaseError) database disk image is malformed"
     assert store_failure(KeyError("x")) is None
+    # A client given its own store (cxr --tracking-uri) names that one, its password hidden.
+    named = store_failure(caught.value, uri="http://alice:s3cret@127.0.0.1:5000")
+    assert named == ("MLflow store http://alice:***@127.0.0.1:5000: "
+                     "(sqlite3.DatabaseError) database disk image is malformed")
 
 
 def stage_project(folder: Path) -> Path:

@@ -29,7 +29,7 @@ QUEUE_TIMEOUT_S = 1500
 POLL_S = 5
 UNFINISHED = ("Queued", "Running")
 CHANGED_CODE_RATE = LEARNING_RATES[1]
-CODE_MARKER = "train code as queued with learning rate 0.0005"
+CODE_MARKER = f"train code as queued with learning rate {CHANGED_CODE_RATE}"
 CODE_CHANGE = f"\nimport sys as _sys\n\nprint({CODE_MARKER!r}, file=_sys.stderr)\n"
 
 

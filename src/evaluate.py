@@ -24,8 +24,11 @@ def main() -> None:
                         path_of(params, "evaluate_reports") / REPORT_FILE)
     registry = metrics["registry"]
     verdict = "champion" if registry["champion"] else "challenger (champion unchanged)"
-    print(f"evaluate: mean AUC {metrics['mean_auc']:.3f} on {metrics['test_images']} test images; registered "
-          f"{metrics['registered_model']['name']} version {registry['version']} as {verdict}: "
+    mean = (f"mean AUC {metrics['mean_auc']:.3f} over {metrics['mean_auc_findings']} findings"
+            if metrics["mean_auc"] is not None else
+            f"no AUC (no finding has {metrics['min_positives']} positive and negative test films)")
+    print(f"evaluate: {mean} on {metrics['test_images']} test images of {metrics['test_patients']} patients; "
+          f"registered {metrics['registered_model']['name']} version {registry['version']} as {verdict}: "
           f"{'; '.join(registry['reasons'])}", file=sys.stderr)
 
 

@@ -8,13 +8,21 @@ stages, `cxr` and the prediction API. PIPELINE_DEBUG=1 brings them all back.
 
 TensorFlow reads TF_CPP_MIN_LOG_LEVEL when it loads, so quiet_libraries()
 must run before the first `import tensorflow` of the process to quiet it.
+Some builds print absl's pre-initialisation notice and the oneDNN notice at
+import whatever that level says (tensorflow-cpu 2.21.0 on AVX-512 machines):
+the first `import tensorflow` then runs with the native stderr captured, and
+every other line it printed is passed on.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.util
 import logging
 import os
 import re
+import sys
+import tempfile
 import warnings
 
 NOISY_LOGGERS = ("mlflow", "alembic", "absl", "tensorflow", "h5py", "urllib3", "great_expectations")
@@ -24,6 +32,9 @@ NOISY_WARNING_MODULES = r"(mlflow|cloudpickle|keras|tensorflow|absl|google|great
 NOISY_WARNING_FILE = re.compile(r"[/\\]site-packages[/\\]" + NOISY_WARNING_MODULES + r"[/\\]")
 # MLflow attributes some warnings to the caller's module (stacklevel), so by text too.
 NOISY_WARNING_TEXT = re.compile(r"(?s).*(type hint|cloudpickle|input example)")
+# What TensorFlow's native code prints at import past TF_CPP_MIN_LOG_LEVEL.
+NOISY_NATIVE_LINE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
+                               r"STDERR|I0000 [^\]]*\] oneDNN custom operations are on")
 
 
 def debugging() -> bool:
@@ -45,10 +56,65 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=NOISY_WARNING_MODULES)
     warnings.filterwarnings("ignore", message=NOISY_WARNING_TEXT.pattern)
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietImport("tensorflow"))
     # MLflow wraps some calls in `simplefilter("once", UserWarning)`, which
     # outranks any filter, so its warnings are also dropped where they are shown.
     if not getattr(warnings.showwarning, "quiet", False):
         warnings.showwarning = _quiet_showwarning(warnings.showwarning)
+
+
+@contextlib.contextmanager
+def native_stderr_filtered():
+    """Run the block with file descriptor 2 captured, then pass on every line
+    but NOISY_NATIVE_LINE ones (C++ code writes there, past sys.stderr)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode(errors="replace").splitlines()
+                    if not NOISY_NATIVE_LINE.match(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr, flush=True)
+
+
+class _QuietImport(importlib.abc.MetaPathFinder):
+    """Finds `name` the usual way once, and runs its module code under native_stderr_filtered."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__loader__ = self.loader
+        with native_stderr_filtered():
+            self.loader.exec_module(module)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
 
 
 def _quiet_showwarning(show):

@@ -1,4 +1,13 @@
-"""Recalibrated probabilities, as a registered model carries them.
+"""Recalibrated probabilities, as a registered model carries them, and the
+one numeric policy every path that scores a film follows.
+
+The network answers in float32. Every path (the evaluate stage, the champion
+re-scoring, load_model(...).predict, `cxr`, the pyfunc) widens that to
+float64 and recalibrates in float64 (served_probabilities), and compares with
+the float64 thresholds chosen on the same float64 values. Isotonic output is a
+step function: a threshold often equals a step that many films score exactly,
+and narrowing the step to float32 puts those films below it; so nothing after
+the network is float32.
 
 The evaluate stage can fit a recalibration per finding on the validation
 split (pipeline/model/calibration.py, `evaluate.calibration`); the fitted
@@ -35,6 +44,13 @@ def apply_one(mapping: Mapping, probs: np.ndarray) -> np.ndarray:
         # np.interp holds the end values outside the breakpoints: IsotonicRegression's clip
         return np.interp(probs, np.asarray(mapping["x"], dtype=float), np.asarray(mapping["y"], dtype=float))
     raise ValueError(f"unknown recalibration kind {kind!r}")
+
+
+def served_probabilities(network_outputs: np.ndarray, description: Mapping | None) -> np.ndarray:
+    """The network's (n, 14) float32 outputs as the probabilities every path
+    serves and thresholds: float64, recalibrated when the model has a description."""
+    probs = np.asarray(network_outputs, dtype=np.float64)
+    return apply_recalibration(description, probs) if description else probs
 
 
 def apply_recalibration(description: Mapping, y_prob: np.ndarray) -> np.ndarray:

@@ -15,13 +15,16 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.core.labels import MAX_AGE, MIN_AGE
-from pipeline.core.recalibration import apply_recalibration
+from pipeline.core.recalibration import served_probabilities
 from pipeline.model.calibration import POOLED, calibration_report, fit_recalibration, reliability_rows
-from pipeline.model.subgroups import underdiagnosis_regression
+from pipeline.model.subgroups import (  # noqa: F401 - evaluate reads the defaults here
+    DEFAULT_MIN_SLICE_PATIENTS,
+    DEFAULT_MIN_SLICE_POSITIVES,
+    underdiagnosis_regression,
+)
 from pipeline.records.dataset import shard_files
 from pipeline.records.tfrecords import parse_example
 
-DEFAULT_MIN_SLICE_POSITIVES = 10
 DEFAULT_CALIBRATION_BINS = 10
 
 
@@ -47,6 +50,14 @@ def split_demographics(tfrecord_dir: Path, split: str, image_ids: list[str]) -> 
             "view": np.array(views, dtype=object)}
 
 
+def split_patient_ids(tfrecord_dir: Path, split: str) -> set[int]:
+    """Every patient id in a split's records (images are not decoded)."""
+    files = shard_files(tfrecord_dir, split)
+    if not files:
+        return set()
+    return {int(record["patient_id"].numpy()) for record in tf.data.TFRecordDataset(files).map(parse_example)}
+
+
 def recalibrate(method: str, val: tuple[np.ndarray, np.ndarray], test_probs: np.ndarray):
     """(description or None, val probabilities, test probabilities): `method`
     (none | platt | isotonic) fitted per finding on the validation split and
@@ -55,7 +66,7 @@ def recalibrate(method: str, val: tuple[np.ndarray, np.ndarray], test_probs: np.
     if method == "none":
         return None, val_probs, test_probs
     description = fit_recalibration(method, val_labels, val_probs)
-    return description, apply_recalibration(description, val_probs), apply_recalibration(description, test_probs)
+    return description, served_probabilities(val_probs, description), served_probabilities(test_probs, description)
 
 
 def calibration_section(
@@ -91,6 +102,7 @@ def calibration_mlflow_metrics(section: dict) -> dict[str, float]:
 def subgroup_promotion_check(
     labels: np.ndarray, champion: tuple[np.ndarray, dict], challenger: tuple[np.ndarray, dict],
     people: dict[str, np.ndarray], min_slice_positives: int, resamples: int, seed: int,
+    min_slice_patients: int = DEFAULT_MIN_SLICE_PATIENTS,
 ) -> dict:
     """underdiagnosis_regression of the challenger against the champion, each
     (probabilities, thresholds) on the same test images."""
@@ -99,4 +111,5 @@ def subgroup_promotion_check(
         labels, champion_probs, champion_thresholds, challenger_probs, challenger_thresholds,
         people["patient_id"], people["age"], people["sex"],
         min_slice_positives=min_slice_positives, resamples=resamples, seed=seed,
+        min_slice_patients=min_slice_patients,
     )

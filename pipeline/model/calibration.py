@@ -45,13 +45,14 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 
 def equal_mass_bins(probs: np.ndarray, n_bins: int = DEFAULT_BINS) -> np.ndarray:
     """Each image's bin, 0..n_bins-1, by rank of its probability: bin sizes differ
-    by at most one (images tied at a bin edge may fall either side)."""
+    by at most one, except that images with the same probability share one bin
+    (that of the first of them in rank order), so the bins, and the ECE, do
+    not depend on the order of the rows."""
     if n_bins < 1:
         raise ValueError(f"n_bins must be at least 1, got {n_bins}")
     probs = np.asarray(probs, dtype=float)
-    bins = np.empty(len(probs), dtype=np.int64)
-    bins[np.argsort(probs, kind="stable")] = (np.arange(len(probs)) * n_bins) // max(len(probs), 1)
-    return bins
+    first_rank = np.searchsorted(np.sort(probs), probs, side="left")
+    return (first_rank * n_bins) // max(len(probs), 1)
 
 
 def reliability_curve(labels: np.ndarray, probs: np.ndarray, n_bins: int = DEFAULT_BINS) -> list[dict]:

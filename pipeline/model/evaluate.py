@@ -18,15 +18,19 @@ from pipeline.core.patient import IMAGE_INPUT, PATIENT_ENCODING
 from pipeline.core.tracking import configure_mlflow, data_hash, git_commit, metric_name, resume_run
 from pipeline.model.audit import (
     DEFAULT_CALIBRATION_BINS,
+    DEFAULT_MIN_SLICE_PATIENTS,
     DEFAULT_MIN_SLICE_POSITIVES,
     calibration_mlflow_metrics,
     calibration_section,
     recalibrate,
     reliability_tables,
     split_demographics,
+    split_patient_ids,
     subgroup_promotion_check,
 )
+from pipeline.model.leakage import FINGERPRINT_FILE, fingerprint, load_fingerprint, seen_hashes, unseen_films
 from pipeline.model.metrics import (
+    check_scores,
     curves,
     evaluation_metrics,
     manifest_hash,
@@ -40,6 +44,7 @@ from pipeline.model.selection import (
     DEFAULT_MARGIN,
     DEFAULT_MAX_CLASS_DROP,
     RULE_FIRST,
+    RULE_LEAKAGE,
     RULE_NO_CHAMPION_SCORES,
     RULE_SUBGROUP,
     paired_auc_comparison,
@@ -92,17 +97,20 @@ def champion_decision(
     registered_name: str, tracking_store: str, tfrecord_dir: Path, batch_size: int, test_labels: np.ndarray,
     test_probs: np.ndarray, test_ids: list[str], promotion: dict, seed: int,
     thresholds: dict[str, float] | None = None, people: dict[str, np.ndarray] | None = None,
-    min_slice_positives: int = DEFAULT_MIN_SLICE_POSITIVES,
+    min_slice_positives: int = DEFAULT_MIN_SLICE_POSITIVES, min_slice_patients: int = DEFAULT_MIN_SLICE_PATIENTS,
 ) -> dict:
     """Whether the new model should take the champion alias: the current
     champion (whatever its backbone, image size or inputs) is loaded and
     scored on this test split by the same code path, and the two are compared
-    on the same images (a paired bootstrap over patients). A champion that
-    cannot be loaded or scored means no promotion, with the reason; the first
-    version of a model is promoted. With promotion.subgroups, a challenger
-    whose underdiagnosis rate rises significantly in a sex or age slice (each
-    model at its own thresholds) is refused too. Returns {"promote", "rule",
-    "reasons", "champion_version", "comparison", "subgroups"}."""
+    on the same images (a paired bootstrap over patients), leaving out the
+    films of test patients the champion trained or tuned on (its run's
+    patient fingerprint, pipeline.model.leakage). A champion that cannot be
+    loaded or scored (NaN outputs included) means no promotion, with the
+    reason; so do too few test patients that the champion never saw. The
+    first version of a model is promoted. With promotion.subgroups, a
+    challenger whose underdiagnosis rate rises significantly in a sex or age
+    slice (each model at its own thresholds) is refused too. Returns
+    {"promote", "rule", "reasons", "champion_version", "comparison", "subgroups", "leakage"}."""
     import mlflow
 
     from pipeline.serve.predict import ModelLoadError, load_model
@@ -112,37 +120,65 @@ def champion_decision(
     if version is None:
         return {"promote": True, "rule": RULE_FIRST, "champion_version": None, "comparison": None,
                 "reasons": [f"no version of {registered_name} holds the champion alias yet"]}
+    people = people if people is not None else split_demographics(tfrecord_dir, "test", test_ids)
     try:
         champion = load_model(f"models:/{registered_name}/{version}", tracking_uri=tracking_store)
         champion_probs, _, champion_ids = predict_split(champion.keras_model, tfrecord_dir, "test", batch_size)
-        champion_probs = champion.recalibrate(champion_probs)
+        champion_probs = check_scores(champion.recalibrate(champion_probs), f"champion version {version}'s test")
+        if champion_ids != test_ids:
+            raise ValueError("it was scored on other test records than the new model")
+        fingerprint = load_fingerprint(tracking_store, champion.run_id) if champion.run_id else None
     except (ModelLoadError, OSError, ValueError, mlflow.exceptions.MlflowException) as exc:
         return {"promote": False, "rule": RULE_NO_CHAMPION_SCORES, "champion_version": version, "comparison": None,
                 "reasons": [f"champion version {version} could not be scored: {_one_line(exc)}"]}
-    if champion_ids != test_ids:
-        raise ValueError("the champion and the new model were scored on different test records")
-    people = people if people is not None else split_demographics(tfrecord_dir, "test", test_ids)
+    keep, leakage = unseen_films(people["patient_id"], seen_hashes(fingerprint) if fingerprint else set())
+    leakage["checked"] = fingerprint is not None
+    notes = [leakage_note(version, leakage)]
+    if leakage["compared_patients"] < max(min_slice_patients, 1):
+        return {"promote": False, "rule": RULE_LEAKAGE, "champion_version": version, "comparison": None,
+                "leakage": leakage, "reasons": [*notes, f"too few test patients neither model saw "
+                                                        f"(n={leakage['compared_patients']}) < min_slice_patients "
+                                                        f"{min_slice_patients}: no fair comparison"]}
+    keep = np.asarray(keep)
+    labels, ours, theirs = test_labels[keep], test_probs[keep], champion_probs[keep]
+    unseen = {key: values[keep] for key, values in people.items()}
     resamples = int(promotion.get("resamples", 1000))
-    comparison = paired_auc_comparison(
-        test_labels, test_probs, champion_probs, list(people["patient_id"]), resamples=resamples, seed=seed,
-    )
-    champion_auc = per_class_auc(test_labels, champion_probs)
+    comparison = paired_auc_comparison(labels, ours, theirs, list(unseen["patient_id"]), resamples=resamples,
+                                       seed=seed, min_positives=min_slice_positives)
+    champion_auc = per_class_auc(labels, theirs)
     comparison.update(champion_version=version, champion_image_size=champion.image_size,
-                      champion_mean_auc=mean_of_defined(champion_auc), champion_auc=champion_auc)
+                      champion_mean_auc=mean_of_defined({f: champion_auc[f] for f in FINDINGS
+                                                         if comparison["auc_diff"][f] is not None}),
+                      champion_auc=champion_auc, leakage=leakage)
     promote, rule, reasons = promotion_decision(
         comparison, float(promotion.get("margin", DEFAULT_MARGIN)),
         float(promotion.get("max_class_drop", DEFAULT_MAX_CLASS_DROP)),
     )
+    reasons = [*notes, *reasons] if leakage["champion_seen_patients"] or not leakage["checked"] else reasons
     subgroups = None
     if promotion.get("subgroups"):
         subgroups = subgroup_promotion_check(
-            test_labels, (champion_probs, champion.thresholds), (test_probs, thresholds), people,
-            min_slice_positives, resamples, seed)
+            labels, (theirs, champion.thresholds), (ours, thresholds), unseen,
+            min_slice_positives, resamples, seed, min_slice_patients)
         refusals = subgroup_refusals(subgroups)
         if refusals:
             promote, rule, reasons = False, (rule if not promote else RULE_SUBGROUP), [*reasons, *refusals]
     return {"promote": promote, "rule": rule, "reasons": reasons, "champion_version": version,
-            "comparison": comparison, "subgroups": subgroups}
+            "comparison": comparison, "subgroups": subgroups, "leakage": leakage}
+
+
+def leakage_note(version: int, leakage: dict) -> str:
+    """The decision's sentence on which test patients the comparison used."""
+    if not leakage["checked"]:
+        return (f"champion version {version} has no record of its training patients "
+                f"({FINGERPRINT_FILE}): compared on all {leakage['test_patients']} test patients, unchecked for "
+                "leakage")
+    if not leakage["champion_seen_patients"]:
+        return (f"champion version {version} trained on none of the {leakage['test_patients']} test patients: "
+                "compared on all of them")
+    return (f"champion version {version} trained or tuned on {leakage['champion_seen_patients']} of the "
+            f"{leakage['test_patients']} test patients ({leakage['champion_seen_images']} films): compared on the "
+            f"{leakage['compared_patients']} patients ({leakage['compared_images']} films) neither model saw")
 
 
 def evaluation_summary(metrics: dict) -> dict:
@@ -162,7 +198,9 @@ def mlflow_metrics(metrics: dict) -> dict[str, float]:
     """The test figures as MLflow metrics: the summary, then one per finding."""
     low, high = metrics["mean_auc_ci"]
     scalar = {"test_mean_auc": metrics["mean_auc"], "test_mean_auc_ci_low": low, "test_mean_auc_ci_high": high,
-              "test_mean_auprc": metrics["mean_auprc"], "test_exact_match_accuracy": metrics["exact_match_accuracy"]}
+              "test_mean_auprc": metrics["mean_auprc"], "test_exact_match_accuracy": metrics["exact_match_accuracy"],
+              "test_mean_auc_findings": metrics["mean_auc_findings"], "test_images": metrics["test_images"],
+              "test_patients": metrics["test_patients"]}
     for key, prefix in PER_FINDING_METRICS.items():
         scalar.update({metric_name(f"{prefix}_{f}"): v for f, v in metrics[key].items()})
     return {k: float(v) for k, v in scalar.items() if v is not None}
@@ -174,7 +212,9 @@ def comparison_metrics(comparison: dict | None) -> dict[str, float]:
         return {}
     low, high = comparison["mean_auc_diff_ci"]
     scalar = {"champion_mean_auc_diff": comparison["mean_auc_diff"], "champion_mean_auc_diff_ci_low": low,
-              "champion_mean_auc_diff_ci_high": high, "champion_test_mean_auc": comparison["champion_mean_auc"]}
+              "champion_mean_auc_diff_ci_high": high, "champion_test_mean_auc": comparison["champion_mean_auc"],
+              "champion_seen_test_patients": comparison["leakage"]["champion_seen_patients"],
+              "champion_compared_test_patients": comparison["leakage"]["compared_patients"]}
     scalar.update({metric_name(f"champion_auc_diff_{f}"): v for f, v in comparison["auc_diff"].items()})
     return {k: float(v) for k, v in scalar.items() if v is not None}
 
@@ -194,10 +234,14 @@ def write_curves(test_curves: dict, folder: Path) -> list[Path]:
 def auc_table(metrics: dict) -> pd.DataFrame:
     """Test AUC and its 95% CI per finding (those defined on test): a bar chart
     in `dvc plots`, so that `dvc plots diff` compares experiments finding by finding."""
-    rows = [{"finding": f, "auc": round(auc, 4), "ci_low": round(metrics["auc_ci_low"][f], 4),
-             "ci_high": round(metrics["auc_ci_high"][f], 4)}
+    rows = [{"finding": f, "auc": round(auc, 4), "ci_low": _rounded(metrics["auc_ci_low"][f]),
+             "ci_high": _rounded(metrics["auc_ci_high"][f])}
             for f, auc in metrics["auc"].items() if auc is not None]
     return pd.DataFrame(rows, columns=["finding", "auc", "ci_low", "ci_high"])
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def split_sizes(tfrecord_dir: Path) -> dict[str, int]:
@@ -219,18 +263,21 @@ def evaluate_model(
     raw_test_probs, test_labels, test_ids = predict_split(model, tfrecord_dir, "test", batch)
     method = settings.get("calibration", "none")
     recalibration, val_probs, test_probs = recalibrate(method, (val_labels, val_probs), raw_test_probs)
-    resamples, min_positives = int(settings["bootstrap"]), int(settings.get("min_slice_positives",
-                                                                             DEFAULT_MIN_SLICE_POSITIVES))
+    resamples = int(settings["bootstrap"])
+    min_positives = int(settings.get("min_slice_positives", DEFAULT_MIN_SLICE_POSITIVES))
+    min_patients = int(settings.get("min_slice_patients", DEFAULT_MIN_SLICE_PATIENTS))
+    people = split_demographics(tfrecord_dir, "test", test_ids)
     metrics = evaluation_metrics(
         (val_labels, val_probs), (test_labels, test_probs), settings["threshold_method"],
         target_sensitivity=float(settings["target_sensitivity"]), resamples=resamples, seed=seed,
+        test_patients=people["patient_id"], min_positives=min_positives, min_patients=min_patients,
     )
     test_manifest = manifest_hash(test_ids, test_labels)
     metrics["test_manifest"] = test_manifest
-    people = split_demographics(tfrecord_dir, "test", test_ids)
     metrics["subgroups"] = subgroup_report(
         test_labels, test_probs, metrics["thresholds"], people["patient_id"], people["age"], people["sex"],
-        people["view"], min_slice_positives=min_positives, resamples=resamples, seed=seed)
+        people["view"], min_slice_positives=min_positives, resamples=resamples, seed=seed,
+        min_slice_patients=min_patients)
     metrics["calibration"], reliability = calibration_section(
         test_labels, raw_test_probs, test_probs, method, int(settings.get("calibration_bins",
                                                                           DEFAULT_CALIBRATION_BINS)))
@@ -259,12 +306,16 @@ def evaluate_model(
     def decide() -> dict:
         return champion_decision(name, mlflow.get_tracking_uri(), tfrecord_dir, batch, test_labels, test_probs,
                                  test_ids, settings.get("promotion") or {}, seed, thresholds=metrics["thresholds"],
-                                 people=people, min_slice_positives=min_positives)
+                                 people=people, min_slice_positives=min_positives, min_slice_patients=min_patients)
 
     with resume_run(mlflow, run_file):
         mlflow.log_metrics({**mlflow_metrics(metrics), **subgroup_mlflow_metrics(metrics["subgroups"]),
                             **calibration_mlflow_metrics(metrics["calibration"])})
         mlflow.log_artifact(str(reports_dir / "thresholds.json"))
+        # before registering: a later challenger reads it to leave these patients out (pipeline.model.leakage)
+        mlflow.log_dict(fingerprint(split_patient_ids(tfrecord_dir, "train"), split_patient_ids(tfrecord_dir, "val")),
+                        FINGERPRINT_FILE)
+        mlflow.set_tag("ci_method", metrics["ci_method"])
         mlflow.log_artifacts(str(reports_dir / "plots"), "plots")
         # Decided and registered in one step (pipeline.model.registry.register_decided),
         # so that two evaluations at once cannot both take the champion alias.
@@ -296,5 +347,6 @@ def _comparison_record(decision: dict) -> dict | None:
     if not comparison:
         return None
     keys = ("champion_version", "test_images", "test_patients", "mean_auc_diff", "mean_auc_diff_ci", "auc_diff",
-            "auc_diff_ci", "champion_mean_auc", "champion_auc", "champion_image_size", "resamples")
+            "auc_diff_ci", "champion_mean_auc", "champion_auc", "champion_image_size", "resamples",
+            "findings_compared", "leakage")
     return {**{key: comparison[key] for key in keys}, "rule": decision["rule"]}

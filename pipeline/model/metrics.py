@@ -1,5 +1,13 @@
-"""Evaluation metrics (NumPy and scikit-learn only): per-class ROC AUC with bootstrap confidence intervals and AUPRC
-on test, operating thresholds chosen on validation and applied to test."""
+"""Evaluation metrics (NumPy and scikit-learn only): per-class ROC AUC with
+patient-bootstrap confidence intervals and AUPRC on test, operating thresholds
+chosen on validation and applied to test.
+
+A figure needs enough data to be one: a finding's test AUC is given only when
+the test set holds at least `min_positives` positive and as many negative
+films of it (evaluate.min_slice_positives; the whole test set is held to the
+rule its slices are), else None with the reason ("too few positives (n=1)");
+the mean AUC averages the findings given and says how many.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -8,21 +16,48 @@ import math
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+from pipeline.core.floors import MIN_PATIENTS, MIN_POSITIVES
 from pipeline.core.labels import FINDINGS
+from pipeline.model.bootstrap import (
+    describe,
+    mean_over,
+    patient_resample_counts,
+    percentile_interval,
+    weighted_aucs,
+)
 
 THRESHOLD_METHODS = ("youden", "max_f1", "sensitivity")
 # Used when a split has no positive (or no negative) for a finding, so no
 # threshold can be chosen from data; reported as such in the metrics.
 FALLBACK_THRESHOLD = 0.5
-CONFIDENCE = 0.95
-# Resamples per vectorised block: bounds memory at a few (block, n) float arrays.
-BOOTSTRAP_BLOCK = 50
+# Youden's "call nothing": the best cut is above every score. Probabilities lie
+# in [0, 1], so the next float above 1 calls no film, a saturated 1.0 included.
+ABOVE_EVERY_SCORE = math.nextafter(1.0, math.inf)
+DEFAULT_MIN_POSITIVES, DEFAULT_MIN_PATIENTS = MIN_POSITIVES, MIN_PATIENTS
 # Points kept per ROC/PR curve file, so that plots of 25,000 images stay small.
 MAX_CURVE_POINTS = 400
 
 
+class ScoreError(ValueError):
+    """Model outputs that cannot be scored (NaN or infinite); the message names the finding and split."""
+
+
 def _both_classes(y: np.ndarray) -> bool:
     return 0 < int(y.sum()) < len(y)
+
+
+def check_scores(probs: np.ndarray, split: str) -> np.ndarray:
+    """`probs` as float64, or ScoreError naming each finding with a NaN or
+    infinite score in `split`: a NaN would otherwise drop out of a threshold
+    search or an AUC without a word."""
+    probs = np.asarray(probs, dtype=np.float64)
+    bad = ~np.isfinite(probs)
+    if bad.any():
+        named = [f"{FINDINGS[i]} ({int(bad[:, i].sum())} film(s), first at row {int(np.argmax(bad[:, i]))})"
+                 for i in range(probs.shape[1]) if bad[:, i].any()]
+        raise ScoreError(f"{split} scores are NaN or infinite for {', '.join(named)}: the model's outputs "
+                         "cannot be scored")
+    return probs
 
 
 def per_class_auc(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
@@ -33,85 +68,68 @@ def per_class_auc(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | No
     }
 
 
+def too_few(positives: int, negatives: int, minimum: int) -> str | None:
+    """Why an AUC on these counts is not a figure ("too few positives (n=1)"), or None."""
+    for count, kind in ((positives, "positives"), (negatives, "negatives")):
+        if count < max(minimum, 1):
+            return f"too few {kind} (n={count})"
+    return None
+
+
+def auc_floor_reasons(labels: np.ndarray, minimum: int) -> dict[str, str]:
+    """{finding: reason} for the findings whose AUC the floor withholds."""
+    positives = labels.sum(axis=0).astype(int) if len(labels) else np.zeros(len(FINDINGS), dtype=int)
+    return {f: reason for i, f in enumerate(FINDINGS)
+            if (reason := too_few(int(positives[i]), len(labels) - int(positives[i]), minimum))}
+
+
+def floored_aucs(labels: np.ndarray, probs: np.ndarray, minimum: int) -> tuple[dict[str, float | None], dict[str, str]]:
+    """(AUC per finding, None below the floor; {finding: why not})."""
+    reasons = auc_floor_reasons(labels, minimum)
+    auc = per_class_auc(labels, probs)
+    return {f: None if f in reasons else auc[f] for f in FINDINGS}, reasons
+
+
 def mean_of_defined(values: dict[str, float | None]) -> float | None:
     defined = [v for v in values.values() if v is not None and not math.isnan(v)]
     return float(np.mean(defined)) if defined else None
 
 
-def bootstrap_indices(n: int, resamples: int, seed: int, block: int = BOOTSTRAP_BLOCK):
-    """Blocks of a (resamples, n) matrix of indices drawn with replacement from
-    one seeded generator: the same resamples for every finding, so that the
-    mean AUC's interval is that of a paired bootstrap."""
-    rng = np.random.default_rng(seed)
-    for start in range(0, resamples, block):
-        yield rng.integers(0, n, (min(block, resamples - start), n))
-
-
-def resample_counts(indices: np.ndarray, n: int) -> np.ndarray:
-    """(b, n) indices -> (b, n) how many times each image was drawn in each resample."""
-    rows = len(indices)
-    offsets = (indices + np.arange(rows)[:, None] * n).ravel()
-    return np.bincount(offsets, minlength=rows * n).reshape(rows, n)
-
-
-def weighted_aucs(y: np.ndarray, p: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """ROC AUC for each row of image weights `counts` at once: the Mann-Whitney
-    statistic, sum over positives of weight x (negative weight scored below +
-    half the negative weight tied) / (positive weight x negative weight).
-    Negatives are sorted once; a running sum of their weights, read at each
-    positive's place (found once, for all rows), gives the weight below and tied.
-    Exact integer arithmetic; NaN where a resample lacks a class."""
-    negatives = np.flatnonzero(y == 0)
-    negative_order = negatives[np.argsort(p[negatives], kind="stable")]
-    negative_scores = p[negative_order]
-    positive_scores = p[y == 1]
-    below_at = np.searchsorted(negative_scores, positive_scores, side="left")
-    up_to_at = np.searchsorted(negative_scores, positive_scores, side="right")
-    running = np.zeros((len(counts), len(negative_scores) + 1), dtype=np.int64)
-    np.cumsum(counts[:, negative_order], axis=1, out=running[:, 1:])
-    positive_weights = counts[:, y == 1].astype(np.int64)
-    twice = (positive_weights * (running[:, below_at] + running[:, up_to_at])).sum(1)
-    pairs = positive_weights.sum(1) * running[:, -1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(pairs > 0, twice / (2.0 * np.maximum(pairs, 1)), np.nan)
-
-
-def bootstrap_aucs(labels: np.ndarray, probs: np.ndarray, resamples: int, seed: int) -> np.ndarray:
-    """(resamples, findings) AUCs of test resamples; NaN where undefined."""
-    n = len(labels)
+def bootstrap_aucs(labels: np.ndarray, probs: np.ndarray, patient_ids, resamples: int, seed: int,
+                   findings: list[int] | None = None) -> np.ndarray:
+    """(resamples, 14) AUCs of patient resamples of a test set; NaN where
+    undefined and for the findings not in `findings` (default: all)."""
+    findings = range(labels.shape[1]) if findings is None else findings
     blocks = []
-    for indices in bootstrap_indices(n, resamples, seed):
-        counts = resample_counts(indices, n)
-        blocks.append(np.stack([weighted_aucs(labels[:, i], probs[:, i], counts)
-                                for i in range(labels.shape[1])], axis=1))
+    for counts in patient_resample_counts(patient_ids, resamples, seed):
+        block = np.full((len(counts), labels.shape[1]), np.nan)
+        for i in findings:
+            block[:, i] = weighted_aucs(labels[:, i], probs[:, i], counts)
+        blocks.append(block)
     return np.concatenate(blocks) if blocks else np.zeros((0, labels.shape[1]))
 
 
-def percentile_interval(values: np.ndarray) -> tuple[float | None, float | None]:
-    """The central CONFIDENCE interval of the defined values (percentile bootstrap)."""
-    defined = values[~np.isnan(values)]
-    if not len(defined):
-        return None, None
-    tail = 100 * (1 - CONFIDENCE) / 2
-    low, high = np.percentile(defined, [tail, 100 - tail])
-    return float(low), float(high)
-
-
-def auc_intervals(labels: np.ndarray, probs: np.ndarray, resamples: int, seed: int) -> dict:
-    """95% bootstrap intervals of each finding's AUC and of the mean AUC. The
-    mean of a resample averages the findings whose AUC is defined on the full
-    test set, as the point estimate does."""
-    aucs = bootstrap_aucs(labels, probs, resamples, seed)
-    defined = [i for i in range(labels.shape[1]) if _both_classes(labels[:, i])]
-    per_finding = {f: percentile_interval(aucs[:, i]) if i in defined else (None, None)
+def auc_intervals(labels: np.ndarray, probs: np.ndarray, patient_ids, resamples: int, seed: int,
+                  min_positives: int = DEFAULT_MIN_POSITIVES, min_patients: int = DEFAULT_MIN_PATIENTS) -> dict:
+    """95% intervals of each finding's AUC and of the mean AUC, by the patient
+    bootstrap (pipeline.model.bootstrap). Only the findings whose AUC the floor
+    gives get one; each resample's mean averages those findings, as the point
+    estimate does. With fewer than `min_patients` patients no interval is given."""
+    patients = len(set(patient_ids))
+    reasons = auc_floor_reasons(labels, min_positives)
+    given = [i for i, f in enumerate(FINDINGS) if f not in reasons]
+    if patients < max(min_patients, 1) or resamples <= 0:
+        aucs = np.full((0, labels.shape[1]), np.nan)
+    else:
+        aucs = bootstrap_aucs(labels, probs, patient_ids, resamples, seed, given)
+    per_finding = {f: percentile_interval(aucs[:, i]) if i in given else (None, None)
                    for i, f in enumerate(FINDINGS)}
-    chosen = aucs[:, defined]
-    counted = (~np.isnan(chosen)).sum(1)
-    means = np.where(counted > 0, np.nansum(chosen, 1) / np.maximum(counted, 1), np.nan)
     return {
         "auc_ci_low": {f: low for f, (low, _) in per_finding.items()},
         "auc_ci_high": {f: high for f, (_, high) in per_finding.items()},
-        "mean_auc_ci": list(percentile_interval(means)),
+        "mean_auc_ci": list(percentile_interval(mean_over(aucs, given))) if given else [None, None],
+        "ci_method": describe(resamples),
+        **({"ci_missing_reason": f"too few patients (n={patients})"} if patients < max(min_patients, 1) else {}),
     }
 
 
@@ -139,7 +157,8 @@ def choose_threshold(
     if method == "youden":
         fpr, tpr, thresholds = roc_curve(y, p)
         best = int(np.argmax(tpr - fpr))
-        return float(min(thresholds[best], 1.0))
+        # sklearn's first cut is +inf ("call nothing"); a real cut is a score itself
+        return float(thresholds[best]) if np.isfinite(thresholds[best]) else ABOVE_EVERY_SCORE
     if method == "max_f1":
         candidates = np.unique(p)
         predicted = p[None, :] >= candidates[:, None]
@@ -199,17 +218,27 @@ def evaluation_metrics(
     target_sensitivity: float = 0.9,
     resamples: int = 1000,
     seed: int = 0,
+    test_patients=None,
+    min_positives: int = DEFAULT_MIN_POSITIVES,
+    min_patients: int = DEFAULT_MIN_PATIENTS,
 ) -> dict:
-    """The content of metrics/evaluate.json."""
-    val_labels, val_probs = val
-    test_labels, test_probs = test
+    """The content of reports/evaluate/evaluate.json's test figures.
+    `test_patients`: each test film's patient id, the bootstrap's unit (every
+    film its own patient when None, for callers without patients)."""
+    val_labels, test_labels = val[0], test[0]
+    val_probs, test_probs = check_scores(val[1], "val"), check_scores(test[1], "test")
+    patients = list(range(len(test_labels))) if test_patients is None else list(test_patients)
+    if len(patients) != len(test_labels):
+        raise ValueError(f"test_patients: {len(patients)} ids for {len(test_labels)} test films")
     thresholds, fallbacks = choose_thresholds(val_labels, val_probs, method, target_sensitivity)
-    auc = per_class_auc(test_labels, test_probs)
+    auc, auc_missing = floored_aucs(test_labels, test_probs, min_positives)
     auprc = per_class_auprc(test_labels, test_probs)
     return {
         "mean_auc": mean_of_defined(auc),
+        "mean_auc_findings": sum(v is not None for v in auc.values()),
         "auc": auc,
-        **auc_intervals(test_labels, test_probs, resamples, seed),
+        "auc_missing_reason": auc_missing,
+        **auc_intervals(test_labels, test_probs, patients, resamples, seed, min_positives, min_patients),
         "bootstrap_resamples": resamples,
         "mean_auprc": mean_of_defined(auprc),
         "auprc": auprc,
@@ -217,11 +246,16 @@ def evaluation_metrics(
         "threshold_method": method,
         **({"target_sensitivity": target_sensitivity} if method == "sensitivity" else {}),
         "thresholds_defaulted": fallbacks,
+        # Youden found no cut better than calling no film: these findings are never called
+        "thresholds_call_nothing": [f for f, t in thresholds.items() if t == ABOVE_EVERY_SCORE],
         **operating_point_metrics(test_labels, test_probs, thresholds),
         "test_positives": {f: int(test_labels[:, i].sum()) for i, f in enumerate(FINDINGS)} if len(test_labels)
         else {f: 0 for f in FINDINGS},
         "test_images": len(test_labels),
+        "test_patients": len(set(patients)),
         "val_images": len(val_labels),
+        "min_positives": min_positives,
+        "min_patients": min_patients,
     }
 
 
@@ -269,5 +303,6 @@ def predictions_table(image_ids: list[str], labels: np.ndarray, probs: np.ndarra
     for i, finding in enumerate(FINDINGS):
         table[f"label_{finding}"] = labels[:, i].astype(int) if len(labels) else []
     for i, finding in enumerate(FINDINGS):
-        table[f"prob_{finding}"] = np.round(probs[:, i], 6) if len(probs) else []
+        # full precision: a film at exactly its threshold must read as called here too
+        table[f"prob_{finding}"] = probs[:, i] if len(probs) else []
     return table

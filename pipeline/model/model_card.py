@@ -50,18 +50,32 @@ def data_section(summary: dict, metrics: dict) -> str:
 PER_FINDING_COLUMNS = ("AUC", "95% CI", "AUPRC", "threshold", "sensitivity", "specificity", "PPV", "NPV", "F1")
 
 
+def auc_cell(metrics: dict, finding: str) -> str:
+    """The AUC, or why it is not a figure ("too few positives (n=1)")."""
+    reason = (metrics.get("auc_missing_reason") or {}).get(finding)
+    return escape(reason) if reason and metrics["auc"][finding] is None else _num(metrics["auc"][finding])
+
+
 def findings_section(metrics: dict) -> str:
     rows = []
     for f in FINDINGS:
-        ci = f"{_num(metrics['auc_ci_low'][f])}–{_num(metrics['auc_ci_high'][f])}"
-        cells = [_num(metrics["auc"][f]), ci, _num(metrics["auprc"][f]), _num(metrics["thresholds"][f]),
+        low, high = metrics["auc_ci_low"][f], metrics["auc_ci_high"][f]
+        ci = "–" if low is None else f"{_num(low)}–{_num(high)}"
+        cells = [auc_cell(metrics, f), ci, _num(metrics["auprc"][f]), _num(metrics["thresholds"][f]),
                  *(_num(metrics[k][f]) for k in ("sensitivity", "specificity", "ppv", "npv", "f1"))]
         rows.append(f"<tr><td>{escape(f)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     low, high = metrics["mean_auc_ci"]
     head = "".join(f"<th>{c}</th>" for c in ("finding", *PER_FINDING_COLUMNS))
-    return (f"<h2>Per finding (test)</h2><p>Mean AUC {_num(metrics['mean_auc'])} (95% CI {_num(low)}–{_num(high)}, "
-            f"{metrics['bootstrap_resamples']} bootstrap resamples); thresholds chosen on val by "
-            f"{escape(metrics['threshold_method'])}; exact-match accuracy {_num(metrics['exact_match_accuracy'])}.</p>"
+    method = metrics.get("ci_method") or f"95% CI, {metrics['bootstrap_resamples']} bootstrap resamples"
+    interval = (f"{escape(method)}: {_num(low)}–{_num(high)}" if low is not None
+                else f"no interval: {escape(metrics.get('ci_missing_reason', 'too little data'))}")
+    findings = metrics.get("mean_auc_findings")
+    over = f" over the {findings} findings with at least {metrics.get('min_positives')} positive and negative " \
+           "test films" if findings is not None else ""
+    return (f"<h2>Per finding (test)</h2><p>Mean AUC {_num(metrics['mean_auc'])}{over} ({interval}); "
+            f"{metrics.get('test_images')} test films of {metrics.get('test_patients')} patients; thresholds chosen "
+            f"on val by {escape(metrics['threshold_method'])}; exact-match accuracy "
+            f"{_num(metrics['exact_match_accuracy'])}.</p>"
             f'<table id="per-finding"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
@@ -96,7 +110,7 @@ def champion_section(metrics: dict, registry: dict) -> str:
         high = comparison["auc_diff_ci"][f][1]
         worse = high is not None and high < 0
         rows.append(f'<tr class="{"worse" if worse else ""}"><td>{escape(f)}</td>'
-                    f"<td>{_num(comparison['champion_auc'][f])}</td><td>{_num(metrics['auc'][f])}</td>"
+                    f"<td>{_num(comparison['champion_auc'][f])}</td><td>{auc_cell(metrics, f)}</td>"
                     f"<td>{_signed(comparison['auc_diff'][f])}</td><td>{_interval(comparison['auc_diff_ci'][f])}</td></tr>")
     version = comparison["champion_version"]
     head = (f"<th>finding</th><th>champion v{version} AUC</th><th>this model AUC</th>"
@@ -104,7 +118,9 @@ def champion_section(metrics: dict, registry: dict) -> str:
     mean = (f"<tr><td>mean</td><td>{_num(comparison['champion_mean_auc'])}</td><td>{_num(metrics['mean_auc'])}</td>"
             f"<td>{_signed(comparison['mean_auc_diff'])}</td><td>{_interval(comparison['mean_auc_diff_ci'])}</td></tr>")
     basis = (f"<p>Both scored on the same {comparison['test_images']} test images of "
-             f"{comparison['test_patients']} patients; {comparison['resamples']} bootstrap resamples of patients.</p>")
+             f"{comparison['test_patients']} patients that neither model trained on; "
+             f"{comparison['resamples']} bootstrap resamples of patients; the mean over the "
+             f"{comparison.get('findings_compared')} findings with enough positives and negatives.</p>")
     return text + basis + f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}{mean}</tbody></table>"
 
 

@@ -138,8 +138,13 @@ def gap_sentence(gap: Mapping) -> str:
     if gap.get("difference") is None:
         return f"{escape(label)}: not compared ({escape(gap.get('reason', 'fewer than two slices'))})."
     verdict = "flagged" if gap["flagged"] else "not significant"
+    test = ""
+    if gap.get("p_value") is not None:
+        test = (f"; family-wise permutation p = {gap['p_value']:.3f} over {gap['slices_compared']} slices, "
+                f"{gap.get('permutations')} shuffles")
+    interval = f"{_confidence(gap)} {_ci(gap.get('ci'), ' to ')}" if gap.get("ci") else "no interval: no spread"
     return (f"{escape(label)}: {escape(gap['high'])} is higher than {escape(gap['low'])} by "
-            f"{_num(gap['difference'])} ({_confidence(gap)} {_ci(gap.get('ci'), ' to ')}): {verdict}.")
+            f"{_num(gap['difference'])} ({interval}{test}): {verdict}.")
 
 
 def gaps_list(gaps: Sequence[Mapping], attributes: Sequence[str]) -> str:
@@ -171,15 +176,19 @@ def subgroups_section(report: Mapping | None) -> str:
         "Seyyed-Kalantari et al., Nature Medicine 2021 (underdiagnosis bias of chest X-ray classifiers in "
         "under-served patient populations). Intervals are 95% bootstrap intervals over the slice's patients"
         f"{_resamples(settings)}; a value needs at least {escape(minimum)} positive (and negative) images, "
-        f"or ill images for the underdiagnosis rate, in the slice, else it reads “{TOO_SMALL}”. Mean AUC "
+        f"or ill images for the underdiagnosis rate, in the slice, and films of at least "
+        f"{escape(settings.get('min_slice_patients', 'the minimum number of'))} patients, else it reads "
+        f"“{TOO_SMALL}” with the reason. A bootstrap with no spread gives no interval. Mean AUC "
         "averages the findings with an AUC in that slice. Underdiagnosis rates also differ when slices differ "
         "in how many findings their ill films carry: a film with several findings is less likely to be called "
         "“no finding”, so a gap is a prompt to look, not by itself proof of bias.</p>")
     gaps = report.get("gaps") or []
     return (f'<section id="subgroups"><h2>Subgroups (test)</h2>{intro}<h3>Gaps between slices</h3>'
-            '<p class="note">Per attribute and metric, the highest against the lowest slice; flagged when the '
-            "interval of the difference excludes 0. With more than two slices the interval is family-wise "
-            "(Bonferroni over the slice pairs), since the pair was picked after looking at all of them.</p>"
+            '<p class="note">Per attribute and metric, the highest against the lowest slice, with the 95% '
+            "bootstrap interval of that pair's difference. Flagged by a permutation test of the attribute's "
+            "largest gap (its slices and both metrics together; slice membership shuffled by patient), at 5% "
+            "family-wise, since the pair was picked after looking at all of them: under no true gap it flags "
+            "at most 5% of the time.</p>"
             + gaps_list(gaps, attributes)
             + "".join(slice_table(a, report[a], age_unknown_note(a, report)) for a in attributes) + "</section>")
 

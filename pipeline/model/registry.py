@@ -86,8 +86,12 @@ def registry_model_metadata(
         "mean_auc": metrics.get("mean_auc"),
         "mean_auc_ci": _interval(metrics.get("mean_auc_ci")),
         "auc": metrics.get("auc", {}),
+        "auc_missing_reason": metrics.get("auc_missing_reason", {}),
+        "mean_auc_findings": metrics.get("mean_auc_findings"),
+        "ci_method": metrics.get("ci_method"),
         "test_manifest": test_manifest,
         "test_images": None if metrics.get("test_images") is None else int(metrics["test_images"]),
+        "test_patients": None if metrics.get("test_patients") is None else int(metrics["test_patients"]),
     }
 
 

@@ -12,13 +12,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.labels import FINDINGS
-from pipeline.model.metrics import (
-    BOOTSTRAP_BLOCK,
-    per_class_auc,
-    percentile_interval,
-    resample_counts,
-    weighted_aucs,
-)
+from pipeline.model.bootstrap import mean_over, patient_resample_counts, percentile_interval, weighted_aucs
+from pipeline.model.metrics import DEFAULT_MIN_POSITIVES, auc_floor_reasons, check_scores, per_class_auc
 from pipeline.model.version_notes import difference
 
 # evaluate.promotion defaults (params.yaml; justified in docs/evaluation.md).
@@ -27,35 +22,30 @@ DEFAULT_MAX_CLASS_DROP = 0.05
 # How a decision was reached, as recorded on the version and in the metrics.
 RULE_FIRST = "first version: no champion to compare with"
 RULE_NO_CHAMPION_SCORES = "champion could not be scored: no promotion"
+RULE_LEAKAGE = "refused: too few test patients that the champion did not train on"
 RULE_PROMOTED = "non-inferior: mean AUC difference CI lower bound above -margin, no finding significantly worse"
 RULE_MEAN = "refused: mean AUC difference CI lower bound at or below -margin"
 RULE_FINDING = "refused: a finding's AUC difference CI lies below -max_class_drop"
 RULE_SUBGROUP = "refused: underdiagnosis rises significantly in a sex or age slice (evaluate.promotion.subgroups)"
 
 
-def patient_resample_counts(patient_ids, resamples: int, seed: int, block: int = BOOTSTRAP_BLOCK):
-    """Blocks of (b, n_images) weights: each resample draws the test set's
-    patients with replacement, and an image weighs as often as its patient
-    was drawn."""
-    codes, patients = pd.factorize(pd.Series(list(patient_ids)))
-    n_patients = len(patients)
-    rng = np.random.default_rng(seed)
-    for start in range(0, resamples, block):
-        draws = rng.integers(0, n_patients, (min(block, resamples - start), n_patients))
-        yield resample_counts(draws, n_patients)[:, codes]
-
-
 def paired_auc_comparison(
-    labels: np.ndarray, challenger: np.ndarray, champion: np.ndarray, patient_ids, resamples: int, seed: int
+    labels: np.ndarray, challenger: np.ndarray, champion: np.ndarray, patient_ids, resamples: int, seed: int,
+    min_positives: int = DEFAULT_MIN_POSITIVES,
 ) -> dict:
     """Challenger minus champion, per finding and for the mean AUC, on the same
     images, with 95% paired-bootstrap intervals. The mean is over the findings
-    whose AUC is defined on the full test set (both classes present)."""
+    whose test AUC the floor gives (min_positives positives and negatives), as
+    the reported mean AUC is. ScoreError (a ValueError) when either model's
+    scores hold NaN."""
     labels = np.asarray(labels)
     if not (len(labels) == len(challenger) == len(champion) == len(patient_ids)):
         raise ValueError("labels, both models' predictions and patient ids must have one row per test image")
+    challenger, champion = check_scores(challenger, "test"), check_scores(champion, "champion's test")
+    floor = auc_floor_reasons(labels, min_positives)
     ours, theirs = per_class_auc(labels, challenger), per_class_auc(labels, champion)
-    defined = [i for i, f in enumerate(FINDINGS) if ours[f] is not None and theirs[f] is not None]
+    defined = [i for i, f in enumerate(FINDINGS)
+               if ours[f] is not None and theirs[f] is not None and f not in floor]
     diffs = []
     for counts in patient_resample_counts(patient_ids, resamples, seed):
         block = np.full((len(counts), len(FINDINGS)), np.nan)
@@ -64,14 +54,13 @@ def paired_auc_comparison(
                            - weighted_aucs(labels[:, i], champion[:, i], counts))
         diffs.append(block)
     diffs = np.concatenate(diffs) if diffs else np.zeros((0, len(FINDINGS)))
-    chosen = diffs[:, defined]
-    counted = (~np.isnan(chosen)).sum(1)
-    means = np.where(counted > 0, np.nansum(chosen, 1) / np.maximum(counted, 1), np.nan)
+    means = mean_over(diffs, defined)
     auc_diff = {f: (ours[f] - theirs[f] if i in defined else None) for i, f in enumerate(FINDINGS)}
     return {
         "test_images": int(len(labels)),
         "test_patients": int(pd.Series(list(patient_ids)).nunique()),
         "resamples": int(resamples),
+        "findings_compared": len(defined),
         "mean_auc_diff": float(np.mean([auc_diff[FINDINGS[i]] for i in defined])) if defined else None,
         "mean_auc_diff_ci": list(percentile_interval(means)),
         "auc_diff": auc_diff,

@@ -11,36 +11,47 @@ percentile intervals over resamples of the slice's patients (all of a patient's
 films in the slice move together), computed as resample weights with
 metrics.weighted_aucs, so 1000 resamples of every slice take seconds.
 
-Reliability rule (min_slice_positives, default 10): a finding's AUC and
-sensitivity need that many positive images in the slice, its AUC and
-specificity that many negatives; the underdiagnosis rate needs that many images
-with a finding. Below it the value is None and `unreliable` says why, never a
-figure from a handful of films. The slice's mean AUC averages the findings
-whose AUC is given (reliable in the slice); each resample averages the same
-findings, leaving out any that a resample lacks a class for.
+Reliability rule (min_slice_positives, default 10; min_slice_patients,
+default 10): a finding's AUC and sensitivity need that many positive images in
+the slice, its AUC and specificity that many negatives; the underdiagnosis
+rate needs that many images with a finding; and every figure of a slice needs
+films of at least min_slice_patients patients (one patient's twelve films are
+one patient's evidence, and a bootstrap over one patient has no spread). Below
+it the value is None and `unreliable` says why, never a figure from a handful
+of films. The slice's mean AUC averages the findings whose AUC is given
+(reliable in the slice); each resample averages the same findings, leaving out
+any that a resample lacks a class for.
 
 Missing ages: an image whose age is missing (NaN, None, or the records'
 MISSING_AGE, -1) or outside 0..120 is in no age band and no sex x age slice
 (it still counts in its sex and view slices); every report with age slices
 says how many such images it left out ("age_unknown").
 
-Gaps: per attribute and metric, the slices with the highest and lowest value,
-their difference and a bootstrap interval of it, each slice resampled on its
-own. The pair is picked after looking at all slices, so a plain 95% interval
-would flag a gap between equal slices far more often than 5% of the time (with
-10 sex x age slices, most of the time). The interval is therefore family-wise
-(Bonferroni over the attribute's k(k-1)/2 slice pairs; for two slices it is the
-plain 95% interval); `familywise=False` gives plain intervals. A family-wise
-interval reaches far into the tails (0.06% each side for 45 pairs), where 1000
-resamples hold less than one draw and a percentile is mostly noise, so it is
-difference +- z x the bootstrap standard error of the difference instead; plain
-95% intervals are percentile intervals.
+Gaps: per attribute and metric, the pair of slices whose difference is
+largest against its noise (the difference over sqrt(1/n_i + 1/n_j), n a
+slice's ill films for the underdiagnosis rate, its films for the mean AUC:
+without that, the noisiest small slice decides which gap is the largest),
+that difference, a plain 95% bootstrap interval of it (each slice resampled
+on its own), and a family-wise permutation p-value. The pair is picked after
+looking at all slices, so a test of that pair alone would flag a gap between
+equal slices far more often than 5% of the time (with 10 sex x age slices,
+most of the time); and a normal approximation to the tails (Bonferroni's z
+= 3.26 for 45 pairs) is too thin with few patients per slice (7.7% false
+flags at 30 patients a slice). So the reference is the distribution of the
+largest standardised gap when slice membership is shuffled: each (patient,
+slice) group of films keeps its films and is dealt to a slice at random,
+slice sizes kept, and the statistic recomputed; p = (1 + shuffles at least
+as large) / (1 + shuffles), and the two metrics are adjusted together
+(Westfall and Young's min-p). `flagged` is p <= 0.05: under no true gap
+that happens at most 5% of the time whatever the slice sizes (a permutation
+test is exact), and a slice whose figures cannot move never flags.
 """
 from __future__ import annotations
 
 import math
 import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
@@ -48,13 +59,14 @@ import pandas as pd
 
 from pipeline.core.labels import FINDINGS, MAX_AGE, NUM_FINDINGS, SEXES, VIEWS
 from pipeline.core.tracking import metric_name
+from pipeline.model.bootstrap import CONFIDENCE, mean_over, patient_resample_counts, weighted_aucs
 from pipeline.model.metrics import (
-    CONFIDENCE,
+    DEFAULT_MIN_PATIENTS,
+    DEFAULT_MIN_POSITIVES,
     mean_of_defined,
     operating_point_metrics,
-    weighted_aucs,
+    too_few,
 )
-from pipeline.model.selection import patient_resample_counts
 
 # (name, lowest age in the band, first age above it); the lower bound belongs to the band.
 AGE_BANDS: tuple[tuple[str, float, float], ...] = (
@@ -65,8 +77,11 @@ ATTRIBUTES = ("sex", "age", "view", "sex_age")
 # The attributes whose underdiagnosis a challenger may not worsen (promotion check).
 PROMOTION_ATTRIBUTES = ("sex", "age")
 GAP_METRICS = ("underdiagnosis_rate", "mean_auc")
-DEFAULT_MIN_SLICE_POSITIVES = 10
+DEFAULT_MIN_SLICE_POSITIVES = DEFAULT_MIN_POSITIVES
+DEFAULT_MIN_SLICE_PATIENTS = DEFAULT_MIN_PATIENTS
 DEFAULT_RESAMPLES = 1000
+# A gap is flagged when its family-wise permutation p-value is at most this.
+FLAG_LEVEL = 1 - CONFIDENCE
 DIGITS = 4
 # Resamples per block: weighted_aucs sorts a finding's negatives once a block,
 # so larger blocks sort less; 200 x 25,596 int32 weights is 20 MB.
@@ -147,14 +162,6 @@ def weighted_share(counts: np.ndarray, hits: np.ndarray, of: np.ndarray) -> np.n
         return np.where(denominator > 0, numerator / np.maximum(denominator, 1), np.nan)
 
 
-def mean_over_findings(aucs: np.ndarray, findings: Sequence[int]) -> np.ndarray:
-    """Per resample, the mean AUC of `findings`, leaving out those a resample lacks a class for."""
-    chosen = aucs[:, list(findings)]
-    counted = (~np.isnan(chosen)).sum(axis=1)
-    with np.errstate(invalid="ignore"):
-        return np.where(counted > 0, np.nansum(chosen, axis=1) / np.maximum(counted, 1), np.nan)
-
-
 def slice_draws(
     labels: np.ndarray, probs: np.ndarray, reliable: Sequence[int], missed: np.ndarray, ill: np.ndarray,
     patients: Sequence, resamples: int, seed: int,
@@ -172,14 +179,16 @@ def slice_draws(
             aucs.append(block)
             rates.append(weighted_share(counts, missed, ill))
     auc = np.concatenate(aucs) if aucs else np.zeros((0, NUM_FINDINGS))
-    return {"auc": auc, "mean_auc": mean_over_findings(auc, reliable),
+    return {"auc": auc, "mean_auc": mean_over(auc, reliable),
             "underdiagnosis_rate": np.concatenate(rates) if rates else np.zeros(0)}
 
 
 def interval(values: np.ndarray, confidence: float = CONFIDENCE) -> list[float] | None:
-    """The central `confidence` percentile interval of the defined values; None without any."""
+    """The central `confidence` percentile interval of the defined values; None
+    without any, or when they do not vary (every resample of 0 misses is 0: a
+    0-0 interval would read as certainty)."""
     defined = values[~np.isnan(values)]
-    if not len(defined):
+    if not len(defined) or float(np.ptp(defined)) == 0.0:
         return None
     tail = 100 * (1 - confidence) / 2
     return [float(v) for v in np.percentile(defined, [tail, 100 - tail])]
@@ -187,65 +196,52 @@ def interval(values: np.ndarray, confidence: float = CONFIDENCE) -> list[float] 
 
 def difference_interval(point: float, draws: np.ndarray, confidence: float) -> list[float] | None:
     """A bootstrap interval of a difference: the percentile interval at CONFIDENCE,
-    point +- z x the draws' standard deviation beyond it (see the module's notes)."""
-    if confidence == CONFIDENCE:
-        return interval(draws)
+    point +- z x the draws' standard deviation beyond it (the promotion check's
+    Bonferroni-adjusted level, where 1000 resamples hold too few draws for a
+    percentile); None without spread, which no test may read as certainty."""
     defined = draws[~np.isnan(draws)]
-    if len(defined) < 2:
+    if len(defined) < 2 or float(np.ptp(defined)) == 0.0:
         return None
+    if confidence == CONFIDENCE:
+        return interval(defined)
     half = NormalDist().inv_cdf(0.5 + confidence / 2) * float(np.std(defined, ddof=1))
     # a difference of rates or AUCs lies in [-1, 1]
     return [max(point - half, -1.0), min(point + half, 1.0)]
 
 
-def wilson_interval(successes: float, n: int, z: float) -> tuple[float, float]:
-    """Wilson's score interval of a proportion: it keeps its width at 0/n and n/n."""
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(centre - half, 0.0), min(centre + half, 1.0)
-
-
-def score_difference_interval(p1: float, n1: int, p2: float, n2: int, confidence: float) -> list[float]:
-    """Newcombe's hybrid score interval of p1 - p2 (Statistics in Medicine 1998,
-    method 10), from each slice's Wilson interval."""
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    (low1, high1), (low2, high2) = wilson_interval(p1 * n1, n1, z), wilson_interval(p2 * n2, n2, z)
-    difference = p1 - p2
-    return [difference - math.sqrt((p1 - low1) ** 2 + (high2 - p2) ** 2),
-            difference + math.sqrt((high1 - p1) ** 2 + (p2 - low2) ** 2)]
-
-
 # --- one slice --------------------------------------------------------------
 
 def _finding_reason(positives: int, negatives: int, minimum: int) -> str | None:
-    for count, kind in ((positives, "positives"), (negatives, "negatives")):
-        if count == 0:
-            return f"no {kind} in the slice"
-        if count < minimum:
-            return f"{count} {kind} < min_slice_positives {minimum}"
-    return None
+    return too_few(positives, negatives, minimum)
 
 
 def _ill_reason(ill_images: int, minimum: int) -> str:
-    return f"{ill_images} images with a finding < min_slice_positives {minimum}"
+    return f"too few images with a finding (n={ill_images})"
+
+
+def _patients_reason(patients: int, minimum: int) -> str:
+    return f"too few patients (n={patients})"
 
 
 def evaluate_slice(
     labels: np.ndarray, probs: np.ndarray, cutoffs: np.ndarray, patients: Sequence, min_slice_positives: int,
-    resamples: int, seed: int,
+    resamples: int, seed: int, min_slice_patients: int = DEFAULT_MIN_SLICE_PATIENTS,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """(figures, bootstrap draws) of one slice's images. The figures' keys:
     n, patients, ill_images, positives, mean_auc, mean_auc_ci, auc, auc_ci,
     sensitivity, specificity, underdiagnosis_rate, underdiagnosis_rate_ci, unreliable."""
     n = len(labels)
+    patient_count = int(pd.Series(list(patients), dtype=object).nunique())
     positives = labels.sum(axis=0).astype(int) if n else np.zeros(NUM_FINDINGS, dtype=int)
-    unreliable = {f: reason for i, f in enumerate(FINDINGS)
-                  if (reason := _finding_reason(int(positives[i]), n - int(positives[i]), min_slice_positives))}
+    few_patients = patient_count < max(min_slice_patients, 1)
+    unreliable = {f: _patients_reason(patient_count, min_slice_patients) if few_patients else reason
+                  for i, f in enumerate(FINDINGS)
+                  if few_patients or (reason := _finding_reason(int(positives[i]), n - int(positives[i]),
+                                                                min_slice_positives))}
     reliable = [i for i, f in enumerate(FINDINGS) if f not in unreliable]
     missed, ill = missed_and_ill(labels, probs, cutoffs)
     ill_images = int(ill.sum())
-    draws = slice_draws(labels, probs, reliable, missed, ill, patients, resamples, seed)
+    draws = slice_draws(labels, probs, reliable, missed, ill, patients, 0 if few_patients else resamples, seed)
 
     # weighted_aucs with unit weights is the plain AUC, and 50x quicker than
     # sklearn's per-call input checks over 19 slices x 14 findings
@@ -253,10 +249,15 @@ def evaluate_slice(
     auc = {f: float(weighted_aucs(labels[:, i], probs[:, i], unit)[0]) if i in reliable else None
            for i, f in enumerate(FINDINGS)}
     mean_auc = mean_of_defined(auc)
-    if mean_auc is None:
+    if few_patients:
+        unreliable["mean_auc"] = unreliable["underdiagnosis_rate"] = _patients_reason(patient_count,
+                                                                                       min_slice_patients)
+    elif mean_auc is None:
         unreliable["mean_auc"] = "no finding has enough positives and negatives in the slice"
     rate = None
-    if ill_images >= max(min_slice_positives, 1):
+    if few_patients:
+        pass
+    elif ill_images >= max(min_slice_positives, 1):
         rate = float(missed.sum() / ill_images)
     else:
         unreliable["underdiagnosis_rate"] = _ill_reason(ill_images, min_slice_positives)
@@ -265,16 +266,16 @@ def evaluate_slice(
     enough = max(min_slice_positives, 1)
     return {
         "n": n,
-        "patients": int(pd.Series(list(patients), dtype=object).nunique()),
+        "patients": patient_count,
         "ill_images": ill_images,
         "positives": {f: int(positives[i]) for i, f in enumerate(FINDINGS)},
         "mean_auc": mean_auc,
         "mean_auc_ci": interval(draws["mean_auc"]) if mean_auc is not None else None,
         "auc": auc,
         "auc_ci": {f: interval(draws["auc"][:, i]) if auc[f] is not None else None for i, f in enumerate(FINDINGS)},
-        "sensitivity": {f: operating["sensitivity"][f] if positives[i] >= enough else None
+        "sensitivity": {f: operating["sensitivity"][f] if positives[i] >= enough and not few_patients else None
                         for i, f in enumerate(FINDINGS)},
-        "specificity": {f: operating["specificity"][f] if n - positives[i] >= enough else None
+        "specificity": {f: operating["specificity"][f] if n - positives[i] >= enough and not few_patients else None
                         for i, f in enumerate(FINDINGS)},
         "underdiagnosis_rate": rate,
         "underdiagnosis_rate_ci": interval(draws["underdiagnosis_rate"]) if rate is not None else None,
@@ -284,45 +285,163 @@ def evaluate_slice(
 
 # --- gaps -------------------------------------------------------------------
 
-def _pair_confidence(slices: int, familywise: bool) -> float:
-    pairs = slices * (slices - 1) // 2
-    return 1 - (1 - CONFIDENCE) / pairs if familywise and pairs > 1 else CONFIDENCE
+@dataclass
+class AttributeFilms:
+    """One attribute's films, as the gap test shuffles them: per image its
+    slice, its (patient, slice) group, and what the metrics need."""
+
+    labels: np.ndarray
+    probs: np.ndarray
+    missed: np.ndarray
+    ill: np.ndarray
+    slice_of: np.ndarray  # each image's slice name, "" for none
+    patients: np.ndarray
 
 
-def attribute_gaps(attribute: str, figures: dict[str, dict], draws: dict[str, dict], familywise: bool = True) -> list:
+def slice_metric(films: AttributeFilms, metric: str, weights: np.ndarray,
+                 findings: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(a metric of a slice, the count its noise scales with) for each row of
+    image weights (0/1 membership): the underdiagnosis rate and the slice's
+    ill films, or the mean AUC and the slice's films."""
+    if metric == "underdiagnosis_rate":
+        return weighted_share(weights, films.missed, films.ill), weights @ films.ill.astype(np.int64)
+    aucs = np.full((len(weights), NUM_FINDINGS), np.nan)
+    for i in findings:
+        aucs[:, i] = weighted_aucs(films.labels[:, i], films.probs[:, i], weights)
+    return mean_over(aucs, findings), weights.sum(axis=1, dtype=np.int64)
+
+
+def standardised_gaps(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(rows, k, k): each pair's difference over its noise scale,
+    sqrt(1/count_i + 1/count_j) (a binomial or AUC standard error up to a
+    factor the pairs share); NaN where a slice has no value."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inverse = 1.0 / np.where(counts > 0, counts, np.nan)
+        return (values[:, :, None] - values[:, None, :]) / np.sqrt(inverse[:, :, None] + inverse[:, None, :])
+
+
+def largest_gap(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the largest standardised gap among the slices (0 without two
+    values), and the (high, low) slice indices it is between."""
+    gaps = np.nan_to_num(standardised_gaps(values, counts), nan=-np.inf)
+    k = values.shape[1]
+    flat = gaps.reshape(len(values), k * k).argmax(axis=1)
+    largest = gaps.reshape(len(values), k * k)[np.arange(len(values)), flat]
+    return np.where(np.isfinite(largest), np.maximum(largest, 0.0), 0.0), np.column_stack([flat // k, flat % k])
+
+
+def shuffled_gaps(films: AttributeFilms, compared: dict[str, dict[str, list[int]]], permutations: int,
+                  seed: int) -> dict[str, tuple[np.ndarray, tuple[int, int], np.ndarray]]:
+    """Per metric: (the largest standardised gap among its compared slices
+    under each of `permutations` shuffles of slice membership, the observed
+    (high, low) pair as indices into compared[metric], the observed largest
+    gap). `compared`: {metric: {slice: findings its mean AUC averages}}.
+    Each (patient, slice) group of films is dealt to a slice at random, slice
+    sizes (in groups) kept; every metric sees the same shuffles, so that they
+    can be adjusted together, and the observed statistic comes from the same
+    arithmetic as the shuffled ones."""
+    names = sorted({name for slices in compared.values() for name in slices})
+    inside = np.isin(films.slice_of, names)
+    keys = np.char.add(np.char.add(films.slice_of[inside].astype(str), "|"), films.patients[inside].astype(str))
+    groups, group_of = np.unique(keys, return_inverse=True)
+    group_slice = np.empty(len(groups), dtype=object)
+    group_slice[group_of] = films.slice_of[inside]
+    sub = AttributeFilms(films.labels[inside], films.probs[inside], films.missed[inside], films.ill[inside],
+                         films.slice_of[inside], films.patients[inside])
+
+    def statistics(dealt: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        weights = {name: (dealt == name).astype(np.int32) for name in names}
+        found = {}
+        for metric, slices in compared.items():
+            pairs = [slice_metric(sub, metric, weights[name], findings) for name, findings in slices.items()]
+            found[metric] = largest_gap(np.stack([v for v, _ in pairs], axis=1),
+                                        np.stack([c for _, c in pairs], axis=1))
+        return found
+
+    observed = statistics(sub.slice_of[None, :])
+    rng = np.random.default_rng(seed)
+    blocks: dict[str, list[np.ndarray]] = {metric: [] for metric in compared}
+    for start in range(0, permutations, RESAMPLE_BLOCK):
+        rows = min(RESAMPLE_BLOCK, permutations - start)
+        dealt = np.stack([rng.permutation(group_slice) for _ in range(rows)])[:, group_of]
+        for metric, (largest, _) in statistics(dealt).items():
+            blocks[metric].append(largest)
+    return {metric: (np.concatenate(blocks[metric]), tuple(int(v) for v in observed[metric][1][0]),
+                     observed[metric][0]) for metric in compared}
+
+
+def permutation_p(observed: float, shuffled: np.ndarray) -> float:
+    """(1 + shuffles at least as extreme) / (1 + shuffles): never 0, and at
+    most alpha with probability at most alpha under the null. A float-rounding
+    tolerance, so that the observed arrangement counts as at least as large;
+    a shuffle without the figure (NaN) counts as not."""
+    extreme = np.abs(np.nan_to_num(shuffled, nan=-np.inf)) >= abs(observed) - 1e-12
+    return float((1 + int(extreme.sum())) / (1 + len(shuffled)))
+
+
+def min_p_adjusted(observed: dict[str, float], shuffled: dict[str, np.ndarray]) -> dict[str, float]:
+    """Westfall and Young's min-p adjustment over the metrics (Resampling-Based
+    Multiple Testing, 1993, algorithm 2.8): each shuffle's smallest
+    single-metric p-value is the reference distribution, so the family of all
+    of them is flagged at most 5% of the time under no gap at all."""
+    count = len(next(iter(shuffled.values())))
+    per_shuffle = []
+    for values in shuffled.values():
+        values = np.nan_to_num(values, nan=-np.inf)
+        ranked = np.sort(values)
+        # p of each shuffle against all of them: (1 + shuffles at least as large) / (1 + shuffles)
+        at_least = count - np.searchsorted(ranked, values - 1e-12, side="left")
+        per_shuffle.append((1 + at_least) / (1 + count))
+    smallest = np.min(per_shuffle, axis=0)
+    return {metric: float((1 + int((smallest <= p + 1e-12).sum())) / (1 + count)) for metric, p in observed.items()}
+
+
+def attribute_gaps(
+    attribute: str, figures: dict[str, dict], draws: dict[str, dict], films: AttributeFilms | None = None,
+    permutations: int = DEFAULT_RESAMPLES, seed: int = 0,
+) -> list:
     """The largest gap between the attribute's slices, per GAP_METRICS: keys
-    attribute, metric, high, low (slice names), difference (high - low), ci,
-    confidence, slices_compared, flagged (the interval excludes 0; for the
-    underdiagnosis rate also score_ci, Newcombe's interval, which must exclude
-    0 too), and reason where fewer than two slices have the metric (high, low,
-    difference, ci None)."""
-    gaps = []
+    attribute, metric, high, low (the pair of slices whose difference is
+    largest against its noise, sqrt(1/n_high + 1/n_low) with n the slice's
+    ill films or films; without `films`, the highest and lowest slice),
+    difference (high - low), ci (plain 95% bootstrap interval of that pair's
+    difference), p_value (the family-wise permutation test of the module's
+    notes, over the attribute's slices and both metrics), test, permutations,
+    slices_compared, flagged (p_value <= 0.05), and reason where fewer than
+    two slices have the metric (high, low, difference, ci None)."""
+    gaps, compared = [], {}
     for metric in GAP_METRICS:
         values = {name: fig[metric] for name, fig in figures.items() if fig[metric] is not None}
         gap = {"attribute": attribute, "metric": metric, "high": None, "low": None, "difference": None,
-               "ci": None, "confidence": None, "slices_compared": len(values), "flagged": False}
+               "ci": None, "confidence": CONFIDENCE, "p_value": None, "slices_compared": len(values),
+               "flagged": False}
         if len(values) < 2:
             gaps.append({**gap, "reason": f"{len(values)} slice(s) with a {metric}: nothing to compare"})
             continue
+        compared[metric] = {name: [i for i, f in enumerate(FINDINGS) if figures[name]["auc"][f] is not None]
+                            for name in values}
         ordered = sorted(values, key=values.get)
-        low, high = ordered[0], ordered[-1]
-        confidence = _pair_confidence(len(values), familywise)
+        gaps.append({**gap, "high": ordered[-1], "low": ordered[0]})
+    tested = [gap for gap in gaps if gap["metric"] in compared]
+    if films is not None and permutations > 0 and tested:
+        shuffled = shuffled_gaps(films, compared, permutations, _seed_for(seed, "permutation", attribute))
+        single = {metric: permutation_p(float(largest[0]), values)
+                  for metric, (values, _, largest) in shuffled.items()}
+        adjusted = min_p_adjusted(single, {metric: values for metric, (values, _, _) in shuffled.items()})
+        for gap in tested:
+            names = list(compared[gap["metric"]])
+            high, low = shuffled[gap["metric"]][1]
+            if high != low:  # a pair with a gap (else every slice alike: keep the extremes)
+                gap.update(high=names[high], low=names[low])
+            gap.update(p_value=adjusted[gap["metric"]], permutations=permutations,
+                       test="largest standardised gap among the slices, both metrics adjusted together (min-p); "
+                            "slice membership shuffled by patient")
+    for gap in tested:
+        metric, high, low = gap["metric"], gap["high"], gap["low"]
+        gap["difference"] = figures[high][metric] - figures[low][metric]
         # the two slices' resamples are independent draws, so row k of each pairs freely
-        difference = values[high] - values[low]
-        ci = difference_interval(difference, draws[high][metric] - draws[low][metric], confidence)
-        flagged = ci is not None and (ci[0] > 0 or ci[1] < 0)
-        extra = {}
-        if metric == "underdiagnosis_rate":
-            # A slice with few ill films, or a rate near 0 or 1, gives bootstrap
-            # draws with almost no spread (every resample of 0 of 12 is 0); the
-            # score interval keeps that slice's uncertainty. Flag a gap only when
-            # both intervals exclude 0: the bootstrap also counts patients' several films.
-            score = score_difference_interval(values[high], figures[high]["ill_images"], values[low],
-                                              figures[low]["ill_images"], confidence)
-            flagged = flagged and score[0] > 0
-            extra["score_ci"] = score
-        gaps.append({**gap, "high": high, "low": low, "difference": difference, "ci": ci, **extra,
-                     "confidence": confidence, "flagged": flagged})
+        gap["ci"] = difference_interval(gap["difference"], draws[high][metric] - draws[low][metric], CONFIDENCE)
+        gap["flagged"] = bool(gap["p_value"] is not None and gap["difference"] > 0 and gap["p_value"] <= FLAG_LEVEL)
     return gaps
 
 
@@ -356,30 +475,40 @@ def subgroup_report(
     y_true: np.ndarray, y_prob: np.ndarray, thresholds: Mapping[str, float] | Sequence[float],
     patient_ids: Sequence, ages: Sequence, sexes: Sequence, views: Sequence,
     min_slice_positives: int = DEFAULT_MIN_SLICE_POSITIVES, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-    familywise: bool = True,
+    min_slice_patients: int = DEFAULT_MIN_SLICE_PATIENTS, permutations: int | None = None,
+    attributes: Sequence[str] = ATTRIBUTES,
 ) -> dict:
     """The subgroup evaluation of one model's test predictions, JSON-ready
     (floats to DIGITS decimals): {"sex": {"F": figures, "M": ...}, "age":
     {"0-20": ...}, "view": {"PA", "AP"}, "sex_age": {"F/0-20": ...}, "gaps":
     [gap, ...], "age_unknown": {"images", "note"}, "settings": {...}} with
     figures as evaluate_slice's, gaps as attribute_gaps' and age_unknown as
-    age_unknown's. thresholds: {finding: value} (as evaluate's) or 14 values."""
+    age_unknown's. thresholds: {finding: value} (as evaluate's) or 14 values.
+    The gap test shuffles `permutations` times (default: `resamples`)."""
     labels, probs, patients = _checked(y_true, y_prob, patient_ids, ages, sexes, views)
     cutoffs = threshold_array(thresholds)
+    missed, ill = missed_and_ill(labels, probs, cutoffs)
+    permutations = resamples if permutations is None else permutations
     report: dict = {}
     gaps = []
     for attribute, masks in slice_masks(ages, sexes, views).items():
+        if attribute not in attributes:
+            continue
         figures, draws = {}, {}
+        slice_of = np.full(len(labels), "", dtype=object)
         for name, mask in masks.items():
+            slice_of[mask] = name
             figures[name], draws[name] = evaluate_slice(
                 labels[mask], probs[mask], cutoffs, patients[mask], min_slice_positives, resamples,
-                _seed_for(seed, attribute, name))
+                _seed_for(seed, attribute, name), min_slice_patients)
         report[attribute] = figures
-        gaps.extend(attribute_gaps(attribute, figures, draws, familywise))
+        films = AttributeFilms(labels, probs, missed, ill, slice_of, patients)
+        gaps.extend(attribute_gaps(attribute, figures, draws, films, permutations, seed))
     report["gaps"] = gaps
     report["age_unknown"] = age_unknown(ages)
-    report["settings"] = {"min_slice_positives": min_slice_positives, "resamples": resamples, "seed": seed,
-                          "familywise_gaps": familywise, "images": len(labels),
+    report["settings"] = {"min_slice_positives": min_slice_positives, "min_slice_patients": min_slice_patients,
+                          "resamples": resamples, "permutations": permutations, "seed": seed,
+                          "flag_level": FLAG_LEVEL, "images": len(labels),
                           "patients": int(pd.Series(patients).nunique())}
     return rounded(report)
 
@@ -420,7 +549,7 @@ def underdiagnosis_regression(
     y_true: np.ndarray, champion_prob: np.ndarray, champion_thresholds, challenger_prob: np.ndarray,
     challenger_thresholds, patient_ids: Sequence, ages: Sequence, sexes: Sequence,
     min_slice_positives: int = DEFAULT_MIN_SLICE_POSITIVES, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-    familywise: bool = True,
+    familywise: bool = True, min_slice_patients: int = DEFAULT_MIN_SLICE_PATIENTS,
 ) -> dict:
     """Whether the challenger underdiagnoses any sex or age slice significantly
     more than the champion, on the same test images, each at its own thresholds.
@@ -450,7 +579,8 @@ def underdiagnosis_regression(
         for name, mask in masks[attribute].items():
             entry = _paired_rate_difference(
                 missed_champion[mask], missed_challenger[mask], ill[mask], patients[mask],
-                min_slice_positives, resamples, _seed_for(seed, "promotion", attribute, name), confidence)
+                min_slice_positives, resamples, _seed_for(seed, "promotion", attribute, name), confidence,
+                min_slice_patients)
             result[attribute][name] = entry
             if entry["worse"]:
                 result["worse_slices"].append(f"{attribute}/{name}")
@@ -460,17 +590,23 @@ def underdiagnosis_regression(
 def _paired_rate_difference(
     missed_champion: np.ndarray, missed_challenger: np.ndarray, ill: np.ndarray, patients: np.ndarray,
     min_slice_positives: int, resamples: int, seed: int, confidence: float,
+    min_slice_patients: int = DEFAULT_MIN_SLICE_PATIENTS,
 ) -> dict:
     ill_images = int(ill.sum())
-    entry = {"n": len(ill), "ill_images": ill_images, "champion_rate": None, "challenger_rate": None,
-             "difference": None, "ci": None, "worse": False}
+    ill_patients = int(pd.Series(list(patients[ill]), dtype=object).nunique())
+    entry = {"n": len(ill), "ill_images": ill_images, "ill_patients": ill_patients, "champion_rate": None,
+             "challenger_rate": None, "difference": None, "ci": None, "worse": False}
     if ill_images < max(min_slice_positives, 1):
         return {**entry, "reason": _ill_reason(ill_images, min_slice_positives)}
+    if ill_patients < max(min_slice_patients, 1):
+        return {**entry, "reason": _patients_reason(ill_patients, min_slice_patients)}
     champion_rate = float(missed_champion.sum() / ill_images)
     challenger_rate = float(missed_challenger.sum() / ill_images)
     differences = [weighted_share(counts, missed_challenger, ill) - weighted_share(counts, missed_champion, ill)
                    for counts in patient_resample_counts(patients, resamples, seed)] if resamples > 0 else []
     difference = challenger_rate - champion_rate
     ci = difference_interval(difference, np.concatenate(differences), confidence) if differences else None
+    extra = {} if ci is not None or not differences else {
+        "reason": "no spread: every resample gives the same difference, so it cannot be tested"}
     return {**entry, "champion_rate": champion_rate, "challenger_rate": challenger_rate, "difference": difference,
-            "ci": ci, "worse": ci is not None and ci[0] > 0}
+            "ci": ci, "worse": ci is not None and ci[0] > 0, **extra}

@@ -43,7 +43,9 @@ def score_tags(metadata: dict) -> dict[str, str]:
         tags["mean_auc_ci"] = f"[{interval(metadata['mean_auc_ci']).replace(' to ', ', ')}]"
     if metadata.get("test_images") is not None:
         tags["test_images"] = str(int(metadata["test_images"]))
-    tags.update({f"auc_{f}": score(auc.get(f)) for f in FINDINGS if f in auc})
+    reasons = metadata.get("auc_missing_reason") or {}
+    tags.update({f"auc_{f}": reasons.get(f) or score(auc.get(f)) if auc.get(f) is None else score(auc[f])
+                 for f in FINDINGS if f in auc})
     tags.update({f"threshold_{f}": score(thresholds.get(f)) for f in FINDINGS if f in thresholds})
     return tags
 
@@ -55,7 +57,10 @@ def version_scores(tags: dict[str, str]) -> dict:
     import json
 
     def number(text):
-        return None if text in (None, "", UNDEFINED, "None") else float(text)
+        try:
+            return float(text)
+        except (TypeError, ValueError):  # "undefined", "too few positives (n=1)", ...
+            return None
 
     if any(f"auc_{f}" in tags for f in FINDINGS):
         auc = {f: number(tags[f"auc_{f}"]) for f in FINDINGS if f"auc_{f}" in tags}
@@ -78,7 +83,7 @@ def _comparison_lines(decision: dict, auc: dict) -> list[str]:
     champion = decision.get("champion_version")
     if not comparison:
         if champion is not None:
-            return [f"No paired comparison with champion version {champion} (it could not be scored).", ""]
+            return [f"No paired comparison with champion version {champion} (the reasons above say why).", ""]
         return []
     size = f"{comparison.get('test_images')} test images"
     if comparison.get("test_patients") is not None:
@@ -89,8 +94,8 @@ def _comparison_lines(decision: dict, auc: dict) -> list[str]:
     lines = [
         f"## Compared with champion version {champion}",
         "",
-        f"Both scored on the same {size}; differences are this version minus the champion, "
-        "95% CIs from a patient-level bootstrap.",
+        f"Both scored on the same {size} (patients neither model trained on); differences are this version "
+        "minus the champion, 95% CIs from a patient-level bootstrap.",
         "",
         "| Finding | Champion AUC | This AUC | Difference | 95% CI |",
         "|---|---:|---:|---:|---|",
@@ -118,13 +123,18 @@ def version_description(metadata: dict, decision: dict, params: dict | None = No
     images = metadata.get("test_images")
     manifest = metadata.get("test_manifest")
     mean = f"**Test mean AUC {score(metadata.get('mean_auc'))}**"
+    if metadata.get("mean_auc_findings") is not None:
+        mean += f" over {metadata['mean_auc_findings']} findings"
     if metadata.get("mean_auc_ci") is not None:
-        mean += f" (95% CI {interval(metadata['mean_auc_ci'])})"
+        method = f"{metadata['ci_method']}:" if metadata.get("ci_method") else "95% CI"
+        mean += f" ({method} {interval(metadata['mean_auc_ci'])})"
     test_set = f"test set `{manifest}`" + (f", {images} images" if images is not None else "")
     lines = [f"{mean} on the {test_set}.", "", *_decision_lines(decision)]
     lines += _comparison_lines(decision, auc)
     lines += ["## Per finding (test set)", "", "| Finding | AUC | Threshold |", "|---|---:|---:|"]
-    lines += [f"| {f} | {score(auc.get(f))} | {score(thresholds.get(f))} |" for f in FINDINGS]
+    reasons = metadata.get("auc_missing_reason") or {}
+    lines += [f"| {f} | {reasons.get(f) if auc.get(f) is None and reasons.get(f) else score(auc.get(f))} "
+              f"| {score(thresholds.get(f))} |" for f in FINDINGS]
     lines.append("")
     preprocessing = metadata.get("preprocessing") or {}
     if preprocessing.get("image_size") is not None:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from pipeline.core.floors import MIN_POSITIVES
 from pipeline.core.labels import SEXES, VIEWS
 from pipeline.core.patient import PatientMetadataError, encode_patient
 from pipeline.core.tracking import DEFAULT_TIMEOUT_S, DEFAULT_TRACKING_URI, HTTP_MAX_RETRIES, disable_telemetry
@@ -227,7 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--bootstrap", type=non_negative_int, default=1000, metavar="N",
-        help="bootstrap resamples for the mean AUC's 95%% CI (default 1000; 0 for none)",
+        help="resamples of the patients for every 95%% CI (default 1000; 0 for none)",
+    )
+    evaluate.add_argument(
+        "--min-positives", type=non_negative_int, default=MIN_POSITIVES, metavar="N",
+        help=f"a finding's AUC needs this many positive and negative films, else it is not given "
+             f"(default {MIN_POSITIVES}, as evaluate.min_slice_positives)",
     )
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     add_model_options(evaluate)
@@ -484,7 +490,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         model = load_for_command(args)
         print(f"model: {model.identity()}", flush=True)
         report = external.evaluate_external(model, args.root, args.labels, args.out, args.batch_size,
-                                            args.bootstrap, args.seed)
+                                            args.bootstrap, args.seed, args.min_positives)
     except (ModelLoadError, DataEntryError, external.ExternalSetError, OSError) as exc:
         print(f"cxr: error: {exc}", file=sys.stderr)
         return EXIT_FAILED

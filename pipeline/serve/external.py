@@ -29,10 +29,12 @@ from pipeline.core.patient import PatientMetadataError, encode_patient
 from pipeline.data.folder import build_folder_manifest
 from pipeline.data.row_problems import format_rejected_row
 from pipeline.model.metrics import (
+    DEFAULT_MIN_PATIENTS,
+    DEFAULT_MIN_POSITIVES,
     auc_intervals,
+    floored_aucs,
     mean_of_defined,
     operating_point_metrics,
-    per_class_auc,
     predictions_table,
 )
 from pipeline.records.imaging import ImageError
@@ -56,6 +58,7 @@ class ScoredFilms:
     """The films that were predicted, in manifest order, and those that could not be."""
 
     image_ids: list[str] = field(default_factory=list)
+    patient_ids: list[str] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)
     probabilities: list[np.ndarray] = field(default_factory=list)
     quarantined: list[dict] = field(default_factory=list)  # {"image_id", "path", "reason"}
@@ -63,7 +66,7 @@ class ScoredFilms:
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         width = len(FINDINGS)
         labels = np.array(self.labels, dtype=np.int64).reshape(-1, width)
-        return labels, np.array(self.probabilities, dtype=np.float32).reshape(-1, width)
+        return labels, np.array(self.probabilities, dtype=np.float64).reshape(-1, width)
 
 
 def external_manifest(root: Path, labels_csv: Path, seed: int) -> tuple[pd.DataFrame, list[dict], dict]:
@@ -119,31 +122,25 @@ def score_films(model: XrayModel, manifest: pd.DataFrame, batch_size: int) -> Sc
         encoded = np.stack([patient for _, _, patient in batch]) if model.uses_patient_metadata else None
         for (row, _, _), probabilities in zip(batch, model.predict(images, encoded, batch_size=batch_size)):
             scored.image_ids.append(str(row["image_id"]))
+            scored.patient_ids.append(str(row["patient_id"]))
             scored.labels.append(row[list(FINDINGS)].to_numpy(dtype=np.int64))
             scored.probabilities.append(probabilities)
     return scored
 
 
-def auc_missing_reason(positives: int, negatives: int) -> str | None:
-    if positives and negatives:
-        return None
-    return "no positive film" if not positives else "no negative film"
-
-
-def finding_entries(labels: np.ndarray, probabilities: np.ndarray, thresholds: dict, intervals: dict | None) -> dict:
-    """Per finding: counts, AUC (None with the reason where undefined) and its CI, and the operating point."""
-    auc = per_class_auc(labels, probabilities)
+def finding_entries(labels: np.ndarray, probabilities: np.ndarray, thresholds: dict, figures: dict) -> dict:
+    """Per finding: counts, AUC (None with the reason below the floor) and its CI, and the operating point."""
     operating = operating_point_metrics(labels, probabilities, thresholds)
     entries = {}
     for i, finding in enumerate(FINDINGS):
         positives = int(labels[:, i].sum())
-        negatives = len(labels) - positives
+        low, high = figures["auc_ci_low"][finding], figures["auc_ci_high"][finding]
         entries[finding] = {
             "positives": positives,
-            "negatives": negatives,
-            "auc": auc[finding],
-            "auc_missing_reason": auc_missing_reason(positives, negatives),
-            "auc_ci": [intervals["auc_ci_low"][finding], intervals["auc_ci_high"][finding]] if intervals else None,
+            "negatives": len(labels) - positives,
+            "auc": figures["auc"][finding],
+            "auc_missing_reason": figures["auc_missing_reason"].get(finding),
+            "auc_ci": [low, high] if low is not None else None,
             "threshold": thresholds[finding],
             **{name: operating[name][finding] for name in ("sensitivity", "specificity", "ppv", "npv")},
         }
@@ -151,24 +148,32 @@ def finding_entries(labels: np.ndarray, probabilities: np.ndarray, thresholds: d
 
 
 def external_metrics(
-    labels: np.ndarray, probabilities: np.ndarray, thresholds: dict[str, float], resamples: int, seed: int
+    labels: np.ndarray, probabilities: np.ndarray, thresholds: dict[str, float], resamples: int, seed: int,
+    patient_ids=None, min_positives: int = DEFAULT_MIN_POSITIVES, min_patients: int = DEFAULT_MIN_PATIENTS,
 ) -> dict:
-    """The scores of an external set, with the evaluate stage's functions (pipeline.model.metrics)."""
-    intervals = auc_intervals(labels, probabilities, resamples, seed) if resamples > 0 else None
-    findings = finding_entries(labels, probabilities, thresholds, intervals)
+    """The scores of an external set, with the evaluate stage's functions and
+    floors (pipeline.model.metrics); intervals by the patient bootstrap."""
+    patients = list(range(len(labels))) if patient_ids is None else list(patient_ids)
+    auc, reasons = floored_aucs(labels, probabilities, min_positives)
+    intervals = auc_intervals(labels, probabilities, patients, resamples, seed, min_positives, min_patients)
+    findings = finding_entries(labels, probabilities, thresholds, {**intervals, "auc": auc,
+                                                                    "auc_missing_reason": reasons})
     return {
         "images": len(labels),
-        "mean_auc": mean_of_defined({f: entry["auc"] for f, entry in findings.items()}),
-        "mean_auc_ci": intervals["mean_auc_ci"] if intervals else None,
-        "findings_with_auc": sum(entry["auc"] is not None for entry in findings.values()),
+        "patients": len(set(patients)),
+        "mean_auc": mean_of_defined(auc),
+        "mean_auc_ci": intervals["mean_auc_ci"] if resamples > 0 else None,
+        "ci_method": intervals["ci_method"],
+        "findings_with_auc": sum(value is not None for value in auc.values()),
         "bootstrap_resamples": resamples,
+        "min_positives": min_positives,
         "findings": findings,
     }
 
 
 def evaluate_external(
     model: XrayModel, root: Path, labels_csv: Path, out_dir: Path, batch_size: int = 16,
-    resamples: int = 1000, seed: int = 0,
+    resamples: int = 1000, seed: int = 0, min_positives: int = DEFAULT_MIN_POSITIVES,
 ) -> dict:
     """Score `model` on ROOT's labelled films, write <out_dir>/external.json and predictions.csv, return the report.
     ExternalSetError when no film could be scored."""
@@ -184,7 +189,8 @@ def evaluate_external(
         "root": str(root),
         "labels": str(labels_csv),
         "rows": len(manifest) + len(rejected),
-        **external_metrics(labels, probabilities, model.thresholds, resamples, seed),
+        **external_metrics(labels, probabilities, model.thresholds, resamples, seed, scored.patient_ids,
+                           min_positives),
         "rejected_rows": [plain(row) for row in rejected],
         "quarantined": scored.quarantined,
         "reader": plain({key: value for key, value in reader_report.items() if key not in PRIVATE_REPORT_KEYS}),
@@ -218,14 +224,14 @@ def summary_table(report: dict) -> str:
     """The report as a few lines for the terminal."""
     lines = [f"{'finding':<20}{'pos':>5}{'neg':>5}{'AUC':>7}{'sens':>7}{'spec':>7}"]
     for finding, entry in report["findings"].items():
-        note = f"  AUC undefined: {entry['auc_missing_reason']}" if entry["auc_missing_reason"] else ""
+        note = f"  AUC not given: {entry['auc_missing_reason']}" if entry["auc_missing_reason"] else ""
         lines.append(f"{finding:<20}{entry['positives']:>5}{entry['negatives']:>5}{figure(entry['auc']):>7}"
                      f"{figure(entry['sensitivity'], 2):>7}{figure(entry['specificity'], 2):>7}{note}")
     ci = report["mean_auc_ci"]
-    interval = f" (95% CI {figure(ci[0])}-{figure(ci[1])})" if ci and ci[0] is not None else ""
+    interval = f" ({report['ci_method']}: {figure(ci[0])}-{figure(ci[1])})" if ci and ci[0] is not None else ""
     lines.append(f"mean AUC {figure(report['mean_auc'])}{interval} over {report['findings_with_auc']} finding(s) "
-                 f"with positive and negative films; {report['images']} film(s) scored; sensitivity and "
-                 f"specificity at the model's thresholds")
+                 f"with at least {report['min_positives']} positive and negative films; {report['images']} film(s) "
+                 f"of {report['patients']} patient(s) scored; sensitivity and specificity at the model's thresholds")
     return "\n".join(lines)
 
 

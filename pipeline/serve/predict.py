@@ -32,7 +32,7 @@ import numpy as np
 from pipeline.core.labels import FINDINGS, NUM_FINDINGS
 from pipeline.core.model_io import image_size_of, model_inputs, uses_patient_metadata
 from pipeline.core.patient import encode_patient_input
-from pipeline.core.recalibration import apply_recalibration
+from pipeline.core.recalibration import served_probabilities
 from pipeline.core.store_lock import LEASE_SUFFIX, StoreError, check_sqlite_file, sqlite_path
 from pipeline.core.tracking import (
     ARGUMENT_REMEDY,
@@ -249,14 +249,17 @@ class XrayModel:
         return probabilities[0] if single else probabilities
 
     def recalibrate(self, probabilities: np.ndarray) -> np.ndarray:
-        """The network's (n, 14) outputs through the model's recalibration (as is without one)."""
-        if not self.recalibration:
-            return probabilities
-        return apply_recalibration(self.recalibration, probabilities).astype(np.float32)
+        """The network's (n, 14) outputs through the model's recalibration (as
+        is without one), in float64: the one numeric policy of
+        pipeline.core.recalibration, so a film served here gets the decision
+        evaluate reported for it."""
+        return served_probabilities(probabilities, self.recalibration)
 
     def positive_findings(self, probabilities: np.ndarray) -> list[str]:
         """Names of the findings at or above their thresholds, for one image's (14,) probabilities."""
-        probabilities = np.asarray(probabilities)
+        # float64 whatever the caller passes: a float32 compared with a float64
+        # threshold is rounded to float32 first (NumPy's rule), and may cross it
+        probabilities = np.asarray(probabilities, dtype=np.float64)
         if probabilities.shape != (NUM_FINDINGS,):
             raise ValueError(f"expected {NUM_FINDINGS} probabilities, got shape {probabilities.shape}")
         return [f for f, p in zip(self.findings, probabilities) if p >= self.thresholds[f]]

@@ -26,7 +26,7 @@ import pandas as pd
 from pipeline.core.labels import FINDINGS
 from pipeline.core.model_io import KERAS_ARTIFACT
 from pipeline.core.patient import IMAGE_INPUT, PATIENT_INPUT, encode_patient_input
-from pipeline.core.recalibration import apply_recalibration
+from pipeline.core.recalibration import served_probabilities
 
 
 # MLflow 3.17 warns (once, at class creation) that predict has no type hints;
@@ -50,9 +50,7 @@ class ChestXrayPyfunc(mlflow.pyfunc.PythonModel):
         else:
             images, metadata = self.checked_images(model_input), None
         probabilities = self.model.predict(model_inputs(self.model, images, metadata), verbose=0)
-        if self.recalibration:
-            probabilities = apply_recalibration(self.recalibration, probabilities)
-        return pd.DataFrame(probabilities, columns=list(FINDINGS))
+        return pd.DataFrame(served_probabilities(probabilities, self.recalibration), columns=list(FINDINGS))
 
     def checked_images(self, images) -> np.ndarray:
         """preprocess_xray's output stacked, or ValueError saying what is expected: a film read

@@ -22,6 +22,9 @@ LEARNING = {
     "train.batch_size": 16,
     "explain.top_k": 1,
     "explain.false_positives": 1,
+    # the test is whether the recipe learns, on every finding with a positive
+    # test film (the reporting floor of 10 leaves one finding on 70 films)
+    "evaluate.min_slice_positives": 1,
 }
 # Measured with this configuration (500 phantom films, seed 42, hash split,
 # 70 test images; TF op determinism on, as on every CPU run): mean AUC 0.823

@@ -10,10 +10,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from pipeline.core.labels import FINDINGS
+from pipeline.model.leakage import patient_hash
+from pipeline.model.metrics import ABOVE_EVERY_SCORE
+from pipeline.model.selection import RULE_LEAKAGE
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -29,6 +33,9 @@ TINY = {
     "explain.top_k": 1,
     "explain.false_positives": 1,
     "explain.max_localisation_images": 10,
+    # a test split of about 13 films: floors of 2, so that some AUCs and the comparison are figures at all
+    "evaluate.min_slice_positives": 2,
+    "evaluate.min_slice_patients": 2,
 }
 
 
@@ -159,7 +166,9 @@ def test_evaluation_report_shape(repro):
     metrics = json.loads((project / "reports" / "evaluate" / "evaluate.json").read_text())
     assert isinstance(metrics["mean_auc"], float) and 0.0 <= metrics["mean_auc"] <= 1.0
     assert list(metrics["auc"]) == list(FINDINGS) and list(metrics["thresholds"]) == list(FINDINGS)
-    assert all(0.0 <= t <= 1.0 for t in metrics["thresholds"].values())
+    # a threshold is a probability, or Youden's "call nothing" just above 1.0 (named in the report)
+    assert all(0.0 <= t <= 1.0 or (t == ABOVE_EVERY_SCORE and f in metrics["thresholds_call_nothing"])
+               for f, t in metrics["thresholds"].items())
     defined = [v for v in metrics["auc"].values() if v is not None]
     assert abs(sum(defined) / len(defined) - metrics["mean_auc"]) < 1e-9
     low, high = metrics["mean_auc_ci"]
@@ -215,7 +224,8 @@ def test_stages_print_their_own_lines_only(repro):
     output = result.stdout + result.stderr
     assert not [noise for noise in LIBRARY_NOISE if noise in output], output
     evaluate_line = next(line for line in output.splitlines() if line.startswith("evaluate: mean AUC"))
-    assert re.match(r"evaluate: mean AUC \d\.\d{3} on", evaluate_line), evaluate_line
+    assert re.match(r"evaluate: mean AUC \d\.\d{3} over \d+ findings on \d+ test images of \d+ patients",
+                    evaluate_line), evaluate_line
 
 
 def test_second_repro_runs_nothing(repro):
@@ -334,3 +344,36 @@ def test_more_data_rescores_the_champion_on_the_new_test_split(repro):
     assert run_metrics["champion_mean_auc_diff"] == pytest.approx(comparison["mean_auc_diff"])
     card = (project / "reports" / "evaluate" / "model_card.html").read_text()
     assert f"champion v{champion_before} AUC" in card and "95% CI (paired, by patient)" in card
+
+
+def test_a_new_split_seed_compares_without_the_champions_training_patients(repro, tmp_path):
+    """Another split seed deals some of the champion's train and val patients
+    into today's test split: the decision counts them, says so, and compares
+    on the films of the patients neither model saw."""
+    project, _ = repro
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    import mlflow
+
+    store = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    champion = client.get_model_version_by_alias("chestxray", "champion")
+    trained_on = json.loads(Path(client.download_artifacts(champion.run_id, "training_patients.json",
+                                                           str(tmp_path))).read_text())
+    run(["dvc", "exp", "run", "-S", "seed=7", "-S", "train.epochs=1", "evaluate"], project)
+    metrics = json.loads((project / "reports" / "evaluate" / "evaluate.json").read_text())
+    manifest = pd.read_csv(project / "data" / "validated" / "manifest.csv")
+    test = manifest[manifest["split"] == "test"]
+    seen = set(trained_on["train"]) | set(trained_on["val"])
+    leaked = {p for p in test["patient_id"] if patient_hash(p) in seen}
+    assert leaked, "seed 7 dealt none of the champion's patients into test: pick another seed"
+    registry = metrics["registry"]
+    reasons = " ".join(registry["reasons"])
+    assert (f"trained or tuned on {len(leaked)} of the {test['patient_id'].nunique()} test patients "
+            f"({int(test['patient_id'].isin(leaked).sum())} films)") in reasons, reasons
+    comparison = registry["comparison"]
+    if comparison is None:  # too few unseen patients: refused with the reason
+        assert registry["rule"] == RULE_LEAKAGE and "too few test patients neither model saw" in reasons
+    else:
+        assert comparison["leakage"]["champion_seen_patients"] == len(leaked)
+        assert comparison["test_patients"] == test["patient_id"].nunique() - len(leaked)
+        assert comparison["test_images"] == int((~test["patient_id"].isin(leaked)).sum())

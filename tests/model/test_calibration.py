@@ -49,6 +49,21 @@ def test_equal_mass_bins_hold_equal_counts():
     assert all(probs[bins == k].max() <= probs[bins == k + 1].min() for k in range(9))
 
 
+def test_ece_does_not_depend_on_the_order_of_tied_rows():
+    """A constant 0.5 at 50% prevalence is perfectly calibrated whatever the row
+    order (splitting the ties by row order gave 0.50 or 0.14)."""
+    labels = np.array([0] * 50 + [1] * 50)
+    probs = np.full(100, 0.5)
+    assert expected_calibration_error(labels, probs) == 0.0
+    assert expected_calibration_error(labels[::-1], probs) == 0.0
+    rng = np.random.default_rng(3)
+    tied = np.round(rng.random(500), 1)  # 11 distinct values
+    outcome = (rng.random(500) < tied).astype(int)
+    eces = {expected_calibration_error(outcome[order], tied[order]) for order in
+            (np.arange(500), np.argsort(-tied, kind="stable"), rng.permutation(500))}
+    assert len(eces) == 1
+
+
 def test_reliability_curve_by_hand():
     labels = np.array([0, 0, 1, 0, 1, 1])
     probs = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8])

@@ -44,8 +44,12 @@ def register(store: str, tmp_path, model, decision=FIRST) -> int:
             return register_model(mlflow, model, NAME, metadata, {}, decision)["version"]
 
 
+# 12 films of a few patients: floors of one, so that the comparison runs at all
+SMALL = {"min_slice_positives": 1, "min_slice_patients": 1}
+
+
 def decide(store, shards, probs, labels, ids):
-    return champion_decision(NAME, store, shards, 4, labels, probs, ids, {"resamples": 100}, seed=0)
+    return champion_decision(NAME, store, shards, 4, labels, probs, ids, {"resamples": 100}, seed=0, **SMALL)
 
 
 @pytest.fixture
@@ -126,10 +130,11 @@ def test_the_subgroup_check_runs_when_asked_and_names_small_slices(store, shards
     register(store, tmp_path, model)
     probs, labels, ids = predict_split(model, shards, "test", 4)
     decision = champion_decision(NAME, store, shards, 4, labels, probs, ids, {"resamples": 100, "subgroups": True},
-                                 seed=0, thresholds={f: 0.5 for f in FINDINGS})
+                                 seed=0, thresholds={f: 0.5 for f in FINDINGS}, **SMALL)
     check = decision["subgroups"]
     assert set(check) >= {"sex", "age", "worse_slices"} and check["worse_slices"] == []
-    assert all("reason" in figures for figures in check["sex"].values()), check["sex"]  # 12 films: too few
+    # the same model on both sides: a slice is too small, or its difference has no spread to test
+    assert all("reason" in figures and figures["ci"] is None for figures in check["sex"].values()), check["sex"]
     assert decision["promote"]
     plain = decide(store, shards, probs, labels, ids)
     assert plain["subgroups"] is None

@@ -58,15 +58,21 @@ def test_thresholds_from_val_applied_to_test():
     assert metrics["test_images"] == 300 and set(metrics["auc"]) == set(FINDINGS)
 
 
-def test_bootstrap_aucs_equal_sklearn_on_the_same_resamples():
-    from pipeline.model.metrics import bootstrap_aucs, bootstrap_indices
+def test_bootstrap_aucs_equal_sklearn_on_the_same_patient_resamples():
+    from pipeline.model.bootstrap import patient_resample_counts
+    from pipeline.model.metrics import bootstrap_aucs
 
     labels, probs = random_split(n=60, seed=3)
     probs = np.round(probs, 1)  # ties, which the rank formula counts as one half
-    fast = bootstrap_aucs(labels, probs, 40, seed=7)
-    for row, indices in zip(fast, np.concatenate(list(bootstrap_indices(60, 40, 7)))):
+    patients = np.arange(60) // 3  # three films a patient
+    fast = bootstrap_aucs(labels, probs, patients, 40, seed=7)
+    counts = np.concatenate(list(patient_resample_counts(patients, 40, 7)))
+    for row, weights in zip(fast, counts):
+        # a patient drawn twice brings all three of its films twice
+        assert all(len(set(weights[patients == p])) == 1 for p in range(20))
+        films = np.repeat(np.arange(60), weights)
         for i in range(14):
-            y, p = labels[indices, i], probs[indices, i]
+            y, p = labels[films, i], probs[films, i]
             expected = roc_auc_score(y, p) if 0 < y.sum() < len(y) else np.nan
             np.testing.assert_allclose(row[i], expected, atol=1e-12)
 
@@ -77,7 +83,7 @@ def test_auc_interval_contains_the_estimate_and_shrinks_with_n():
     widths = []
     for n in (200, 3200):
         labels, probs = random_split(n=n, seed=4)
-        intervals = auc_intervals(labels, probs, 300, seed=0)
+        intervals = auc_intervals(labels, probs, np.arange(n), 300, seed=0)
         auc = per_class_auc(labels, probs)
         for f in FINDINGS:
             assert intervals["auc_ci_low"][f] <= auc[f] <= intervals["auc_ci_high"][f]
@@ -85,6 +91,64 @@ def test_auc_interval_contains_the_estimate_and_shrinks_with_n():
         assert low <= mean_of_defined(auc) <= high
         widths.append(np.mean([intervals["auc_ci_high"][f] - intervals["auc_ci_low"][f] for f in FINDINGS]))
     assert widths[1] < widths[0] / 2  # ~1/sqrt(n): 16x the images, a quarter of the width
+    assert intervals["ci_method"] == "95% CI, percentile bootstrap over patients, 300 resamples"
+
+
+def test_films_of_one_patient_widen_the_interval():
+    """The same films as 60 patients of 5 or as 300 patients of 1: resampling
+    patients keeps their films together, and a patient's films are alike here,
+    so the interval must be wider than one that treats every film as independent."""
+    from pipeline.model.metrics import auc_intervals
+
+    rng = np.random.default_rng(11)
+    patients = np.repeat(np.arange(60), 5)
+    labels = np.repeat((rng.random((60, 14)) < 0.3).astype(int), 5, axis=0)
+    probs = np.repeat(rng.random((60, 14)) * 0.6 + labels[::5] * 0.3, 5, axis=0) + rng.normal(0, 0.01, (300, 14))
+    clustered = auc_intervals(labels, probs, patients, 400, seed=1)["mean_auc_ci"]
+    independent = auc_intervals(labels, probs, np.arange(300), 400, seed=1)["mean_auc_ci"]
+    assert clustered[1] - clustered[0] > 1.8 * (independent[1] - independent[0])
+
+
+def test_a_finding_below_the_floor_is_not_a_figure_anywhere():
+    labels, probs = random_split(n=300, seed=8)
+    fibrosis = FINDINGS.index("Fibrosis")
+    labels[:, fibrosis] = 0
+    labels[np.argmax(probs[:, fibrosis]), fibrosis] = 1  # one positive, scored highest: AUC 1.0 on one film
+    metrics = evaluation_metrics((labels, probs), (labels, probs), "youden", resamples=50,
+                                 test_patients=np.arange(300))
+    assert metrics["auc"]["Fibrosis"] is None
+    assert metrics["auc_missing_reason"]["Fibrosis"] == "too few positives (n=1)"
+    assert metrics["auc_ci_low"]["Fibrosis"] is None and metrics["auc_ci_high"]["Fibrosis"] is None
+    assert metrics["mean_auc_findings"] == 13
+    assert metrics["mean_auc"] == pytest.approx(np.mean([v for v in metrics["auc"].values() if v is not None]))
+    few = evaluation_metrics((labels, probs), (labels, probs), "youden", resamples=50,
+                             test_patients=np.arange(300) % 4)
+    assert few["mean_auc_ci"] == [None, None] and few["ci_missing_reason"] == "too few patients (n=4)"
+
+
+def test_nan_scores_are_an_error_naming_the_finding_and_split():
+    from pipeline.model.metrics import ScoreError
+
+    labels, probs = random_split(seed=9)
+    val = probs.copy()
+    val[5, FINDINGS.index("Mass")] = np.nan
+    with pytest.raises(ScoreError, match=r"val scores are NaN or infinite for Mass \(1 film\(s\), first at row 5\)"):
+        evaluation_metrics((labels, val), (labels, probs), "max_f1", resamples=10)
+    test = probs.copy()
+    test[:, FINDINGS.index("Edema")] = np.inf
+    with pytest.raises(ScoreError, match="test scores .* Edema"):
+        evaluation_metrics((labels, probs), (labels, test), "sensitivity", resamples=10)
+
+
+def test_youden_call_nothing_lies_above_every_score():
+    # every cut is worse than calling nothing: positives score lowest
+    y = np.array([1, 1, 0, 0, 0])
+    p = np.array([0.1, 0.2, 0.5, 0.9, 1.0])
+    threshold = choose_threshold(y, p, "youden")
+    assert threshold > 1.0
+    assert not (p >= threshold).any()
+    # a network's saturated float32 1.0, widened to float64 as every serving path does
+    assert not np.asarray(np.float32(1.0), dtype=np.float64) >= threshold
 
 
 def test_auprc_equals_sklearn_average_precision():

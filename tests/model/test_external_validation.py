@@ -72,15 +72,20 @@ def hospital_folder(nih_subset: Path, root: Path) -> tuple[Path, dict[str, Path]
     return csv, films, labels
 
 
+FLOOR = 2
+
+
 def test_cxr_evaluate_scores_a_hospitals_films(registry, nih_subset, tmp_path, capsys):
     root = tmp_path / "hospital"
     csv, films, labels = hospital_folder(nih_subset, root)
     out = tmp_path / "external"
+    # a handful of films: a floor of 2 positives and negatives (the default, 10, would withhold every AUC)
     status = cxr_main(["evaluate", str(root), "--labels", str(csv), "--out", str(out), "--bootstrap", "200",
-                       "--tracking-uri", registry.store])
+                       "--min-positives", str(FLOOR), "--tracking-uri", registry.store])
     captured = capsys.readouterr()
     assert status == 0, captured.err
     report = json.loads((out / "external.json").read_text())
+    assert report["min_positives"] == FLOOR
 
     assert report["model"]["uri"] == "models:/chestxray@champion" and report["model"]["version"] == "1"
     assert report["rows"] == len(films) + 3 and report["images"] == len(films)
@@ -98,14 +103,16 @@ def test_cxr_evaluate_scores_a_hospitals_films(registry, nih_subset, tmp_path, c
         positives = int(truth[:, i].sum())
         assert (entry["positives"], entry["negatives"]) == (positives, len(films) - positives), finding
         assert entry["threshold"] == pytest.approx(champion.thresholds[finding])
-        if 0 < positives < len(films):
+        if min(positives, len(films) - positives) >= FLOOR:
             assert entry["auc"] == pytest.approx(roc_auc_score(truth[:, i], predicted[:, i]), abs=1e-4)
             assert entry["auc_missing_reason"] is None
             called = predicted[:, i] >= champion.thresholds[finding]
             assert entry["sensitivity"] == pytest.approx(called[truth[:, i] == 1].mean())
             assert entry["specificity"] == pytest.approx((~called[truth[:, i] == 0]).mean())
         else:
-            assert entry["auc"] is None and entry["auc_missing_reason"] == "no positive film"
+            few = "positives" if positives < FLOOR else "negatives"
+            count = positives if few == "positives" else len(films) - positives
+            assert entry["auc"] is None and entry["auc_missing_reason"] == f"too few {few} (n={count})"
     defined = [e["auc"] for e in report["findings"].values() if e["auc"] is not None]
     assert defined and report["findings_with_auc"] == len(defined)
     assert report["mean_auc"] == pytest.approx(np.mean(defined))

@@ -124,20 +124,21 @@ def test_subgroups_section(page):
     assert "Seyyed-Kalantari et al., Nature Medicine 2021" in text
     assert "how many findings their ill films carry" in text
     gaps = re.findall(r"<li( class=\"flagged\")?>(.*?)</li>", text[text.index('<ul class="gaps">'):])
-    # the planted gap, flagged, first and marked; plain 95% intervals for two slices, 3 decimals
+    # the planted gap, flagged, first and marked: the pair's plain 95% interval, 3 decimals, and the
+    # family-wise permutation test that flags it
     assert gaps[0] == (' class="flagged"',
-                       "Underdiagnosis rate by sex: F is higher than M by 0.500 (95% CI 0.453 to 0.558): flagged.")
+                       "Underdiagnosis rate by sex: F is higher than M by 0.500 (95% CI 0.453 to 0.558; "
+                       "family-wise permutation p = 0.005 over 2 slices, 200 shuffles): flagged.")
     flagged = [body for mark, body in gaps if mark]
     assert gaps[:len(flagged)] == [(' class="flagged"', body) for body in flagged]
     assert any(body.startswith("Underdiagnosis rate by sex × age band: F/") and "family-wise" in body
                for body in flagged)
     assert any(body.startswith("No gap between age band slices is significant. ") for _, body in gaps)
-    # the 80+ slice (6 ill films) and the empty bands read "too small", with the reason, never a number
+    # the 80+ slice (6 ill films of 4 patients) and the empty bands read "too small", with the reason, never a number
     row = re.search(r"<tr><td>80\+</td>(.*?)</tr>", text).group(1)
     assert row.count(">too small</td>") == 2 and not re.search(r"\d\.\d{3}", row)
-    assert 'title="6 images with a finding &lt; min_slice_positives 10"' in row
-    assert "80+ (mean AUC: no finding has enough positives and negatives in the slice; underdiagnosis rate: " \
-        "6 images with a finding &lt; min_slice_positives 10)" in text
+    assert 'title="too few patients (n=4)"' in row
+    assert "80+ (mean AUC: too few patients (n=4); underdiagnosis rate: too few patients (n=4))" in text
     assert "0-20 (no test images in the slice), 20-40 (no test images in the slice)" in text
     assert "< min_slice_positives" not in text  # escaped everywhere
     m_row = re.search(r"<tr><td>M</td>(.*?)</tr>", text).group(1)

@@ -265,7 +265,7 @@ def test_predict_one_image_or_a_batch(champion, registry):
     images = random_images(3)
     expected = registry.keras_model(images).numpy()
     batch = champion.predict(images)
-    assert batch.shape == (3, 14) and batch.dtype == np.float32
+    assert batch.shape == (3, 14) and batch.dtype == np.float64  # the one numeric policy (core.recalibration)
     np.testing.assert_allclose(batch, expected, atol=1e-5)
     np.testing.assert_allclose(champion.predict(images[0]), expected[0], atol=1e-5)
     np.testing.assert_allclose(champion.predict(images[0, ..., 0]), expected[0], atol=1e-5)

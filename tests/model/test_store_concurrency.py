@@ -190,6 +190,7 @@ def test_the_evaluate_stage_decides_and_registers_under_the_store_lock(shards, t
     model_file = tmp_path / "model.keras"
     build_model("small_cnn", 32, "none").save(model_file)
     settings = {"threshold_method": "youden", "target_sensitivity": 0.9, "bootstrap": 20, "min_slice_positives": 1,
+                "min_slice_patients": 1,
                 "calibration": "none", "batch_size": 4,
                 "promotion": {"margin": 0.02, "max_class_drop": 0.05, "resamples": 20}}
     training = {"backbone": "small_cnn", "image_size": 32, "fit": "crop", "params": {"seed": 0}}

@@ -29,9 +29,9 @@ import numpy as np
 from common import add_output_arguments, cores, report, timed
 
 from pipeline.core.labels import FINDINGS
+from pipeline.model.gap_test import AttributeFilms
 from pipeline.model.subgroups import (
     AGE_BANDS,
-    AttributeFilms,
     attribute_gaps,
     evaluate_slice,
     missed_and_ill,

@@ -92,7 +92,8 @@ def others_line(before, after, own_cpu: float, wall: float) -> str:
 
 
 # Benchmarks that take longer than --timeout by design: seconds they may run.
-LONG_RUNNING_S = {"bench_full_scale": 3 * 3600}  # 112,120 rows through three stages on 2 cores: ~1 hour
+LONG_RUNNING_S = {"bench_full_scale": 3 * 3600,  # 112,120 rows through three stages on 2 cores: ~1 hour
+                  "bench_gap_flags": 3600}  # 1,000 null test sets x 1,000 shuffles: ~15 min on 2 idle cores
 
 
 def run_one(script: Path, section_file: Path, timeout: float) -> dict:

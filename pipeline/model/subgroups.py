@@ -207,15 +207,11 @@ def difference_interval(point: float, draws: np.ndarray, confidence: float) -> l
 
 # --- one slice --------------------------------------------------------------
 
-def _finding_reason(positives: int, negatives: int, minimum: int) -> str | None:
-    return too_few(positives, negatives, minimum)
-
-
-def _ill_reason(ill_images: int, minimum: int) -> str:
+def _ill_reason(ill_images: int) -> str:
     return f"too few images with a finding (n={ill_images})"
 
 
-def _patients_reason(patients: int, minimum: int) -> str:
+def _patients_reason(patients: int) -> str:
     return f"too few patients (n={patients})"
 
 
@@ -229,15 +225,14 @@ def evaluate_slice(
     n = len(labels)
     patient_count = int(pd.Series(list(patients), dtype=object).nunique())
     positives = labels.sum(axis=0).astype(int) if n else np.zeros(NUM_FINDINGS, dtype=int)
-    few_patients = patient_count < max(min_slice_patients, 1)
-    unreliable = {f: _patients_reason(patient_count, min_slice_patients) if few_patients else reason
-                  for i, f in enumerate(FINDINGS)
-                  if few_patients or (reason := _finding_reason(int(positives[i]), n - int(positives[i]),
-                                                                min_slice_positives))}
+    # too few patients: no figure of the slice at all, whatever its film counts
+    few = _patients_reason(patient_count) if patient_count < max(min_slice_patients, 1) else None
+    unreliable = {f: reason for i, f in enumerate(FINDINGS)
+                  if (reason := few or too_few(int(positives[i]), n - int(positives[i]), min_slice_positives))}
     reliable = [i for i, f in enumerate(FINDINGS) if f not in unreliable]
     missed, ill = missed_and_ill(labels, probs, cutoffs)
     ill_images = int(ill.sum())
-    draws = slice_draws(labels, probs, reliable, missed, ill, patients, 0 if few_patients else resamples, seed)
+    draws = slice_draws(labels, probs, reliable, missed, ill, patients, 0 if few else resamples, seed)
 
     # weighted_aucs with unit weights is the plain AUC, and 50x quicker than
     # sklearn's per-call input checks over 19 slices x 14 findings
@@ -245,18 +240,16 @@ def evaluate_slice(
     auc = {f: float(weighted_aucs(labels[:, i], probs[:, i], unit)[0]) if i in reliable else None
            for i, f in enumerate(FINDINGS)}
     mean_auc = mean_of_defined(auc)
-    if few_patients:
-        unreliable["mean_auc"] = unreliable["underdiagnosis_rate"] = _patients_reason(patient_count,
-                                                                                       min_slice_patients)
-    elif mean_auc is None:
-        unreliable["mean_auc"] = "no finding has enough positives and negatives in the slice"
     rate = None
-    if few_patients:
-        pass
-    elif ill_images >= max(min_slice_positives, 1):
-        rate = float(missed.sum() / ill_images)
+    if few:
+        unreliable["mean_auc"] = unreliable["underdiagnosis_rate"] = few
     else:
-        unreliable["underdiagnosis_rate"] = _ill_reason(ill_images, min_slice_positives)
+        if mean_auc is None:
+            unreliable["mean_auc"] = "no finding has enough positives and negatives in the slice"
+        if ill_images >= max(min_slice_positives, 1):
+            rate = float(missed.sum() / ill_images)
+        else:
+            unreliable["underdiagnosis_rate"] = _ill_reason(ill_images)
 
     operating = operating_point_metrics(labels, probs, dict(zip(FINDINGS, cutoffs)))
     enough = max(min_slice_positives, 1)
@@ -269,9 +262,9 @@ def evaluate_slice(
         "mean_auc_ci": interval(draws["mean_auc"]) if mean_auc is not None else None,
         "auc": auc,
         "auc_ci": {f: interval(draws["auc"][:, i]) if auc[f] is not None else None for i, f in enumerate(FINDINGS)},
-        "sensitivity": {f: operating["sensitivity"][f] if positives[i] >= enough and not few_patients else None
+        "sensitivity": {f: operating["sensitivity"][f] if positives[i] >= enough and not few else None
                         for i, f in enumerate(FINDINGS)},
-        "specificity": {f: operating["specificity"][f] if n - positives[i] >= enough and not few_patients else None
+        "specificity": {f: operating["specificity"][f] if n - positives[i] >= enough and not few else None
                         for i, f in enumerate(FINDINGS)},
         "underdiagnosis_rate": rate,
         "underdiagnosis_rate_ci": interval(draws["underdiagnosis_rate"]) if rate is not None else None,
@@ -482,9 +475,9 @@ def _paired_rate_difference(
     entry = {"n": len(ill), "ill_images": ill_images, "ill_patients": ill_patients, "champion_rate": None,
              "challenger_rate": None, "difference": None, "ci": None, "worse": False}
     if ill_images < max(min_slice_positives, 1):
-        return {**entry, "reason": _ill_reason(ill_images, min_slice_positives)}
+        return {**entry, "reason": _ill_reason(ill_images)}
     if ill_patients < max(min_slice_patients, 1):
-        return {**entry, "reason": _patients_reason(ill_patients, min_slice_patients)}
+        return {**entry, "reason": _patients_reason(ill_patients)}
     champion_rate = float(missed_champion.sum() / ill_images)
     challenger_rate = float(missed_challenger.sum() / ill_images)
     differences = [weighted_share(counts, missed_challenger, ill) - weighted_share(counts, missed_champion, ill)

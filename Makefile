@@ -71,7 +71,7 @@ retrain: $(STAMP)
 
 test: $(STAMP) $(CHROMIUM_STAMP) $(ACTIONLINT_STAMP)
 	ruff check .
-	python -m pytest $(PYTEST_ARGS)
+	python -m pytest --durations=25 $(PYTEST_ARGS)
 
 test-quick: $(STAMP)
 	ruff check .
@@ -83,7 +83,9 @@ test-quick: $(STAMP)
 bench: $(STAMP)
 	python benchmarks/run_all.py
 
+# Prints the experiment's page in the UI's machine-learning view, then serves.
 mlflow-ui: $(STAMP)
+	@python -m pipeline.core.tracking http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
 clean:

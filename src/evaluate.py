@@ -14,7 +14,8 @@ def main() -> None:
     params = load_params()
     preprocess = section(params, "preprocess")
     training = {"backbone": section(params, "train")["backbone"], "image_size": preprocess["image_size"],
-                "fit": preprocess["fit"], "params": {k: params[k] for k in ("seed", "preprocess", "train", "evaluate")}}
+                "fit": preprocess["fit"], "data_source": section(params, "ingest")["source"],
+                "params": {k: params[k] for k in ("seed", "ingest", "preprocess", "train", "evaluate")}}
     metrics = evaluate_model(
         path_of(params, "model"), path_of(params, "tfrecords"), path_of(params, "evaluate_reports"),
         path_of(params, "mlflow_run"), section(params, "evaluate"), section(params, "mlflow"), training,
@@ -24,7 +25,8 @@ def main() -> None:
                         path_of(params, "evaluate_reports") / REPORT_FILE)
     registry = metrics["registry"]
     verdict = "champion" if registry["champion"] else "challenger (champion unchanged)"
-    mean = (f"mean AUC {metrics['mean_auc']:.3f} over {metrics['mean_auc_findings']} findings"
+    count = metrics["mean_auc_findings"]
+    mean = (f"mean AUC {metrics['mean_auc']:.3f} over {count} finding{'' if count == 1 else 's'}"
             if metrics["mean_auc"] is not None else
             f"no AUC (no finding has {metrics['min_positives']} positive and negative test films)")
     print(f"evaluate: {mean} on {metrics['test_images']} test images of {metrics['test_patients']} patients; "

@@ -23,6 +23,10 @@ SERVER_CHECK_TIMEOUT = 5.0
 DEFAULT_TIMEOUT_S = 60
 HTTP_MAX_RETRIES = 2
 HTTP_BACKOFF_FACTOR = 1
+# MLflow 3's UI opens an experiment with this tag in its machine-learning view
+# (runs table, charts), not the GenAI view (traces) it infers for an untagged one.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 class TrackingServerError(RuntimeError):
@@ -130,13 +134,27 @@ def configure_mlflow(experiment_name: str, timeout_s: float | None = None):
             artifact_dir.mkdir(parents=True, exist_ok=True)
             artifact_location = artifact_dir.resolve().as_uri()
         try:
-            mlflow.create_experiment(experiment_name, artifact_location=artifact_location)
+            mlflow.create_experiment(experiment_name, artifact_location=artifact_location,
+                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except mlflow.exceptions.MlflowException:
             # a stage running beside this one created it first
             if mlflow.get_experiment_by_name(experiment_name) is None:
                 raise
-    mlflow.set_experiment(experiment_name)
+    experiment = mlflow.set_experiment(experiment_name)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # a store made before the tag
+        try:
+            mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        except mlflow.exceptions.MlflowException:
+            # a stage beside this one set it first (a server's SQL store refuses the second insert)
+            if mlflow.get_experiment(experiment.experiment_id).tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                raise
     return mlflow
+
+
+def run_name(backbone: str, image_size: int, data_source: str, train_images: int, data_hash: str) -> str:
+    """A run name that says what differs between runs in the runs table:
+    "densenet121-320px-phantom-340img-1a2b3c4d"."""
+    return f"{backbone}-{image_size}px-{data_source}-{train_images}img-{data_hash[:8]}"
 
 
 def git_commit() -> str:
@@ -176,6 +194,21 @@ def metric_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in text)
 
 
+def log_table(mlflow, frame, artifact_file: str) -> None:
+    """mlflow.log_table (the UI shows the artifact as a table), except that a
+    table logged again, by a run evaluated again, replaces the old one:
+    MLflow's own appends the new rows to it."""
+    import posixpath
+
+    run_id = mlflow.active_run().info.run_id
+    folder = posixpath.dirname(artifact_file) or None
+    if artifact_file in {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, folder)}:
+        # the format log_table writes; the run's tag already lists it as a table
+        mlflow.log_text(frame.to_json(orient="split", index=False, date_format="iso"), artifact_file)
+    else:
+        mlflow.log_table(frame, artifact_file)
+
+
 def resume_run(mlflow, run_file: Path):
     """Continue the training run named in run_file, so one MLflow run holds the
     whole train -> evaluate -> explain story; a new run if that one is gone
@@ -190,3 +223,30 @@ def resume_run(mlflow, run_file: Path):
         except Exception:  # MlflowException when the store has no such run
             pass
     return mlflow.start_run(tags={"note": "training run not found in this tracking store"})
+
+
+def experiment_page(base_url: str, experiment: str, uri: str | None = None) -> str:
+    """The UI page of `experiment` in MLflow 3's machine-learning view (its
+    runs table; the sidebar links the model registry). MLflow opens in its
+    GenAI view unless the URL or the browser's last choice says otherwise.
+    Without a store yet, the experiments list in that view."""
+    from pipeline.core.store_lock import sqlite_path
+
+    uri = uri or tracking_uri()
+    route = "experiments"
+    database = sqlite_path(uri)
+    if database is not None and database.is_file():
+        disable_telemetry()
+        import mlflow
+
+        found = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+        route = f"experiments/{found.experiment_id}" if found else route
+    return f"{base_url.rstrip('/')}/#/{route}?workflowType=machine_learning"
+
+
+if __name__ == "__main__":  # `make mlflow-ui`: where to open the UI
+    import sys
+
+    from pipeline.core.config import load_params
+
+    print(f"Open {experiment_page(sys.argv[1], load_params()['mlflow']['experiment'], DEFAULT_TRACKING_URI)}")

@@ -202,6 +202,30 @@ def draw_overlay(image: np.ndarray, heatmap: np.ndarray, truth: list[Box], fract
     return picture
 
 
+CAPTION_LINE_PX = 14  # each caption line's height under an overlay PNG
+CAPTION_MIN_WIDTH = 260  # px: room for a caption line beside a small overlay
+
+
+def captioned(picture: np.ndarray, lines: list[str]) -> np.ndarray:
+    """`picture` with `lines` of white text on a black band below it (widened
+    with black to CAPTION_MIN_WIDTH when smaller): an overlay opened on its
+    own (MLflow's artifact view, a file browser) says what it shows."""
+    width = max(picture.shape[1], CAPTION_MIN_WIDTH)
+    picture = np.pad(picture, ((0, 0), (0, width - picture.shape[1]), (0, 0)))
+    band = np.zeros((CAPTION_LINE_PX * len(lines) + 4, width, 3), dtype=picture.dtype)
+    for i, line in enumerate(lines):
+        cv2.putText(band, line, (3, CAPTION_LINE_PX * (i + 1) - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+    return np.vstack([picture, band])
+
+
+def caption_lines(record: dict, method: str) -> list[str]:
+    from pipeline.explain.gallery import KIND_NAMES, METHOD_NAMES
+
+    return [f"{record['finding']}: {KIND_NAMES[record['kind']]}, {METHOD_NAMES[method]}",
+            f"score {record['probability']:.3f} (threshold {record['threshold']:.3f})", str(record["image_id"])]
+
+
 def explain_examples(
     model: keras.Model, examples: pd.DataFrame, images: dict[str, dict], truth: dict[Pair, list[Box]],
     settings: dict, layer: str,
@@ -220,7 +244,7 @@ def explain_examples(
             entries.append({
                 **record, **scores,
                 "overlay": f"{pair[1]}_{Path(pair[0]).stem}.png",
-                "png": cv2.imencode(".png", picture)[1].tobytes(),
+                "png": cv2.imencode(".png", captioned(picture, caption_lines(record, settings["method"])))[1].tobytes(),
                 # The gallery page embeds every overlay: JPEG keeps it ~5x smaller.
                 "jpeg": cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes(),
             })
@@ -267,14 +291,21 @@ def summary_line(metrics: dict) -> str:
 
 
 def mlflow_metrics(metrics: dict) -> dict[str, float]:
-    """explain_<score> overall and explain_<score>_<Finding> per finding (n too),
-    leaving out scores that are undefined (no boxed image)."""
-    localisation = metrics["localisation"]
-    named = {f"explain_{k}": v for k, v in localisation["overall"].items()}
-    for finding, scores in localisation["per_finding"].items():
-        named.update({f"explain_{k}_{finding}": v for k, v in scores.items()})
+    """explain_<score> over all boxed images (n too) and the gallery's counts,
+    leaving out scores that are undefined (no boxed image). Each finding's
+    scores are a row of localisation_table instead (90 metrics otherwise)."""
+    named = {f"explain_{k}": v for k, v in metrics["localisation"]["overall"].items()}
     named.update({f"explain_gallery_{k}": v for k, v in metrics["gallery"].items()})
     return {metric_name(k): float(v) for k, v in named.items() if v is not None}
+
+
+LOCALISATION_TABLE = "tables/explain_by_finding.json"  # an MLflow artifact the UI shows as a table
+
+
+def localisation_table(metrics: dict) -> pd.DataFrame:
+    """One row per finding with boxed test images: its localisation scores (None where undefined)."""
+    return pd.DataFrame([{"finding": finding, **scores}
+                         for finding, scores in metrics["localisation"]["per_finding"].items()])
 
 
 def explain_model(
@@ -290,7 +321,7 @@ def explain_model(
 
     from pipeline.core.atomic import atomic_dir
     from pipeline.core.model_io import load_keras_model
-    from pipeline.core.tracking import configure_mlflow, resume_run
+    from pipeline.core.tracking import configure_mlflow, log_table, resume_run
     from pipeline.explain.gallery import PAGE_FILE, render_gallery_html
     from pipeline.explain.gradcam import resolve_layer
     from pipeline.explain.localisation import summarise
@@ -319,6 +350,7 @@ def explain_model(
     mlflow = configure_mlflow(experiment)
     with resume_run(mlflow, run_file):
         mlflow.log_metrics(mlflow_metrics(metrics))
+        log_table(mlflow, localisation_table(metrics), LOCALISATION_TABLE)
         mlflow.set_tags({"explain_method": settings["method"], "explain_layer": layer})
         mlflow.log_artifacts(str(out_dir), artifact_path="gradcam")
     return metrics

@@ -75,7 +75,7 @@ def _card(entry: dict, iobb_thresholds: list[float]) -> str:
     return (
         f'<figure><img src="{data_uri(entry["jpeg"])}" alt="{escape(alt)}">'
         f'<figcaption><span class="kind {kind}">{kind}</span> <code>{escape(entry["image_id"])}</code><br>'
-        f'p = {entry["probability"]:.3f} (threshold {entry["threshold"]:.3f})<br>'
+        f'model score {entry["probability"]:.3f} (threshold {entry["threshold"]:.3f})<br>'
         f'{_localisation_text(entry, iobb_thresholds)}</figcaption></figure>'
     )
 
@@ -101,7 +101,9 @@ def render_gallery_html(entries: list[dict], metrics: dict) -> str:
         f"<h1>{method} gallery: test split</h1>",
         f"<p>Per finding, the test images with the highest scores among the true positives (TP: finding "
         f"present, score at or above the finding's threshold, chosen on the validation split) and the false "
-        f"positives (FP: finding absent, score at or above the threshold). Heatmaps: {method} on layer "
+        f"positives (FP: finding absent, score at or above the threshold). A score is the model's output, not "
+        f"the probability that the finding is present (the model card's calibration section says how far "
+        f"apart they are). Heatmaps: {method} on layer "
         f"<code>{escape(metrics['layer'])}</code>, scaled to their maximum.</p>",
         '<p class="legend"><span style="background:#0f0"></span>ground-truth box '
         f'<span style="background:#fff;border:1px solid #999"></span>regions of the heatmap at or above '

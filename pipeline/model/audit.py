@@ -92,8 +92,8 @@ def reliability_tables(report: dict, curves: dict) -> tuple[list[dict], list[dic
 
 
 def calibration_mlflow_metrics(section: dict) -> dict[str, float]:
+    # each finding's ECE: a column of the per-finding table (pipeline.model.evaluate.finding_table)
     named = {"test_mean_ece": section["mean_ece"], "test_pooled_ece": section["pooled_ece"]}
-    named.update({f"test_ece_{f}": v for f, v in section["ece"].items()})
     if "before" in section:
         named["test_mean_ece_before_recalibration"] = section["before"]["mean_ece"]
     return {k: float(v) for k, v in named.items() if v is not None}

@@ -15,7 +15,7 @@ from pipeline.core.atomic import write_csv_atomic, write_json_atomic, write_text
 from pipeline.core.labels import FINDINGS
 from pipeline.core.model_io import image_size_of, load_keras_model, uses_patient_metadata
 from pipeline.core.patient import IMAGE_INPUT, PATIENT_ENCODING
-from pipeline.core.tracking import configure_mlflow, data_hash, git_commit, metric_name, resume_run
+from pipeline.core.tracking import configure_mlflow, data_hash, git_commit, log_table, metric_name, resume_run
 from pipeline.model.audit import (
     DEFAULT_CALIBRATION_BINS,
     DEFAULT_MIN_SLICE_PATIENTS,
@@ -28,6 +28,7 @@ from pipeline.model.audit import (
     split_patient_ids,
     subgroup_promotion_check,
 )
+from pipeline.model.calibration import calibration_report
 from pipeline.model.leakage import FINGERPRINT_FILE, fingerprint, load_fingerprint, seen_hashes, unseen_films
 from pipeline.model.metrics import (
     check_scores,
@@ -35,6 +36,7 @@ from pipeline.model.metrics import (
     evaluation_metrics,
     manifest_hash,
     mean_of_defined,
+    operating_point_metrics,
     per_class_auc,
     predictions_table,
 )
@@ -51,15 +53,19 @@ from pipeline.model.selection import (
     promotion_decision,
     subgroup_refusals,
 )
-from pipeline.model.subgroups import subgroup_mlflow_metrics, subgroup_report
+from pipeline.model.subgroups import subgroup_mlflow_metrics, subgroup_report, subgroup_table
 from pipeline.records.dataset import make_dataset, read_shard_index, shard_files
 
-# Figures logged to MLflow once per finding, as <prefix>_<finding>.
+# Figures logged to MLflow once per finding, as <prefix>_<finding>: the AUC
+# and the threshold, which runs are sorted and compared on. The rest of each
+# finding's figures is one row of the logged table FINDING_TABLE.
 PER_FINDING_METRICS = {
-    "auc": "test_auc", "auc_ci_low": "test_auc_ci_low", "auc_ci_high": "test_auc_ci_high", "auprc": "test_auprc",
-    "thresholds": "threshold", "sensitivity": "test_sensitivity", "specificity": "test_specificity",
-    "ppv": "test_ppv", "npv": "test_npv", "f1": "test_f1", "accuracy": "test_accuracy",
+    "auc": "test_auc", "auc_ci_low": "test_auc_ci_low", "auc_ci_high": "test_auc_ci_high", "thresholds": "threshold",
 }
+FINDING_TABLE = "tables/test_by_finding.json"  # MLflow artifacts: the UI shows them as tables
+SLICE_TABLE = "tables/test_by_slice.json"
+FINDING_COLUMNS = ("auc", "auc_ci_low", "auc_ci_high", "auprc", "thresholds", "sensitivity", "specificity", "ppv",
+                   "npv", "f1", "accuracy")
 AUC_PLOT_FILE = "auc_by_finding.csv"  # in reports/evaluate/plots/
 RELIABILITY_PLOT_FILE = "reliability.csv"  # in reports/evaluate/plots/: the pooled curve
 RELIABILITY_FILE = "reliability.csv"  # in reports/evaluate/: every finding's curve
@@ -145,11 +151,13 @@ def champion_decision(
     resamples = int(promotion.get("resamples", 1000))
     comparison = paired_auc_comparison(labels, ours, theirs, list(unseen["patient_id"]), resamples=resamples,
                                        seed=seed, min_positives=min_slice_positives)
-    champion_auc = per_class_auc(labels, theirs)
+    # the champion's AUC where the comparison has one (the same floor as the challenger's)
+    champion_auc = {f: (auc if comparison["auc_diff"][f] is not None else None)
+                    for f, auc in per_class_auc(labels, theirs).items()}
     comparison.update(champion_version=version, champion_image_size=champion.image_size,
-                      champion_mean_auc=mean_of_defined({f: champion_auc[f] for f in FINDINGS
-                                                         if comparison["auc_diff"][f] is not None}),
-                      champion_auc=champion_auc, leakage=leakage)
+                      champion_mean_auc=mean_of_defined(champion_auc), champion_auc=champion_auc, leakage=leakage,
+                      **operating_comparison(labels, (theirs, champion.thresholds), (ours, thresholds),
+                                             min_slice_positives))
     promote, rule, reasons = promotion_decision(
         comparison, float(promotion.get("margin", DEFAULT_MARGIN)),
         float(promotion.get("max_class_drop", DEFAULT_MAX_CLASS_DROP)),
@@ -165,6 +173,27 @@ def champion_decision(
             promote, rule, reasons = False, (rule if not promote else RULE_SUBGROUP), [*reasons, *refusals]
     return {"promote": promote, "rule": rule, "reasons": reasons, "champion_version": version,
             "comparison": comparison, "subgroups": subgroups, "leakage": leakage}
+
+
+def operating_comparison(labels: np.ndarray, champion: tuple, challenger: tuple,
+                         min_positives: int = DEFAULT_MIN_SLICE_POSITIVES) -> dict:
+    """Each model's sensitivity and specificity at its own thresholds and its
+    mean ECE, on the films they are compared on: {"operating_points":
+    {"champion": {"sensitivity": {...}, "specificity": {...}}, "challenger": ...},
+    "mean_ece": {"champion", "challenger"}} (no operating points without the
+    challenger's thresholds). A sensitivity on fewer than min_positives
+    positive films, or a specificity on fewer negatives, is None."""
+    figures = {"mean_ece": {}, "operating_points": {}}
+    positives = np.asarray(labels).sum(axis=0) if len(labels) else np.zeros(len(FINDINGS))
+    enough = {"sensitivity": positives >= min_positives, "specificity": len(labels) - positives >= min_positives}
+    for role, (probs, thresholds) in (("champion", champion), ("challenger", challenger)):
+        figures["mean_ece"][role] = calibration_report(labels, probs)["mean_ece"]
+        if thresholds is not None:
+            points = operating_point_metrics(labels, probs, thresholds)
+            figures["operating_points"][role] = {
+                key: {f: (points[key][f] if enough[key][i] else None) for i, f in enumerate(FINDINGS)}
+                for key in ("sensitivity", "specificity")}
+    return figures
 
 
 def leakage_note(version: int, leakage: dict) -> str:
@@ -204,6 +233,52 @@ def mlflow_metrics(metrics: dict) -> dict[str, float]:
     for key, prefix in PER_FINDING_METRICS.items():
         scalar.update({metric_name(f"{prefix}_{f}"): v for f, v in metrics[key].items()})
     return {k: float(v) for k, v in scalar.items() if v is not None}
+
+
+# Digits of the figures logged to MLflow: a test AUC on thousands of films is
+# not known better than this, and 16 digits in the runs table read as precision.
+LOGGED_DIGITS = 4
+
+
+def rounded(figures: dict[str, float]) -> dict[str, float]:
+    return {key: round(value, LOGGED_DIGITS) for key, value in figures.items()}
+
+
+def log_evaluate_params(mlflow, settings: dict) -> None:
+    """params.yaml's evaluate section as the run's `evaluate.*` params (the
+    threshold and calibration method among them), so the runs table can show
+    them. A run evaluated again with other values keeps its first ones (MLflow
+    params cannot change) and gets the new ones as `evaluate.*` tags, which
+    the runs table shows too."""
+    from pipeline.core.tracking import flatten_params
+
+    flat = flatten_params({"evaluate": settings})
+    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({k: v for k, v in flat.items() if k not in logged})
+    changed = {k: v for k, v in flat.items() if k in logged and logged[k] != v}
+    if changed:
+        mlflow.set_tags(changed)
+
+
+def finding_table(metrics: dict) -> pd.DataFrame:
+    """One row per finding: test positives, every figure of FINDING_COLUMNS and
+    the ECE (at LOGGED_DIGITS), and why the AUC is missing where it is."""
+    ece = (metrics.get("calibration") or {}).get("ece") or {}
+    rows = []
+    for f in FINDINGS:
+        row = {"finding": f, "test_positives": metrics["test_positives"][f]}
+        row.update({("threshold" if key == "thresholds" else key): _rounded(metrics[key][f])
+                    for key in FINDING_COLUMNS})
+        row["ece"] = _rounded(ece.get(f))
+        row["auc_missing_reason"] = (metrics.get("auc_missing_reason") or {}).get(f)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def log_tables(mlflow, metrics: dict) -> None:
+    """Per-finding and per-slice detail as MLflow tables (artifacts under tables/)."""
+    log_table(mlflow, finding_table(metrics), FINDING_TABLE)
+    log_table(mlflow, pd.DataFrame(subgroup_table(metrics["subgroups"])).round(LOGGED_DIGITS), SLICE_TABLE)
 
 
 def comparison_metrics(comparison: dict | None) -> dict[str, float]:
@@ -295,7 +370,7 @@ def evaluate_model(
     with_patient = uses_patient_metadata(model)
     summary = {"split_sizes": split_sizes(tfrecord_dir), "data_hash": data_hash(tfrecord_dir),
                "git_commit": git_commit(), "test_manifest": test_manifest, "backbone": training["backbone"],
-               "image_size": training["image_size"], "fit": training["fit"],
+               "image_size": training["image_size"], "fit": training["fit"], "data_source": training.get("data_source"),
                "inputs": "image and patient metadata (age, sex, view)" if with_patient else "image only"}
     preprocessing = {"image_size": training["image_size"], "fit": training["fit"], "input": IMAGE_INPUT_DESCRIPTION}
     if with_patient:
@@ -309,8 +384,10 @@ def evaluate_model(
                                  people=people, min_slice_positives=min_positives, min_slice_patients=min_patients)
 
     with resume_run(mlflow, run_file):
-        mlflow.log_metrics({**mlflow_metrics(metrics), **subgroup_mlflow_metrics(metrics["subgroups"]),
-                            **calibration_mlflow_metrics(metrics["calibration"])})
+        mlflow.log_metrics(rounded({**mlflow_metrics(metrics), **subgroup_mlflow_metrics(metrics["subgroups"]),
+                                    **calibration_mlflow_metrics(metrics["calibration"])}))
+        log_evaluate_params(mlflow, settings)
+        log_tables(mlflow, metrics)
         mlflow.log_artifact(str(reports_dir / "thresholds.json"))
         # before registering: a later challenger reads it to leave these patients out (pipeline.model.leakage)
         mlflow.log_dict(fingerprint(split_patient_ids(tfrecord_dir, "train"), split_patient_ids(tfrecord_dir, "val")),
@@ -321,13 +398,14 @@ def evaluate_model(
         # so that two evaluations at once cannot both take the champion alias.
         registry = register_decided(
             mlflow, model, name,
-            registry_model_metadata(metrics["thresholds"], preprocessing, metrics, test_manifest, recalibration),
+            registry_model_metadata(metrics["thresholds"], preprocessing, metrics, test_manifest, recalibration,
+                                    data_source=training.get("data_source")),
             {"data_hash": summary["data_hash"], "git_commit": summary["git_commit"], "backbone": training["backbone"]},
-            decide, params=training["params"],
+            decide, params=training["params"], card_artifact=CARD_FILE,
         )
         decision = registry["decision"]
         if decision["comparison"]:
-            mlflow.log_metrics(comparison_metrics(decision["comparison"]))
+            mlflow.log_metrics(rounded(comparison_metrics(decision["comparison"])))
         registry["comparison"] = decision["comparison"]
         write_text_atomic(reports_dir / CARD_FILE,
                           model_card_html(name, summary, metrics, test_curves["roc"], registry,
@@ -348,5 +426,5 @@ def _comparison_record(decision: dict) -> dict | None:
         return None
     keys = ("champion_version", "test_images", "test_patients", "mean_auc_diff", "mean_auc_diff_ci", "auc_diff",
             "auc_diff_ci", "champion_mean_auc", "champion_auc", "champion_image_size", "resamples",
-            "findings_compared", "leakage")
-    return {**{key: comparison[key] for key in keys}, "rule": decision["rule"]}
+            "findings_compared", "leakage", "operating_points", "mean_ece")
+    return {**{key: comparison.get(key) for key in keys}, "rule": decision["rule"]}

@@ -24,6 +24,7 @@ th:first-child, td:first-child { text-align: left; }
 .curves { display: flex; flex-wrap: wrap; gap: 1em; }
 figure { margin: 0; } figcaption { font-size: .85em; text-align: center; }
 svg { background: #fafafa; border: 1px solid #ddd; }
+.banner { background: #fff4e5; border-left: 4px solid #e65100; padding: .5em .8em; font-weight: bold; }
 """
 
 
@@ -31,12 +32,33 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def roc_svg(points: list[dict], size: int = PLOT_SIZE) -> str:
-    """An ROC curve as an inline SVG: the chance diagonal and the curve."""
-    coords = " ".join(f"{p['fpr'] * size:.1f},{(1 - p['tpr']) * size:.1f}" for p in points)
-    return (f'<svg width="{size}" height="{size}" viewBox="0 0 {size} {size}" '
-            f'role="img"><line x1="0" y1="{size}" x2="{size}" y2="0" stroke="#bbb" stroke-dasharray="4"/>'
-            f'<polyline points="{coords}" fill="none" stroke="#1565c0" stroke-width="2"/></svg>')
+ROC_MARGIN = 30  # px left of and below the plot square, for the axis labels
+
+
+def roc_svg(points: list[dict], size: int = PLOT_SIZE, operating_point: tuple[float, float] | None = None,
+            title: str = "ROC curve") -> str:
+    """An ROC curve as an inline SVG with its axes (1 − specificity across,
+    sensitivity up, 0 and 1 marked), the chance diagonal, the curve, and the
+    operating point (1 − specificity, sensitivity at the threshold) as a dot."""
+    m, total = ROC_MARGIN, size + ROC_MARGIN + 6
+    coords = " ".join(f"{m + p['fpr'] * size:.1f},{6 + (1 - p['tpr']) * size:.1f}" for p in points)
+    parts = [f'<svg width="{total}" height="{total}" viewBox="0 0 {total} {total}" role="img" '
+             f'aria-label="{escape(title)}"><title>{escape(title)}</title>',
+             f'<rect x="{m}" y="6" width="{size}" height="{size}" fill="none" stroke="#999"/>',
+             f'<line x1="{m}" y1="{6 + size}" x2="{m + size}" y2="6" stroke="#bbb" stroke-dasharray="4"/>',
+             f'<polyline points="{coords}" fill="none" stroke="#1565c0" stroke-width="2"/>',
+             f'<text x="{m}" y="{size + 20}" font-size="10" text-anchor="middle">0</text>',
+             f'<text x="{m + size}" y="{size + 20}" font-size="10" text-anchor="middle">1</text>',
+             f'<text x="{m + size / 2}" y="{size + 32}" font-size="10" text-anchor="middle">1 − specificity</text>',
+             f'<text x="{m - 4}" y="{size + 6}" font-size="10" text-anchor="end">0</text>',
+             f'<text x="{m - 4}" y="14" font-size="10" text-anchor="end">1</text>',
+             f'<text x="10" y="{6 + size / 2}" font-size="10" text-anchor="middle" '
+             f'transform="rotate(-90 10 {6 + size / 2})">sensitivity</text>']
+    if operating_point is not None:
+        fpr, tpr = operating_point
+        parts.append(f'<circle cx="{m + fpr * size:.1f}" cy="{6 + (1 - tpr) * size:.1f}" r="4" fill="#c62828">'
+                     f"<title>operating point: sensitivity {tpr:.2f}, specificity {1 - fpr:.2f}</title></circle>")
+    return "".join(parts) + "</svg>"
 
 
 def data_section(summary: dict, metrics: dict) -> str:
@@ -56,13 +78,30 @@ def auc_cell(metrics: dict, finding: str) -> str:
     return escape(reason) if reason and metrics["auc"][finding] is None else _num(metrics["auc"][finding])
 
 
+# Operating-point figures and the films they are shares of: none below the AUC floor.
+SHARE_OF = {"sensitivity": "positives", "ppv": "positives", "f1": "positives", "specificity": "negatives",
+            "npv": "negatives"}
+
+
+def share_cell(metrics: dict, key: str, finding: str) -> str:
+    """A sensitivity, specificity, PPV, NPV or F1, or "too few" when the test
+    set has fewer positive (or negative) films of the finding than the floor."""
+    positives = (metrics.get("test_positives") or {}).get(finding)
+    floor = metrics.get("min_positives") or 0
+    if positives is not None:
+        films = positives if SHARE_OF[key] == "positives" else metrics["test_images"] - positives
+        if films < floor:
+            return f'<span title="{films} {SHARE_OF[key]} &lt; {floor}">too few</span>'
+    return _num(metrics[key][finding])
+
+
 def findings_section(metrics: dict) -> str:
     rows = []
     for f in FINDINGS:
         low, high = metrics["auc_ci_low"][f], metrics["auc_ci_high"][f]
         ci = "–" if low is None else f"{_num(low)}–{_num(high)}"
         cells = [auc_cell(metrics, f), ci, _num(metrics["auprc"][f]), _num(metrics["thresholds"][f]),
-                 *(_num(metrics[k][f]) for k in ("sensitivity", "specificity", "ppv", "npv", "f1"))]
+                 *(share_cell(metrics, k, f) for k in ("sensitivity", "specificity", "ppv", "npv", "f1"))]
         rows.append(f"<tr><td>{escape(f)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     low, high = metrics["mean_auc_ci"]
     head = "".join(f"<th>{c}</th>" for c in ("finding", *PER_FINDING_COLUMNS))
@@ -70,8 +109,8 @@ def findings_section(metrics: dict) -> str:
     interval = (f"{escape(method)}: {_num(low)}–{_num(high)}" if low is not None
                 else f"no interval: {escape(metrics.get('ci_missing_reason', 'too little data'))}")
     findings = metrics.get("mean_auc_findings")
-    over = f" over the {findings} findings with at least {metrics.get('min_positives')} positive and negative " \
-           "test films" if findings is not None else ""
+    over = (f" over the {findings} finding{'' if findings == 1 else 's'} with at least "
+            f"{metrics.get('min_positives')} positive and negative test films" if findings is not None else "")
     return (f"<h2>Per finding (test)</h2><p>Mean AUC {_num(metrics['mean_auc'])}{over} ({interval}); "
             f"{metrics.get('test_images')} test films of {metrics.get('test_patients')} patients; thresholds chosen "
             f"on val by {escape(metrics['threshold_method'])}; exact-match accuracy "
@@ -79,10 +118,54 @@ def findings_section(metrics: dict) -> str:
             f'<table id="per-finding"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
-def curves_section(roc: dict[str, list[dict]]) -> str:
-    figures = "".join(f"<figure>{roc_svg(roc[f])}<figcaption>{escape(f)}</figcaption></figure>"
-                      for f in FINDINGS if f in roc)
-    return f'<h2>ROC curves (test)</h2><div class="curves">{figures}</div>'
+def curves_section(roc: dict[str, list[dict]], metrics: dict | None = None) -> str:
+    """Each finding's ROC curve, captioned with its AUC (or why there is none)
+    and marked at its operating point."""
+    metrics = metrics or {}
+    figures = []
+    for f in (f for f in FINDINGS if f in roc):
+        sensitivity = (metrics.get("sensitivity") or {}).get(f)
+        specificity = (metrics.get("specificity") or {}).get(f)
+        point = None if sensitivity is None or specificity is None else (1 - specificity, sensitivity)
+        auc = f"AUC {auc_cell(metrics, f)}" if metrics.get("auc") else ""
+        figures.append(f"<figure>{roc_svg(roc[f], operating_point=point, title=f'ROC curve of {f}')}"
+                       f"<figcaption>{escape(f)}: {auc}</figcaption></figure>")
+    return ('<h2>ROC curves (test)</h2><p class="note">The dashed diagonal is chance; the red dot is the '
+            "operating point at the finding's threshold. A curve over few positives is a staircase of few "
+            f'steps: read its AUC cell.</p><div class="curves">{"".join(figures)}</div>')
+
+
+# A mean ECE above this gets a plain warning that the outputs are not risks.
+ECE_WARNING = 0.05
+
+
+def intended_use_section(summary: dict, metrics: dict) -> str:
+    """Banner for synthetic data, what the model is for, and what it is not."""
+    from pipeline.core.data_source import SYNTHETIC_WARNING, is_synthetic, source_sentence
+
+    source = summary.get("data_source")
+    parts = []
+    if is_synthetic(source):
+        parts.append(f'<p class="banner" id="synthetic">{escape(SYNTHETIC_WARNING[0].upper() + SYNTHETIC_WARNING[1:])}'
+                     ". This model was trained and tested on films the project draws itself (docs/synthetic-data.md); "
+                     "it shows that the pipeline works, not how well a model reads chest X-rays.</p>")
+    mean_ece = (metrics.get("calibration") or {}).get("mean_ece")
+    if mean_ece is not None and mean_ece > ECE_WARNING:
+        parts.append(f'<p class="banner" id="not-calibrated">The probabilities are not calibrated (mean ECE '
+                     f"{mean_ece:.3f}): read them as scores that rank films, not as the chance that a finding is "
+                     "present.</p>")
+    parts.append(
+        "<h2>Intended use and limitations</h2><ul>"
+        "<li>Intended use: research and engineering: comparing models and choosing one, in this pipeline. Not a "
+        "medical device; no output is a diagnosis, and none replaces a radiologist's reading.</li>"
+        f"<li>{escape(source_sentence(source))}</li>"
+        "<li>Frontal films (PA or AP) of adults and children as in the training data; lateral films are refused "
+        "at prediction. Other scanners, sites and populations than the test set's may score differently.</li>"
+        "<li>NIH's labels were mined from radiology reports by text processing and are known to be noisy; a test "
+        "AUC measures agreement with those labels.</li>"
+        f"<li>A finding with fewer than {escape(metrics.get('min_positives'))} positive or negative test films has "
+        "no AUC here (marked too few); its threshold still applies at prediction, untested.</li></ul>")
+    return "".join(parts)
 
 
 def _signed(value: float | None) -> str:
@@ -106,7 +189,8 @@ def champion_section(metrics: dict, registry: dict) -> str:
     if not comparison:
         return text
     rows = []
-    for f in FINDINGS:
+    compared = [f for f in FINDINGS if comparison["auc_diff"][f] is not None]
+    for f in compared:
         high = comparison["auc_diff_ci"][f][1]
         worse = high is not None and high < 0
         rows.append(f'<tr class="{"worse" if worse else ""}"><td>{escape(f)}</td>'
@@ -121,7 +205,35 @@ def champion_section(metrics: dict, registry: dict) -> str:
              f"{comparison['test_patients']} patients that neither model trained on; "
              f"{comparison['resamples']} bootstrap resamples of patients; the mean over the "
              f"{comparison.get('findings_compared')} findings with enough positives and negatives.</p>")
-    return text + basis + f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}{mean}</tbody></table>"
+    left_out = [f for f in FINDINGS if f not in compared]
+    note = (f'<p class="note">Not compared (too few positive or negative films among those compared): '
+            f'{escape(", ".join(left_out))}.</p>' if left_out else "")
+    return (text + basis + f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}{mean}</tbody></table>"
+            + note + operating_comparison_html(comparison))
+
+
+def operating_comparison_html(comparison: dict) -> str:
+    """Both models' sensitivity and specificity at their own thresholds, and
+    their mean ECE, on the compared films ("" when not computed)."""
+    parts = []
+    ece = comparison.get("mean_ece") or {}
+    if ece:
+        parts.append(f"<p>Mean calibration error (ECE) on these films: champion {_num(ece.get('champion'))}, "
+                     f"this model {_num(ece.get('challenger'))} (lower is better).</p>")
+    points = comparison.get("operating_points") or {}
+    if {"champion", "challenger"} <= set(points):
+        theirs, ours = points["champion"], points["challenger"]
+        def cell(value):
+            return "too few" if value is None else _num(value, 2)
+
+        rows = "".join(f"<tr><td>{escape(f)}</td>" + "".join(
+            f"<td>{cell(value)}</td>" for value in (theirs["sensitivity"].get(f), ours["sensitivity"].get(f),
+                                                    theirs["specificity"].get(f), ours["specificity"].get(f)))
+                       + "</tr>" for f in FINDINGS)
+        parts.append('<table id="operating-comparison"><thead><tr><th>finding</th><th>champion sensitivity</th>'
+                     "<th>this sensitivity</th><th>champion specificity</th><th>this specificity</th></tr></thead>"
+                     f"<tbody>{rows}</tbody></table><p class=\"note\">Each model at its own thresholds.</p>")
+    return "".join(parts)
 
 
 def model_card_html(name: str, summary: dict, metrics: dict, roc: dict[str, list[dict]], registry: dict,
@@ -136,7 +248,8 @@ def model_card_html(name: str, summary: dict, metrics: dict, roc: dict[str, list
             f"input {escape(summary['image_size'])}px ({escape(summary['fit'])}), "
             f"{escape(summary.get('inputs', 'image only'))}, "
             f"git commit <code>{escape(summary['git_commit'])}</code>.</p>"
-            + data_section(summary, metrics) + findings_section(metrics) + curves_section(roc)
+            + intended_use_section(summary, metrics)
+            + data_section(summary, metrics) + findings_section(metrics) + curves_section(roc, metrics)
             + calibration_section(metrics.get("calibration"), reliability)
             + subgroups_section(metrics.get("subgroups"))
             + champion_section(metrics, registry), STYLE + SECTIONS_STYLE)

@@ -10,8 +10,8 @@ champion by hand, which is tagged with who and why:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
-import json
 import shutil
 import sys
 import tempfile
@@ -26,11 +26,24 @@ from pipeline.core.labels import FINDINGS
 from pipeline.core.model_io import KERAS_ARTIFACT
 from pipeline.core.quiet import mlflow_event_lines_off
 from pipeline.core.store_lock import DEFAULT_LOCK_TIMEOUT_S, registry_lock, sqlite_path
-from pipeline.model.version_notes import difference, score_tags, version_description
+from pipeline.model.version_notes import (
+    changes_from_champion,
+    difference,
+    reasons_text,
+    score_tags,
+    version_description,
+    with_status,
+)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# What holds now: CHAMPION, CHALLENGER or FORMER_CHAMPION (rewritten when the alias moves);
+# DECIDED_TAG keeps what was decided at registration.
 DECISION_TAG = "champion_decision"
+DECIDED_TAG = "decided_at_registration"
+FORMER_CHAMPION = "former champion"
+CHAMPION_UNTIL_TAG = "champion_until"
+MANUAL_RULE = "manual promotion"
 INCOMPLETE_TAG = "incomplete"
 # A version still without its decision tags this long after it was registered
 # was interrupted (tags follow registration within seconds); on a SQLite store,
@@ -72,7 +85,7 @@ def serving_package(folder: Path) -> Path:
 
 def registry_model_metadata(
     thresholds: dict[str, float], preprocessing: dict, metrics: dict, test_manifest: str | None = None,
-    recalibration: dict | None = None,
+    recalibration: dict | None = None, data_source: str | None = None,
 ) -> dict:
     """What makes a registered model self-describing: label order, operating
     thresholds (on the recalibrated probabilities, when it has a
@@ -92,6 +105,14 @@ def registry_model_metadata(
         "test_manifest": test_manifest,
         "test_images": None if metrics.get("test_images") is None else int(metrics["test_images"]),
         "test_patients": None if metrics.get("test_patients") is None else int(metrics["test_patients"]),
+        "test_positives": metrics.get("test_positives"),
+        "auc_ci": {f: _interval([metrics["auc_ci_low"].get(f), metrics["auc_ci_high"].get(f)])
+                   for f in FINDINGS} if metrics.get("auc_ci_low") else None,
+        "sensitivity": metrics.get("sensitivity"),
+        "specificity": metrics.get("specificity"),
+        "threshold_method": metrics.get("threshold_method"),
+        "min_positives": metrics.get("min_positives"),
+        "data_source": data_source,
     }
 
 
@@ -147,10 +168,12 @@ def champion_version(client, registered_name: str) -> int | None:
 
 def decision_tags(decision: dict) -> dict[str, str]:
     """The champion decision as version and run tags a person can read."""
+    outcome = CHAMPION if decision["promote"] else CHALLENGER
     tags = {
-        "champion_decision": CHAMPION if decision["promote"] else CHALLENGER,
+        DECISION_TAG: outcome,
+        DECIDED_TAG: outcome,
         "champion_rule": decision["rule"],
-        "champion_reasons": json.dumps(decision["reasons"]),
+        "champion_reasons": reasons_text(decision["reasons"]),
     }
     # "none": decided with no champion to compare with (a first version)
     champion = decision.get("champion_version")
@@ -173,6 +196,7 @@ def register_model(
     decision: dict,
     params: dict | None = None,
     redecide: Callable[[], dict] | None = None,
+    card_artifact: str | None = None,
 ) -> dict:
     """Log `model` to the active run as a pyfunc with named outputs and a
     signature (pipeline.serve.pyfunc, model_signature), register it as a new
@@ -186,6 +210,8 @@ def register_model(
     metadata. With `redecide`, the champion is read again just before the
     aliases move and, if it changed since `decision`, the decision is made
     again against the new one (compare-and-set, for stores without a lock).
+    A promotion retires the previous champion (retire_champion). With
+    `card_artifact`, the description links to that artifact of the run (the model card).
 
     Returns {"version", "champion": bool, "rule", "reasons", "compared_with", "decision"}.
     """
@@ -227,15 +253,70 @@ def register_model(
     version_tags = {**tags, **score_tags(metadata), **decided}
     for key, value in version_tags.items():
         client.set_model_version_tag(registered_name, str(version), key, value)
+    run = mlflow.active_run().info
+    changes = champion_changes(mlflow, client, registered_name, decision.get("champion_version"), params, tags)
+    card_link = (f"#/experiments/{run.experiment_id}/runs/{run.run_id}/artifacts/{card_artifact}"
+                 if card_artifact else None)
     client.update_model_version(registered_name, str(version),
-                                description=version_description(metadata, decision, params))
+                                description=version_description(metadata, decision, params, changes, card_link))
     client.set_registered_model_alias(registered_name, CHALLENGER, str(version))
     if decision["promote"]:
         client.set_registered_model_alias(registered_name, CHAMPION, str(version))
+        previous = decision.get("champion_version")  # the alias's holder, checked by current_decision
+        if previous is not None and int(previous) != version:
+            retire_champion(client, registered_name, int(previous), version, decision["rule"])
     mlflow.set_tags({"registry_version": str(version), **decided})
     return {"version": version, "champion": bool(decision["promote"]), "rule": decision["rule"],
             "reasons": list(decision["reasons"]), "compared_with": decision.get("champion_version"),
             "decision": decision}
+
+
+def champion_changes(mlflow, client, registered_name: str, champion: int | None, params: dict | None,
+                     tags: dict[str, str]) -> list[str] | None:
+    """The description's "what changed from champion version N" lines (None without a champion)."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.core.tracking import flatten_params
+
+    if champion is None:
+        return None
+    theirs = client.get_model_version(registered_name, str(champion))
+    try:
+        their_params = flatten_params(mlflow.artifacts.load_dict(f"runs:/{theirs.run_id}/params.json"))
+    except (MlflowException, OSError, ValueError):  # registered before params.json, or its artifacts are gone
+        their_params = None
+    return changes_from_champion(
+        champion, {"params": their_params, **{k: theirs.tags.get(k) for k in ("data_hash", "git_commit")}},
+        {"params": None if params is None else flatten_params(params),
+         **{k: tags.get(k) for k in ("data_hash", "git_commit")}})
+
+
+def now_utc() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+def tag_version_and_run(client, registered_name: str, version: int, tags: dict[str, str]) -> None:
+    """Set `tags` on the version and on its run (the runs table shows the run's),
+    so that neither page says what the other no longer does. A run gone from
+    the store keeps nothing to contradict."""
+    from mlflow.exceptions import MlflowException
+
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_name, str(version), key, value)
+    run_id = client.get_model_version(registered_name, str(version)).run_id
+    with contextlib.suppress(MlflowException):  # its run may be gone
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+
+
+def retire_champion(client, registered_name: str, version: int, successor: int, how: str) -> None:
+    """The version that lost the champion alias says so, in its tags and at
+    the top of its description, so that no page contradicts the aliases."""
+    until = f"{now_utc()}, when version {successor} took the alias ({how})"
+    tag_version_and_run(client, registered_name, version, {DECISION_TAG: FORMER_CHAMPION, CHAMPION_UNTIL_TAG: until})
+    old = client.get_model_version(registered_name, str(version)).description
+    client.update_model_version(registered_name, str(version), description=with_status(
+        old, FORMER_CHAMPION, f"Champion until {until}. Below: what was decided when it was registered."))
 
 
 def current_decision(client, registered_name: str, decision: dict, redecide: Callable[[], dict]) -> dict:
@@ -302,6 +383,7 @@ def register_decided(
     decide: Callable[[], dict],
     params: dict | None = None,
     timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    card_artifact: str | None = None,
 ) -> dict:
     """The champion decision and the registration as one step, under the
     store's registry lock (pipeline.core.store_lock.registry_lock: a file lock
@@ -321,22 +403,33 @@ def register_decided(
             print(f"registry: {registered_name} version {version} tagged {INCOMPLETE_TAG}: its registration was "
                   "interrupted before its decision", file=sys.stderr)
         registry = register_model(mlflow, model, registered_name, metadata, tags, decide(), params,
-                                  redecide=decide)
+                                  redecide=decide, card_artifact=card_artifact)
     return {**registry, "interrupted": marked}
 
 
 def promote_version(client, registered_name: str, version: int, reason: str, user: str) -> int | None:
-    """Give `version` the champion alias by hand, tagged with who and why.
-    Returns the version that held it before (None if none did)."""
+    """Give `version` the champion alias by hand, tagged with who and why
+    (on the version and its run); the version that held it is retired
+    (retire_champion). Returns the version that held it before (None if none did)."""
+    from mlflow.exceptions import MlflowException
     previous = champion_version(client, registered_name)
-    tags = {"champion_decision": CHAMPION, "champion_rule": "manual promotion",
-            "champion_reasons": json.dumps([f"promoted by {user}: {reason}"]),
-            "promoted_by": user, "promotion_reason": reason}
+    tags = {DECISION_TAG: CHAMPION, "champion_rule": MANUAL_RULE,
+            "champion_reasons": f"promoted by {user}: {reason}", "promoted_by": user, "promotion_reason": reason}
     if previous is not None:
         tags["compared_with_champion_version"] = str(previous)
-    for key, value in tags.items():
-        client.set_model_version_tag(registered_name, str(version), key, value)
+    tag_version_and_run(client, registered_name, version, tags)
     client.set_registered_model_alias(registered_name, CHAMPION, str(version))
+    promoted = client.get_model_version(registered_name, str(version))
+    if CHAMPION_UNTIL_TAG in promoted.tags:  # a former champion back in office
+        client.delete_model_version_tag(registered_name, str(version), CHAMPION_UNTIL_TAG)
+        with contextlib.suppress(MlflowException):  # its run may be gone
+            client.delete_tag(promoted.run_id, CHAMPION_UNTIL_TAG)
+    old = promoted.description
+    client.update_model_version(registered_name, str(version), description=with_status(
+        old, CHAMPION, f"Promoted by hand by {user} on {now_utc()}: {reason}. Below: what was decided when it "
+                       "was registered."))
+    if previous is not None and previous != version:
+        retire_champion(client, registered_name, previous, version, f"{MANUAL_RULE} by {user}: {reason}")
     return previous
 
 

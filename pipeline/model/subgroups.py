@@ -57,7 +57,6 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.labels import FINDINGS, MAX_AGE, NUM_FINDINGS, SEXES, VIEWS
-from pipeline.core.tracking import metric_name
 from pipeline.model.bootstrap import (
     CONFIDENCE,
     RESAMPLE_BLOCK,
@@ -391,27 +390,13 @@ def subgroup_report(
     return rounded(report)
 
 
-def slice_metric_key(attribute: str, name: str) -> str:
-    """The slice as part of an MLflow metric name: MLflow allows letters,
-    digits and _-. / (and ':' except on Windows), so "80+" becomes "80plus"."""
-    return metric_name(f"{attribute}_{name.replace('+', 'plus')}")
-
-
 def subgroup_mlflow_metrics(report: dict) -> dict[str, float]:
-    """Flat MLflow metrics of a subgroup_report: per slice test_auc_<attribute>_<slice>
-    (mean AUC) with _ci_low/_ci_high, underdiagnosis_<attribute>_<slice> with
-    _ci_low/_ci_high; per gap subgroup_gap_<metric>_<attribute> (and _flagged, 0/1).
-    E.g. test_auc_sex_F, underdiagnosis_age_0-20, test_auc_sex_age_F/0-20,
-    underdiagnosis_age_80plus; test_images_age_unknown, the images in no age
-    slice. None values are left out."""
+    """The subgroup figures a runs table sorts on: per gap
+    subgroup_gap_<metric>_<attribute> (and _flagged, 0/1), and
+    test_images_age_unknown (the images in no age slice). Each slice's figures
+    are rows of subgroup_table, logged as a table: as metrics they were ~100
+    columns, and a slice too small to score vanished from them silently."""
     scalar: dict[str, float | None] = {}
-    for attribute in ATTRIBUTES:
-        for name, figures in report[attribute].items():
-            key = slice_metric_key(attribute, name)
-            for prefix, metric in (("test_auc", "mean_auc"), ("underdiagnosis", "underdiagnosis_rate")):
-                low, high = figures[f"{metric}_ci"] or (None, None)
-                scalar.update({f"{prefix}_{key}": figures[metric], f"{prefix}_{key}_ci_low": low,
-                               f"{prefix}_{key}_ci_high": high})
     if "age_unknown" in report:  # reports written before the count have none
         scalar["test_images_age_unknown"] = report["age_unknown"]["images"]
     for gap in report["gaps"]:
@@ -419,6 +404,25 @@ def subgroup_mlflow_metrics(report: dict) -> dict[str, float]:
             scalar[f"subgroup_gap_{gap['metric']}_{gap['attribute']}"] = gap["difference"]
             scalar[f"subgroup_gap_{gap['metric']}_{gap['attribute']}_flagged"] = float(gap["flagged"])
     return {k: float(v) for k, v in scalar.items() if v is not None}
+
+
+def subgroup_table(report: dict) -> list[dict]:
+    """One row per slice of a subgroup_report: attribute, slice, images,
+    patients, ill images, mean AUC and underdiagnosis rate with their 95% CIs,
+    and why a figure is missing (a slice too small to score says so)."""
+    rows = []
+    for attribute in ATTRIBUTES:
+        for name, figures in report[attribute].items():
+            row = {"attribute": attribute, "slice": name, "images": figures.get("n"),
+                   "patients": figures.get("patients"), "ill_images": figures.get("ill_images")}
+            unreliable = figures.get("unreliable") or {}
+            for metric in ("mean_auc", "underdiagnosis_rate"):
+                low, high = figures.get(f"{metric}_ci") or (None, None)
+                row.update({metric: figures.get(metric), f"{metric}_ci_low": low, f"{metric}_ci_high": high,
+                            f"{metric}_missing_reason": unreliable.get(metric) if figures.get(metric) is None
+                            else None})
+            rows.append(row)
+    return rows
 
 
 # --- promotion check --------------------------------------------------------

@@ -341,7 +341,7 @@ def train_and_track(
     Returns {"summary", "history", "chief": True, "run": {"run_id", "experiment_id", "tracking_uri"}},
     or on a non-chief worker {"summary", "history", "chief": False}."""
     from pipeline.core.atomic import atomic_path
-    from pipeline.core.tracking import configure_mlflow, data_hash, flatten_params, git_commit
+    from pipeline.core.tracking import configure_mlflow, data_hash, flatten_params, git_commit, run_name
     from pipeline.model.architectures import build_model
 
     # The strategy first: MultiWorkerMirroredStrategy must exist before other TF ops.
@@ -364,7 +364,9 @@ def train_and_track(
     tags = {"git_commit": git_commit(), "data_hash": data_hash(tfrecord_dir), "backbone": settings["backbone"]}
     # Not `with start_run()`: a run whose store failed is ended here, quietly,
     # so that the one-line error says what was kept rather than end_run's failure.
-    run = mlflow.start_run(run_name=f"{settings['backbone']}-{tags['data_hash'][:8]}", tags=tags)
+    name = run_name(settings["backbone"], image_size, (logged_params.get("ingest") or {}).get("source", "unknown"),
+                    int(read_shard_index(tfrecord_dir)["splits"]["train"]["records"]), tags["data_hash"])
+    run = mlflow.start_run(run_name=name, tags=tags)
     try:
         mlflow.log_params(flatten_params(logged_params))
         with atomic_path(model_file) as checkpoint:

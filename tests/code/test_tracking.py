@@ -75,3 +75,56 @@ def test_a_held_registry_lock_is_waited_for_a_bounded_time(tmp_path):
         assert time.monotonic() - started < 2
     with registry_lock(uri, "chestxray", timeout_s=0.3):  # released: taken at once
         pass
+
+
+def test_runs_are_named_by_what_differs_and_the_experiment_is_a_training_one(tmp_path, monkeypatch):
+    import mlflow
+
+    from pipeline.core.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, configure_mlflow, experiment_page, run_name
+
+    assert run_name("densenet121", 320, "nih", 78468, "1a2b3c4d5e6f7a8b") == "densenet121-320px-nih-78468img-1a2b3c4d"
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert experiment_page("http://127.0.0.1:5000", "chestxray", store) == \
+        "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"  # no store yet: the list
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    configure_mlflow("chestxray")
+    experiment = mlflow.get_experiment_by_name("chestxray")
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+    assert experiment_page("http://127.0.0.1:5000/", "chestxray", store) == \
+        f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
+
+
+def test_evaluate_params_are_run_params_and_a_re_evaluation_s_new_values_are_tags(tmp_path, monkeypatch):
+    """MLflow params cannot change: a run evaluated again with another
+    threshold method keeps its first value as the param and gets the new one as a tag."""
+    import mlflow
+
+    from pipeline.core.tracking import configure_mlflow
+    from pipeline.model.evaluate import log_evaluate_params, rounded
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    configure_mlflow("chestxray")
+    with mlflow.start_run() as run:
+        log_evaluate_params(mlflow, {"threshold_method": "youden", "calibration": "none"})
+        log_evaluate_params(mlflow, {"threshold_method": "max_f1", "calibration": "none"})
+    data = mlflow.get_run(run.info.run_id).data
+    assert data.params["evaluate.threshold_method"] == "youden" and data.params["evaluate.calibration"] == "none"
+    assert data.tags["evaluate.threshold_method"] == "max_f1" and "evaluate.calibration" not in data.tags
+    assert rounded({"test_mean_auc": 0.7321456789}) == {"test_mean_auc": 0.7321}
+
+
+def test_a_table_logged_again_replaces_the_old_rows(tmp_path, monkeypatch):
+    """A run evaluated twice (evaluate params changed) keeps one table, not both (MLflow's log_table appends)."""
+    import mlflow
+    import pandas as pd
+
+    from pipeline.core.tracking import configure_mlflow, log_table
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    configure_mlflow("chestxray")
+    with mlflow.start_run() as run:
+        log_table(mlflow, pd.DataFrame({"finding": ["Mass", "Nodule"], "auc": [0.7, 0.6]}), "tables/t.json")
+        log_table(mlflow, pd.DataFrame({"finding": ["Mass", "Nodule"], "auc": [0.8, None]}), "tables/t.json")
+    table = mlflow.load_table("tables/t.json", run_ids=[run.info.run_id])
+    assert table["finding"].tolist() == ["Mass", "Nodule"] and table["auc"].iloc[0] == 0.8
+    assert '"type": "table"' in mlflow.get_run(run.info.run_id).data.tags["mlflow.loggedArtifacts"]

@@ -143,3 +143,5 @@ def test_make_mlflow_ui_listens_on_localhost_only():
                              check=True).stdout
     ui = next(line for line in dry_run.splitlines() if line.startswith("mlflow ui"))
     assert "--host 127.0.0.1" in ui
+    # it first prints where to open it: the experiment in the machine-learning view (tests/e2e/test_mlflow_ui.py)
+    assert "python -m pipeline.core.tracking http://127.0.0.1:5000" in dry_run

@@ -169,10 +169,12 @@ def test_one_store_two_versions_one_champion(queued):
     # The first found no champion; the second was compared with the first and
     # kept or took the alias, and its tag says which.
     assert first.tags["compared_with_champion_version"] == "none"
-    assert first.tags["champion_decision"] == "champion"
+    assert first.tags["decided_at_registration"] == "champion"
     assert second.tags["compared_with_champion_version"] == "1"
     assert second.tags["champion_decision"] in ("champion", "challenger")
     assert aliases["champion"] == ("2" if second.tags["champion_decision"] == "champion" else "1")
+    # what holds now: one champion, the first retired if the second took the alias
+    assert first.tags["champion_decision"] == ("former champion" if aliases["champion"] == "2" else "champion")
     assert not any("incomplete" in v.tags for v in versions)
     database = queued["database"]
     assert database.with_name("mlflow.db.lock").exists() and database.with_name("mlflow.db.registry.lock").exists()

@@ -11,10 +11,14 @@ import pytest
 from pipeline.core.config import ConfigError
 from pipeline.core.labels import FINDINGS
 from pipeline.explain.explanations import (
+    CAPTION_LINE_PX,
+    CAPTION_MIN_WIDTH,
+    caption_lines,
     check_settings,
     examples_table,
     explain_examples,
     explain_metrics,
+    localisation_table,
     localisation_targets,
     localise,
     mlflow_metrics,
@@ -153,8 +157,15 @@ def test_gallery_page_is_self_contained_and_complete(tiny_run):
     assert [e["overlay"] for e in entries] == ["Mass_s0.png", "Mass_s2.png"]
     assert entries[0]["pointing_hit"] is True and entries[1]["pointing_hit"] is None  # the FP has no box
     for entry in entries:
+        # the PNG file: the overlay above a caption band (finding, TP/FP, method, score, image id)
         picture = cv2.imdecode(np.frombuffer(entry["png"], np.uint8), cv2.IMREAD_COLOR)
-        assert picture.shape == (32, 32, 3)
+        band = 3 * CAPTION_LINE_PX + 4
+        assert picture.shape == (32 + band, CAPTION_MIN_WIDTH, 3)
+        assert picture[32:].max() == 255 and picture[:32, 32:].max() == 0  # text in the band, black padding
+        assert caption_lines(entry, "gradcam")[0] == f"Mass: {'true' if entry['kind'] == 'TP' else 'false'} " \
+                                                      "positive, Grad-CAM"
+        # the gallery page's copy: the overlay alone (its caption is HTML)
+        assert cv2.imdecode(np.frombuffer(entry["jpeg"], np.uint8), cv2.IMREAD_COLOR).shape == (32, 32, 3)
     scores = localise(model, truth, images, settings, "features", seed=3)
     metrics = explain_metrics(settings, "features", entries, summarise(scores, settings["iobb_thresholds"]))
     assert metrics["gallery"] == {"true_positives": 1, "false_positives": 1}
@@ -181,7 +192,8 @@ def test_gallery_page_is_self_contained_and_complete(tiny_run):
     table = examples_table(entries)
     assert list(table["overlay"]) == ["Mass_s0.png", "Mass_s2.png"] and "png" not in table and "jpeg" not in table
     named = mlflow_metrics(metrics)
-    assert named["explain_n"] == 3.0 and named["explain_n_Mass"] == 2.0
-    assert "explain_pointing_game_Mass" in named
-    assert "explain_pointing_game_Hernia" not in named  # undefined without boxes
+    assert named["explain_n"] == 3.0 and "explain_n_Mass" not in named  # per finding: the table
+    per_finding = localisation_table(metrics).set_index("finding")
+    assert per_finding.loc["Mass", "n"] == 2 and "pointing_game" in per_finding.columns
+    assert "Hernia" not in per_finding.index or per_finding.loc["Hernia", "n"] == 0  # undefined without boxes
     assert "pointing game" in summary_line(metrics) and "T(IoBB)>0.25" in summary_line(metrics)

@@ -12,8 +12,9 @@ import pytest
 from pipeline.core.labels import FINDINGS
 from pipeline.core.recalibration import apply_recalibration
 from pipeline.model.calibration import calibration_report, fit_recalibration
+from pipeline.model.evaluate import operating_comparison
 from pipeline.model.metrics import curves, evaluation_metrics
-from pipeline.model.model_card import model_card_html
+from pipeline.model.model_card import intended_use_section, model_card_html
 from pipeline.model.model_card_sections import calibration_section, gap_sentence, subgroups_section
 from pipeline.model.subgroups import subgroup_report
 
@@ -60,11 +61,14 @@ def card(tmp_path, previous=True, audited=True):
 
         champion_probs = np.clip(probs + rng.normal(0, 0.2, probs.shape), 0, 1)
         comparison = paired_auc_comparison(labels, probs, champion_probs, people[0], 50, seed=0)
-        comparison.update(champion_version=1, champion_mean_auc=0.9, champion_auc={f: 0.9 for f in FINDINGS})
+        comparison.update(champion_version=1, champion_mean_auc=0.9, champion_auc={f: 0.9 for f in FINDINGS},
+                          **operating_comparison(labels, (champion_probs, {f: 0.5 for f in FINDINGS}),
+                                                 (probs, metrics["thresholds"])))
     registry = {"version": 2, "champion": False, "rule": "refused: a finding's AUC difference CI lies below",
                 "reasons": ["Mass AUC drops by 0.1"], "comparison": comparison}
     summary = {"split_sizes": {"train": 1000, "val": 400, "test": IMAGES}, "data_hash": "abc",
-               "git_commit": "c0ffee", "test_manifest": "m", "backbone": "small_cnn", "image_size": 64, "fit": "crop"}
+               "git_commit": "c0ffee", "test_manifest": "m", "backbone": "small_cnn", "image_size": 64, "fit": "crop",
+               "data_source": "phantom"}
     reliability = None
     if audited:
         metrics["subgroups"], metrics["calibration"], reliability = audit(labels, probs, people, metrics["thresholds"])
@@ -115,6 +119,30 @@ def test_card_is_self_contained_and_complete(page, tmp_path):
     older = card(tmp_path, previous=False, audited=False).read_text()
     assert "champion v1" not in older and "<h2>Subgroups" not in older and "<h2>Calibration" not in older
     assert older.count("<svg") == len(FINDINGS)
+
+
+def test_card_says_what_the_data_is_what_the_model_is_for_and_reads_its_plots(page):
+    assert '<p class="banner" id="synthetic">Synthetic phantom: these figures say nothing about clinical ' \
+           "performance." in page
+    assert page.index('id="synthetic"') < page.index("<h2>Per finding")
+    assert "<h2>Intended use and limitations</h2>" in page and "Not a medical device" in page
+    roc = page[page.index("<h2>ROC curves"):page.index('<section id="calibration">')]
+    assert roc.count("1 − specificity") == len(FINDINGS) and roc.count(">sensitivity</text>") == len(FINDINGS)
+    assert roc.count("<circle") == len(FINDINGS) and roc.count("operating point: sensitivity") == len(FINDINGS)
+    assert re.search(r"<figcaption>Mass: AUC \d\.\d{3}</figcaption>", roc)
+    champion = page[page.index("<h2>Champion comparison"):]
+    assert '<table id="operating-comparison">' in champion and "champion sensitivity" in champion
+    assert re.search(r"Mean calibration error \(ECE\) on these films: champion \d\.\d{3}, this model \d\.\d{3}",
+                     champion)
+
+
+def test_uncalibrated_probabilities_get_a_plain_warning_and_real_data_no_banner():
+    metrics = {"calibration": {"mean_ece": 0.28}, "min_positives": 10}
+    text = intended_use_section({"data_source": "nih"}, metrics)
+    assert 'id="synthetic"' not in text and "Data: NIH ChestX-ray14 (ingest.source nih)." in text
+    assert "The probabilities are not calibrated (mean ECE 0.280): read them as scores" in text
+    calibrated = intended_use_section({"data_source": "nih"}, {"calibration": {"mean_ece": 0.02}, "min_positives": 10})
+    assert "not calibrated" not in calibrated
 
 
 def test_subgroups_section(page):
@@ -188,3 +216,13 @@ def test_calibration_section_alone_and_from_a_whole_report():
     assert "No recalibration" in text and "before recalibration" not in text and "5 equal-mass" in text
     assert text.count("<svg") == 2 and "http" not in text
     assert calibration_section(None) == "" and subgroups_section(None) == ""
+
+
+def test_a_share_of_too_few_films_is_not_a_figure():
+    from pipeline.model.model_card import share_cell
+
+    metrics = {"test_positives": {"Mass": 3}, "min_positives": 10, "test_images": 70,
+               "sensitivity": {"Mass": 1.0}, "specificity": {"Mass": 0.8}}
+    assert ">too few</span>" in share_cell(metrics, "sensitivity", "Mass") and "3 positives" in \
+        share_cell(metrics, "sensitivity", "Mass")
+    assert share_cell(metrics, "specificity", "Mass") == "0.800"  # 67 negatives

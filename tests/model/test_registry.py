@@ -11,7 +11,6 @@ import pytest
 from pipeline.core.labels import FINDINGS
 from pipeline.model.architectures import build_model
 from pipeline.model.registry import register_model, registry_model_metadata
-from pipeline.model.version_notes import version_scores
 from tests.conftest import mlflow_store
 
 SIZE = 32
@@ -59,20 +58,34 @@ def registry(tmp_path_factory):
     return store, client, decisions, model
 
 
-def test_first_version_is_champion(registry):
+def test_first_version_is_champion_until_the_third_takes_the_alias(registry):
     _, client, decisions, _ = registry
     assert decisions[0]["version"] == 1 and decisions[0]["champion"]
-    assert client.get_model_version(NAME, "1").tags["champion_decision"] == "champion"
+    first = client.get_model_version(NAME, "1")
+    assert first.tags["decided_at_registration"] == "champion"
+    assert first.tags["champion_decision"] == "former champion"
+    assert "when version 3 took the alias (non-inferior" in first.tags["champion_until"]
+    assert first.description.startswith("> **Now: former champion.** Champion until ")
+    assert first.description.count("> **Now:") == 1
+    run_tags = client.get_run(first.run_id).data.tags  # the runs table says the same
+    assert run_tags["champion_decision"] == "former champion" and run_tags["champion_until"] == \
+        first.tags["champion_until"]
+
+
+def test_exactly_one_version_reads_as_champion(registry):
+    _, client, _, _ = registry
+    current = {str(v.version): v.tags["champion_decision"] for v in client.search_model_versions(f"name='{NAME}'")}
+    assert [v for v, decision in current.items() if decision == "champion"] == ["3"]
+    assert str(client.get_registered_model(NAME).aliases["champion"]) == "3"
 
 
 def test_refused_version_stays_challenger_with_its_reasons(registry):
     _, client, decisions, _ = registry
     assert decisions[1]["version"] == 2 and not decisions[1]["champion"]
     tags = client.get_model_version(NAME, "2").tags
-    assert tags["champion_decision"] == "challenger" and "Mass" in tags["champion_reasons"]
+    assert tags["champion_decision"] == "challenger" and tags["champion_reasons"] == "Mass AUC difference -0.0500"
     assert tags["compared_with_champion_version"] == "1" and tags["champion_rule"].startswith("refused")
-    assert tags["auc_Mass"] == "0.750" and tags["test_manifest"] == "test-a"
-    assert version_scores(tags)["auc"]["Mass"] == 0.75
+    assert tags["test_manifest"] == "test-a" and "auc_Mass" not in tags
     run_tags = client.get_run(decisions[1]["run_id"]).data.tags
     assert run_tags["champion_decision"] == "challenger" and run_tags["registry_version"] == "2"
 
@@ -116,10 +129,27 @@ def test_manual_promotion_is_logged_and_refuses_a_version_that_does_not_load(tmp
     tags = client.get_model_version(NAME, "2").tags
     assert tags["promotion_reason"] == "reviewed by radiology" and tags["promoted_by"]
     assert tags["champion_rule"] == "manual promotion" and tags["compared_with_champion_version"] == "1"
+    assert tags["champion_reasons"].endswith("reviewed by radiology")
+    assert tags["decided_at_registration"] == "challenger"
+    promoted = client.get_model_version(NAME, "2").description
+    assert promoted.startswith("> **Now: champion.** Promoted by hand by ") and "reviewed by radiology" in promoted
+    former = client.get_model_version(NAME, "1")
+    assert former.tags["champion_decision"] == "former champion"
+    assert "when version 2 took the alias (manual promotion by " in former.tags["champion_until"]
+    assert former.description.startswith("> **Now: former champion.**")
+    result = promote(store, "1", "--reason", "back to the first")
+    assert result.returncode == 0, result.stderr
+    back = client.get_model_version(NAME, "1")
+    assert back.tags["champion_decision"] == "champion" and "champion_until" not in back.tags
+    assert "champion_until" not in client.get_run(back.run_id).data.tags
+    assert client.get_run(client.get_model_version(NAME, "2").run_id).data.tags["champion_decision"] == \
+        "former champion"
+    assert back.description.startswith("> **Now: champion.**") and back.description.count("> **Now:") == 1
+    assert client.get_model_version(NAME, "2").tags["champion_decision"] == "former champion"
     missing = promote(store, "7", "--reason", "typo")
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines()[-1].startswith("promote: error: not promoted: models:/chestxray/7")
-    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 2
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 1  # unchanged
 
 
 COMPARISON = {
@@ -127,6 +157,11 @@ COMPARISON = {
     "mean_auc_diff": 0.0123456, "mean_auc_diff_ci": [-0.00512345, 0.0298765],
     "auc_diff": {f: 0.0123456 for f in FINDINGS}, "auc_diff_ci": {f: [-0.02, 0.04] for f in FINDINGS},
     "champion_auc": {f: 0.7 for f in FINDINGS}, "champion_mean_auc": 0.7,
+    "mean_ece": {"champion": 0.1234, "challenger": 0.0456},
+    "operating_points": {"champion": {"sensitivity": {f: 0.61 for f in FINDINGS},
+                                      "specificity": {f: 0.72 for f in FINDINGS}},
+                         "challenger": {"sensitivity": {f: 0.83 for f in FINDINGS},
+                                        "specificity": {f: 0.94 for f in FINDINGS}}},
 }
 
 
@@ -142,7 +177,12 @@ def described(tmp_path_factory):
     store = f"sqlite:///{root / 'mlflow.db'}"
     model = build_model("small_cnn", SIZE, "none")
     auc = {f: 0.7123456789 + 0.01 * i for i, f in enumerate(FINDINGS)}
-    metadata = evaluated(0.7654321987, auc, "abc123manifest", mean_auc_ci=[0.7512345, 0.7798765], test_images=300)
+    metadata = evaluated(0.7654321987, auc, "abc123manifest", mean_auc_ci=[0.7512345, 0.7798765], test_images=300,
+                         test_patients=120, test_positives={f: 20 + i for i, f in enumerate(FINDINGS)},
+                         auc_ci_low={f: 0.6 for f in FINDINGS}, auc_ci_high={f: 0.9 for f in FINDINGS},
+                         sensitivity={f: 0.8 for f in FINDINGS}, specificity={f: 0.9 for f in FINDINGS},
+                         threshold_method="youden")
+    metadata = {**metadata, "data_source": "phantom"}
     decision = {"promote": True, "rule": RULE_PROMOTED, "reasons": ["mean AUC difference CI above -margin"],
                 "champion_version": 1, "comparison": COMPARISON}
     with mlflow_store(store):
@@ -158,39 +198,68 @@ def test_version_description_has_mean_auc_ci_test_set_findings_and_comparison(de
     _, _, version, _ = described
     text = version.description
     assert "Test mean AUC 0.765" in text and "95% CI 0.751 to 0.780" in text
-    assert "abc123manifest" in text and "300 images" in text
-    assert "| Finding | AUC | Threshold |" in text
+    assert "abc123manifest" in text and "300 images of 120 patients" in text
+    assert "**Data: synthetic chest phantom (ingest.source phantom). Synthetic phantom: these figures say nothing " \
+           "about clinical performance.**" in text
+    gap = "&emsp;"
+    assert (f"| Finding{gap} | Test positives{gap} | AUC{gap} | 95% CI{gap} | Threshold{gap} | Sensitivity{gap} "
+            "| Specificity |") in text
     for i, finding in enumerate(FINDINGS):
-        assert f"| {finding} | {0.7123456789 + 0.01 * i:.3f} | 0.500 |" in text
+        assert (f"| {finding}{gap} | {20 + i}{gap} | {0.7123456789 + 0.01 * i:.3f}{gap} | 0.600 to 0.900{gap} "
+                f"| 0.500{gap} | 0.80{gap} | 0.90 |") in text
+    assert "Thresholds chosen on the validation split by youden" in text
     assert "Compared with champion version 1" in text and "300 test images, 120 patients" in text
-    assert "| Mass | 0.700 |" in text and "+0.0123 | -0.0200 to +0.0400 |" in text
+    assert f"| Mass{gap} | 0.700{gap} |" in text and f"+0.0123{gap} | -0.0200 to +0.0400 |" in text
     assert "-0.0051 to +0.0299" in text
-    assert "non-inferior" in text and "mean AUC difference CI above -margin" in text
-    assert "0.7123456789" not in text and "0.76543" not in text
+    assert "champion 0.123, this version 0.046" in text
+    assert f"| Mass{gap} | 0.61{gap} | 0.83{gap} | 0.72{gap} | 0.94 |" in text
+    assert "**Decision at registration:** **champion**: this version took the `champion` alias. Rule: non-inferior" \
+        in text and "- mean AUC difference CI above -margin." in text
+    assert "0.7123456789" not in text and "0.76543" not in text and '["' not in text
 
 
-def test_version_tags_are_rounded_one_per_finding_without_json_blobs(described):
+def test_a_version_says_what_changed_from_the_champion_it_was_compared_with(tmp_path):
+    import mlflow
+
+    from pipeline.model.selection import RULE_MEAN
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    model = build_model("small_cnn", SIZE, "none")
+    params = {"train": {"epochs": 3, "learning_rate": 0.001}}
+    runs = [({"data_hash": "d1", "git_commit": "c1"}, params, FIRST),
+            ({"data_hash": "d1", "git_commit": "c1"}, params, decided(False, RULE_MEAN, ["worse"], 1)),
+            ({"data_hash": "d2", "git_commit": "c1"}, {"train": {"epochs": 5, "learning_rate": 0.001}},
+             decided(False, RULE_MEAN, ["worse"], 1))]
+    with mlflow_store(store):
+        experiment = mlflow.create_experiment("changes", artifact_location=(tmp_path / "artifacts").as_uri())
+        for tags, run_params, decision in runs:
+            with mlflow.start_run(experiment_id=experiment):
+                register_model(mlflow, model, NAME, evaluated(0.8, BASE_AUC), tags, decision, params=run_params)
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    assert "What changed from champion" not in client.get_model_version(NAME, "1").description
+    rerun = client.get_model_version(NAME, "2").description
+    assert "## What changed from champion version 1" in rerun
+    assert "Nothing: the same params, data and code as version 1. This version is a re-run" in rerun
+    changed = client.get_model_version(NAME, "3").description
+    assert "- param `train.epochs`: 3 → 5" in changed and "learning_rate" not in changed
+    assert "- data (hash of the TFRecord shards): `d1` → `d2`" in changed and "code (git commit)" not in changed
+
+
+def test_version_tags_are_rounded_and_few_without_json_blobs(described):
     _, client, version, run_id = described
     tags = version.tags
     assert tags["mean_auc"] == "0.765" and tags["mean_auc_ci"] == "[0.751, 0.780]" and tags["test_images"] == "300"
-    for i, finding in enumerate(FINDINGS):
-        assert tags[f"auc_{finding}"] == f"{0.7123456789 + 0.01 * i:.3f}"
-        assert tags[f"threshold_{finding}"] == "0.500"
+    assert tags["test_patients"] == "120" and tags["data_source"] == "phantom"
+    assert not any(key.startswith(("auc_", "threshold_")) for key in tags)  # the description's table has them
+    assert len(tags) <= 15, sorted(tags)
     assert not {"auc", "params", "thresholds"} & set(tags)
-    assert not any(value.lstrip().startswith(("{", "[{")) for value in tags.values())
+    assert not any(value.lstrip().startswith(("{", "[{", '["')) for value in tags.values())
     assert tags["data_hash"] == "d" and tags["test_manifest"] == "abc123manifest"
-    scores = version_scores(tags)
-    assert scores["mean_auc"] == 0.765 and scores["auc"]["Atelectasis"] == 0.712
     import mlflow
 
     with mlflow_store(described[0]):
         params = mlflow.artifacts.load_dict(f"runs:/{run_id}/params.json")
     assert params == {"lr": 0.001, "epochs": 3}
-
-
-def test_version_scores_reads_versions_tagged_before_the_per_finding_tags():
-    old = {"mean_auc": "0.7654321987", "auc": json.dumps({"Mass": 0.75, "Hernia": None})}
-    assert version_scores(old) == {"mean_auc": 0.7654321987, "auc": {"Mass": 0.75, "Hernia": None}}
 
 
 def test_signature_names_the_image_input_and_the_fourteen_outputs(described):
@@ -330,3 +399,15 @@ def test_registered_model_serves_with_only_its_shipped_code(registry, tmp_path):
     assert not served["package_file"].startswith(str(PROJECT_ROOT)), served["package_file"]
     assert not served["phantom_shipped"] and not served["data_shipped"]
     assert "pipeline.serve.pyfunc" in served["loaded"]
+
+
+def test_the_description_table_shows_no_sensitivity_on_too_few_films():
+    from pipeline.model.version_notes import TOO_FEW, finding_rows
+
+    metadata = evaluated(0.8, {**BASE_AUC, "Hernia": None}, auc_missing_reason={"Hernia": "too few positives (n=2)"},
+                         test_positives={**{f: 20 for f in FINDINGS}, "Hernia": 2}, test_images=70,
+                         sensitivity={f: 1.0 for f in FINDINGS}, specificity={f: 0.9 for f in FINDINGS},
+                         min_positives=10)
+    rows = {row[0]: row for row in finding_rows(metadata)}
+    assert rows["Hernia"][1:] == ["2", "too few positives (n=2)", "–", "0.500", TOO_FEW, "0.90"]
+    assert rows["Mass"][5:] == ["1.00", "0.90"]

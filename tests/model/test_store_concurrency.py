@@ -123,9 +123,11 @@ def check_round(uri: str, outcome: list) -> None:
     first = next(number for number, seen in compared.items() if seen == "none")
     second = 3 - first
     assert compared[second] == str(first), compared
-    decisions = {number: v.tags["champion_decision"] for number, v in versions.items()}
+    decisions = {number: v.tags["decided_at_registration"] for number, v in versions.items()}
     assert decisions[first] == "champion"
     assert decisions[second] == ("champion" if champion == second else "challenger"), (decisions, aliases)
+    now = {number: v.tags["champion_decision"] for number, v in versions.items()}
+    assert [number for number, held in now.items() if held == "champion"] == [champion], (now, aliases)
     assert all("incomplete" not in v.tags for v in versions.values())
     # the store still works: a third client call that writes
     client.set_registered_model_tag(NAME, "checked", "yes")

@@ -83,9 +83,10 @@ test-quick: $(STAMP)
 bench: $(STAMP)
 	python benchmarks/run_all.py
 
-# Prints the experiment's page in the UI's machine-learning view, then serves.
+# Prints the experiment's page in the UI's machine-learning view (a store it cannot read
+# prints why and the UI starts anyway), then serves.
 mlflow-ui: $(STAMP)
-	@python -m pipeline.core.tracking http://127.0.0.1:5000
+	-@python -m pipeline.core.tracking http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
 clean:

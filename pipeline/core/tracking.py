@@ -249,4 +249,10 @@ if __name__ == "__main__":  # `make mlflow-ui`: where to open the UI
 
     from pipeline.core.config import load_params
 
-    print(f"Open {experiment_page(sys.argv[1], load_params()['mlflow']['experiment'], DEFAULT_TRACKING_URI)}")
+    try:
+        print(f"Open {experiment_page(sys.argv[1], load_params()['mlflow']['experiment'], DEFAULT_TRACKING_URI)}")
+    except Exception as exc:  # a broken store or params.yaml: say so in one line; the UI still starts
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"could not read {DEFAULT_TRACKING_URI} ({reason}); open "
+              f"{sys.argv[1].rstrip('/')}/#/experiments?workflowType=machine_learning", file=sys.stderr)
+        sys.exit(1)

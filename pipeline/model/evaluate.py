@@ -39,6 +39,7 @@ from pipeline.model.metrics import (
     operating_point_metrics,
     per_class_auc,
     predictions_table,
+    share_films,
 )
 from pipeline.model.model_card import CARD_FILE, model_card_html
 from pipeline.model.registry import champion_version, register_decided, registry_model_metadata
@@ -184,14 +185,14 @@ def operating_comparison(labels: np.ndarray, champion: tuple, challenger: tuple,
     challenger's thresholds). A sensitivity on fewer than min_positives
     positive films, or a specificity on fewer negatives, is None."""
     figures = {"mean_ece": {}, "operating_points": {}}
-    positives = np.asarray(labels).sum(axis=0) if len(labels) else np.zeros(len(FINDINGS))
-    enough = {"sensitivity": positives >= min_positives, "specificity": len(labels) - positives >= min_positives}
+    positives = np.asarray(labels).sum(axis=0).astype(int) if len(labels) else np.zeros(len(FINDINGS), dtype=int)
     for role, (probs, thresholds) in (("champion", champion), ("challenger", challenger)):
         figures["mean_ece"][role] = calibration_report(labels, probs)["mean_ece"]
         if thresholds is not None:
             points = operating_point_metrics(labels, probs, thresholds)
             figures["operating_points"][role] = {
-                key: {f: (points[key][f] if enough[key][i] else None) for i, f in enumerate(FINDINGS)}
+                key: {f: (points[key][f] if share_films(key, int(positives[i]), len(labels)) >= min_positives
+                          else None) for i, f in enumerate(FINDINGS)}
                 for key in ("sensitivity", "specificity")}
     return figures
 
@@ -316,7 +317,7 @@ def auc_table(metrics: dict) -> pd.DataFrame:
 
 
 def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
+    return None if value is None else round(value, LOGGED_DIGITS)
 
 
 def split_sizes(tfrecord_dir: Path) -> dict[str, int]:

@@ -76,6 +76,20 @@ def too_few(positives: int, negatives: int, minimum: int) -> str | None:
     return None
 
 
+# The films each operating-point figure of a finding is a share of: on fewer
+# than the floor (evaluate.min_slice_positives, as for the AUC) it is not shown.
+SHARE_OF = {"sensitivity": "positives", "ppv": "positives", "f1": "positives", "specificity": "negatives",
+            "npv": "negatives"}
+
+
+def share_films(figure: str, positives: int, images: int | None = None) -> int | None:
+    """How many films `figure` (a SHARE_OF key) of one finding is a share of:
+    its positives, or its negatives (None without the image count)."""
+    if SHARE_OF[figure] == "positives":
+        return positives
+    return None if images is None else images - positives
+
+
 def auc_floor_reasons(labels: np.ndarray, minimum: int) -> dict[str, str]:
     """{finding: reason} for the findings whose AUC the floor withholds."""
     positives = labels.sum(axis=0).astype(int) if len(labels) else np.zeros(len(FINDINGS), dtype=int)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pipeline.core.html import escape, html_page
 from pipeline.core.labels import FINDINGS
+from pipeline.model.metrics import SHARE_OF, share_films
 from pipeline.model.model_card_sections import SECTIONS_STYLE, calibration_section, subgroups_section
 
 CARD_FILE = "model_card.html"
@@ -78,18 +79,13 @@ def auc_cell(metrics: dict, finding: str) -> str:
     return escape(reason) if reason and metrics["auc"][finding] is None else _num(metrics["auc"][finding])
 
 
-# Operating-point figures and the films they are shares of: none below the AUC floor.
-SHARE_OF = {"sensitivity": "positives", "ppv": "positives", "f1": "positives", "specificity": "negatives",
-            "npv": "negatives"}
-
-
 def share_cell(metrics: dict, key: str, finding: str) -> str:
     """A sensitivity, specificity, PPV, NPV or F1, or "too few" when the test
     set has fewer positive (or negative) films of the finding than the floor."""
     positives = (metrics.get("test_positives") or {}).get(finding)
     floor = metrics.get("min_positives") or 0
     if positives is not None:
-        films = positives if SHARE_OF[key] == "positives" else metrics["test_images"] - positives
+        films = share_films(key, positives, metrics["test_images"])
         if films < floor:
             return f'<span title="{films} {SHARE_OF[key]} &lt; {floor}">too few</span>'
     return _num(metrics[key][finding])

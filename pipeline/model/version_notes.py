@@ -10,6 +10,7 @@ the description are for reading.
 from __future__ import annotations
 
 from pipeline.core.labels import FINDINGS
+from pipeline.model.metrics import share_films
 
 UNDEFINED = "undefined"
 TOO_FEW = "too few films"  # a sensitivity or specificity below the floor of films (evaluate.min_slice_positives)
@@ -215,12 +216,16 @@ def finding_rows(metadata: dict) -> list[list[str]]:
         figure = score(auc[f]) if auc.get(f) is not None else (reasons.get(f) or UNDEFINED)
         ci = interval(cis.get(f)) if auc.get(f) is not None else "–"
         count = positives.get(f)
-        # a share of fewer than `floor` films is not a figure (as the AUC floor)
-        sens = TOO_FEW if count is not None and count < floor else _share(sensitivity.get(f))
-        spec = (TOO_FEW if count is not None and images is not None and images - count < floor
-                else _share(specificity.get(f)))
-        rows.append([f, "–" if count is None else str(count), figure, ci, score(thresholds.get(f)), sens, spec])
+        rows.append([f, "–" if count is None else str(count), figure, ci, score(thresholds.get(f)),
+                     _floored_share("sensitivity", sensitivity.get(f), count, images, floor),
+                     _floored_share("specificity", specificity.get(f), count, images, floor)])
     return rows
+
+
+def _floored_share(key: str, value: float | None, positives: int | None, images: int | None, floor: int) -> str:
+    """`value` at 2 decimals, or TOO_FEW when it is a share of fewer films than the floor."""
+    films = None if positives is None else share_films(key, positives, images)
+    return TOO_FEW if films is not None and films < floor else _share(value)
 
 
 

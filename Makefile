@@ -22,7 +22,6 @@ export DVC_NO_ANALYTICS := 1
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
-	$(VENV)/bin/python -m pipeline.core.plots_page .dvc/plots-offline.html
 	@touch $@
 
 setup: $(STAMP)

@@ -4,8 +4,10 @@ DVC's default page loads vega, vega-lite and vega-embed from a CDN (jsdelivr)
 through its `{scripts}` placeholder, so offline the page is blank. This template
 has no `{scripts}` placeholder: it inlines the three libraries instead, from the
 pinned vl-convert-python (the Vega project's own bundle, built offline from the
-wheel). .dvc/config points `plots.html_template` at it; `make`'s set-up writes it
-(`python -m pipeline.core.plots_page`), again whenever the pins change.
+wheel). .dvc/config points `plots.html_template` at it. It is committed, so
+that `dvc plots show` works in any clone, with or without `make`; a change of
+the pin regenerates it (`python -m pipeline.core.plots_page`), and a test
+fails while the committed one is stale.
 
 DVC fills `{plot_divs}` with one `<div>` per plot whose classic inline script
 calls the global `vegaEmbed(...)` as the page is parsed, so the bundle is a

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from pipeline.core.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
+from pipeline.core.atomic import atomic_dir, write_csv_atomic, write_json_atomic, write_text_atomic
 from pipeline.core.labels import FINDINGS
 from pipeline.core.model_io import image_size_of, load_keras_model, uses_patient_metadata
 from pipeline.core.patient import IMAGE_INPUT, PATIENT_ENCODING
@@ -67,8 +67,8 @@ FINDING_TABLE = "tables/test_by_finding.json"  # MLflow artifacts: the UI shows 
 SLICE_TABLE = "tables/test_by_slice.json"
 FINDING_COLUMNS = ("auc", "auc_ci_low", "auc_ci_high", "auprc", "thresholds", "sensitivity", "specificity", "ppv",
                    "npv", "f1", "accuracy")
-AUC_PLOT_FILE = "auc_by_finding.csv"  # in reports/evaluate/plots/
-RELIABILITY_PLOT_FILE = "reliability.csv"  # in reports/evaluate/plots/: the pooled curve
+AUC_PLOT_FILE = "auc_by_finding.csv"  # in paths.evaluate_plots (reports/plots/)
+RELIABILITY_PLOT_FILE = "reliability.csv"  # in paths.evaluate_plots: the pooled curve
 RELIABILITY_FILE = "reliability.csv"  # in reports/evaluate/: every finding's curve
 REPORT_FILE = "evaluate.json"  # in reports/evaluate/: the whole record, metrics/evaluate.json its summary
 IMAGE_INPUT_DESCRIPTION = "float32 grey values 0..255, shape (size, size, 1)"
@@ -325,14 +325,15 @@ def split_sizes(tfrecord_dir: Path) -> dict[str, int]:
 
 
 def evaluate_model(
-    model_file: Path, tfrecord_dir: Path, reports_dir: Path, run_file: Path, settings: dict, mlflow_settings: dict,
-    training: dict, seed: int,
+    model_file: Path, tfrecord_dir: Path, reports_dir: Path, plots_dir: Path, run_file: Path, settings: dict,
+    mlflow_settings: dict, training: dict, seed: int,
 ) -> dict:
     """The evaluate stage. `settings` is params.yaml's evaluate section,
     `mlflow_settings` its mlflow section, `training` the params the model
     was trained with ({"backbone", "image_size", "fit", "params": {...}}).
-    Writes reports_dir (test_predictions.csv, thresholds.json, plots/,
-    model card); returns the metrics, with the registry's decision."""
+    Writes reports_dir (test_predictions.csv, thresholds.json, model card)
+    and replaces plots_dir whole (the curves `dvc plots` draws); returns the
+    metrics, with the registry's decision."""
     batch = int(settings["batch_size"])
     model = load_keras_model(model_file)
     val_probs, val_labels, _ = predict_split(model, tfrecord_dir, "val", batch)
@@ -362,11 +363,13 @@ def evaluate_model(
     test_curves = curves(test_labels, test_probs)
     write_csv_atomic(predictions_table(test_ids, test_labels, test_probs), reports_dir / "test_predictions.csv")
     write_json_atomic(reports_dir / "thresholds.json", metrics["thresholds"])
-    write_curves(test_curves, reports_dir / "plots")
-    write_csv_atomic(auc_table(metrics), reports_dir / "plots" / AUC_PLOT_FILE)
     every_finding, pooled = reliability_tables(metrics["calibration"], reliability)
     write_csv_atomic(pd.DataFrame(every_finding), reports_dir / RELIABILITY_FILE)
-    write_csv_atomic(pd.DataFrame(pooled).drop(columns="finding"), reports_dir / "plots" / RELIABILITY_PLOT_FILE)
+    # whole, so that no curve of a finding this run could not draw is left from an earlier one
+    with atomic_dir(plots_dir) as folder:
+        write_curves(test_curves, folder)
+        write_csv_atomic(auc_table(metrics), folder / AUC_PLOT_FILE)
+        write_csv_atomic(pd.DataFrame(pooled).drop(columns="finding"), folder / RELIABILITY_PLOT_FILE)
 
     with_patient = uses_patient_metadata(model)
     summary = {"split_sizes": split_sizes(tfrecord_dir), "data_hash": data_hash(tfrecord_dir),
@@ -394,7 +397,7 @@ def evaluate_model(
         mlflow.log_dict(fingerprint(split_patient_ids(tfrecord_dir, "train"), split_patient_ids(tfrecord_dir, "val")),
                         FINGERPRINT_FILE)
         mlflow.set_tag("ci_method", metrics["ci_method"])
-        mlflow.log_artifacts(str(reports_dir / "plots"), "plots")
+        mlflow.log_artifacts(str(plots_dir), "plots")
         # Decided and registered in one step (pipeline.model.registry.register_decided),
         # so that two evaluations at once cannot both take the champion alias.
         registry = register_decided(

@@ -177,7 +177,7 @@ def test_evaluation_report_shape(repro):
     assert list(metrics["auprc"]) == list(FINDINGS) and 0.0 <= metrics["exact_match_accuracy"] <= 1.0
     reports = project / "reports" / "evaluate"
     assert (reports / "model_card.html").is_file()
-    assert {p.stem for p in (reports / "plots" / "roc").glob("*.csv")} <= set(FINDINGS)
+    assert {p.stem for p in (project / "reports" / "plots" / "roc").glob("*.csv")} <= set(FINDINGS)
     plots = run(["dvc", "plots", "show", "--json"], project)
     assert "plots/roc/" in plots.stdout and "plots/pr/" in plots.stdout
 

@@ -67,7 +67,8 @@ def registered(tmp_path_factory):
         for method in CALIBRATIONS:
             settings = {"threshold_method": "youden", "target_sensitivity": 0.9, "bootstrap": 20,
                         "calibration": method, "batch_size": 8, "promotion": {"resamples": 20}}
-            reports[method] = evaluate_model(model_file, shards, root / f"reports-{method}", root / "no_run.json",
+            reports[method] = evaluate_model(model_file, shards, root / f"reports-{method}", root / f"plots-{method}",
+                                             root / "no_run.json",
                                              settings, {"experiment": "served", "registered_model": f"served-{method}"},
                                              training, seed=0)
     finally:

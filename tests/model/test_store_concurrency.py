@@ -200,7 +200,8 @@ def test_the_evaluate_stage_decides_and_registers_under_the_store_lock(shards, t
     versions = []
     try:
         for attempt in range(2):
-            metrics = evaluate_model(model_file, shards, tmp_path / f"reports{attempt}", tmp_path / "no_run.json",
+            metrics = evaluate_model(model_file, shards, tmp_path / f"reports{attempt}", tmp_path / f"plots{attempt}",
+                                     tmp_path / "no_run.json",
                                      settings, mlflow_settings, training, seed=0)
             versions.append(metrics["registry"]["version"])
     finally:

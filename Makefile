@@ -8,6 +8,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+MLFLOW_UI_PORT ?= 5000
 
 # The venv's tools first, for dvc's stage commands (`python src/...`) too.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -68,9 +69,13 @@ worker: $(STAMP)
 retrain: $(STAMP)
 	python -m pipeline.model.retrain
 
+# Two test files at a time (pytest-xdist; a file's tests stay in one process,
+# in order, sharing its fixtures): most tests keep one core busy, and CI has two.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) $(CHROMIUM_STAMP) $(ACTIONLINT_STAMP)
 	ruff check .
-	python -m pytest --durations=25 $(PYTEST_ARGS)
+	python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 test-quick: $(STAMP)
 	ruff check .
@@ -85,8 +90,8 @@ bench: $(STAMP)
 # Prints the experiment's page in the UI's machine-learning view (a store it cannot read
 # prints why and the UI starts anyway), then serves.
 mlflow-ui: $(STAMP)
-	-@python -m pipeline.core.tracking http://127.0.0.1:5000
-	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
+	-@python -m pipeline.core.tracking http://127.0.0.1:$(MLFLOW_UI_PORT)
+	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(MLFLOW_UI_PORT)
 
 clean:
 	rm -rf data/ingest data/validated data/tfrecords models reports metrics

@@ -18,8 +18,8 @@ def main() -> None:
                 "params": {k: params[k] for k in ("seed", "ingest", "preprocess", "train", "evaluate")}}
     metrics = evaluate_model(
         path_of(params, "model"), path_of(params, "tfrecords"), path_of(params, "evaluate_reports"),
-        path_of(params, "evaluate_plots"), path_of(params, "mlflow_run"), section(params, "evaluate"), section(params, "mlflow"), training,
-        seed=int(params["seed"]),
+        path_of(params, "evaluate_plots"), path_of(params, "mlflow_run"), section(params, "evaluate"),
+        section(params, "mlflow"), training, seed=int(params["seed"]),
     )
     write_stage_figures(evaluation_summary(metrics), metrics, path_of(params, "metrics") / "evaluate.json",
                         path_of(params, "evaluate_reports") / REPORT_FILE)

@@ -18,7 +18,8 @@ from tests.conftest import PROJECT_ROOT
 
 REPO_PLOTS_CONFIG = ConfigObj(str(PROJECT_ROOT / ".dvc" / "config")).get("plots", {})
 CDN_HOSTS = ("jsdelivr", "unpkg.com", "cdnjs", "cdn.plot.ly", "esm.sh", "skypack")
-# Headless Chromium with every connection refused or unresolved.
+# Headless Chromium with every connection refused or unresolved (each call
+# adds a profile of its own: tests run two at a time, see the Makefile).
 CHROMIUM_OFFLINE = ["chromium", "--headless", "--disable-gpu", "--no-sandbox", "--proxy-server=127.0.0.1:9",
                     '--host-resolver-rules=MAP * ~NOTFOUND', "--virtual-time-budget=5000", "--dump-dom"]
 no_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
@@ -110,8 +111,9 @@ def test_page_references_no_cdn(pages, kind):
 
 @no_chromium
 @pytest.mark.parametrize("kind", ["show", "diff"])
-def test_page_renders_offline_in_chromium(pages, kind):
-    result = subprocess.run([*CHROMIUM_OFFLINE, pages[kind].as_uri()], capture_output=True, text=True, timeout=120)
+def test_page_renders_offline_in_chromium(pages, kind, tmp_path):
+    result = subprocess.run([*CHROMIUM_OFFLINE, f"--user-data-dir={tmp_path / 'profile'}", pages[kind].as_uri()],
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     dom = result.stdout
     assert len(re.findall(r'<svg\b[^>]*class="marks"', dom)) == 2, "vega-embed drew no chart"
@@ -133,7 +135,8 @@ def test_cdn_page_is_blank_under_the_same_blocking(pages, tmp_path):
     dvc("plots", "show", "--html-template", str(cdn_template), "-o", str(tmp_path / "cdn"), cwd=repo)
     page = tmp_path / "cdn" / "index.html"
     assert any("jsdelivr" in src for src in script_sources(page.read_text()))
-    result = subprocess.run([*CHROMIUM_OFFLINE, page.as_uri()], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([*CHROMIUM_OFFLINE, f"--user-data-dir={tmp_path / 'profile'}", page.as_uri()],
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert 'class="marks"' not in result.stdout
 

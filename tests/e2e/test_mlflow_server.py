@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.core.labels import FINDINGS
 from tests.conftest import PROJECT_ROOT, free_port
-from tests.e2e.test_pipeline import TINY, make_project, pipeline_env
+from tests.e2e.project import copy_project, pipeline_env
 
 pytestmark = pytest.mark.slow
 
@@ -100,9 +100,9 @@ def api(url: str, endpoint: str, body: dict | None = None, **query) -> dict:
         return json.loads(response.read())
 
 
-def test_pipeline_tracks_to_the_server_and_fails_fast_once_it_is_gone(server, tmp_path):
+def test_pipeline_tracks_to_the_server_and_fails_fast_once_it_is_gone(server, tmp_path, prepared_tiny):
     url, process = server
-    project = make_project(tmp_path / "project", TINY)
+    project = copy_project(prepared_tiny, tmp_path / "project")  # its data stages already ran
     result = run_against(["dvc", "repro"], project, url)
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -20,7 +20,7 @@ import yaml
 from pipeline.model.distributed import close_failed_reduce_pools, lost_peer_error, tf_config_workers
 from pipeline.records.dataset import make_dataset, shard_files, worker_shard_policy
 from tests.conftest import free_port
-from tests.e2e.test_pipeline import TINY, make_project, pipeline_env, run
+from tests.e2e.project import TINY, make_project, pipeline_env, run
 
 # 60 phantom films at 64 px: 2 train shards (one per worker, split by file)
 # and 1 val shard (split by record), one short epoch.

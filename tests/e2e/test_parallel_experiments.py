@@ -1,84 +1,49 @@
-"""The parallel-experiments recipe of docs/ci-and-scaling.md, run as written: two
-experiments queued with `dvc exp run --queue -S ...` (the second with an
-uncommitted change to the training code), run two at a time by
-`dvc queue start -j 2` with MLFLOW_TRACKING_URI naming an absolute SQLite store
-that does not exist yet. Each runs the code it was queued with; both register
+"""The parallel-experiments recipe of docs/ci-and-scaling.md, run as written
+(its commands are read from the doc: tests/e2e/test_documented_commands.py
+counts them as run here): two experiments queued with `dvc exp run --queue -S ...`
+(the second with an uncommitted change to the training code), run two at a
+time by `dvc queue start -j 2` with MLFLOW_TRACKING_URI naming an absolute
+SQLite store that does not exist yet. Each runs the code it was queued with; both register
 into that one store (the first stage creates it under a lock); exactly one
 version is champion and each decision names the champion it was compared with."""
 from __future__ import annotations
 
 import json
 import re
-import subprocess
+import shlex
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_pipeline import TINY, make_project, pipeline_env, run
+from tests.e2e.project import TINY, copy_project, dvc, pipeline_env, queue_env, queue_rows, run, wait_for_queue
+from tests.e2e.test_documented_commands import documented_commands
 
 pytestmark = pytest.mark.slow
 
 NAME = "chestxray"
-LEARNING_RATES = ("0.002", "0.0005")
+RECIPE_DOC = "docs/ci-and-scaling.md"
 # Cheapest settings that still run every stage: one epoch, few resamples.
 QUEUE_PARAMS = {**TINY, "train.epochs": 1, "evaluate.bootstrap": 50, "evaluate.promotion.resamples": 50}
-# Two tiny pipelines side by side take 2.5-3 minutes on a 2-core machine; the
-# bound leaves room for a loaded one.
-QUEUE_TIMEOUT_S = 1500
-POLL_S = 5
-UNFINISHED = ("Queued", "Running")
-CHANGED_CODE_RATE = LEARNING_RATES[1]
-CODE_MARKER = f"train code as queued with learning rate {CHANGED_CODE_RATE}"
+CODE_MARKER = "train code as queued second"
 CODE_CHANGE = f"\nimport sys as _sys\n\nprint({CODE_MARKER!r}, file=_sys.stderr)\n"
 
 
-def queue_env(store: str) -> dict:
-    """The environment the recipe starts the queue in: the test's own, plus the store
-    and a git identity for the experiments' commits (a CI runner may have none)."""
-    env = pipeline_env()
-    env["MLFLOW_TRACKING_URI"] = store
-    for role in ("AUTHOR", "COMMITTER"):
-        env.setdefault(f"GIT_{role}_NAME", "t")
-        env.setdefault(f"GIT_{role}_EMAIL", "t@t")
-    return env
+def recipe() -> dict:
+    """The doc's recipe: the export of the store, the queued experiments, the queue's start."""
+    commands = [c.text for c in documented_commands() if c.where.startswith(f"{RECIPE_DOC}:") and not c.illustrative]
+    return {"export": next(c for c in commands if c.startswith("export MLFLOW_TRACKING_URI=")),
+            "queue": [c for c in commands if c.startswith("dvc exp run --queue ")],
+            "start": next(c for c in commands if c.startswith("dvc queue start")),
+            "status": next(c for c in commands if c.startswith("dvc queue status"))}
 
 
-def dvc(arguments: list[str], project: Path, env: dict) -> str:
-    result = subprocess.run(["dvc", *arguments], cwd=project, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"dvc {' '.join(arguments)} failed ({result.returncode}):\n{result.stdout}\n" \
-                                   f"{result.stderr}"
-    return result.stdout
-
-
-def queue_rows(status: str) -> dict[str, str]:
-    """Experiment name -> state from `dvc queue status`'s table (Task, Name, Created, Status)."""
-    rows = {}
-    for line in status.splitlines():
-        match = re.match(r"^\s*[0-9a-f]{7,}\s+(\S+)\s+.*?\b(Queued|Running|Success|Failed)\b", line)
-        if match:
-            rows[match.group(1)] = match.group(2)
-    return rows
-
-
-def wait_for_queue(project: Path, env: dict, expected: int) -> dict[str, str]:
-    """Poll `dvc queue status` until `expected` tasks are done, at most QUEUE_TIMEOUT_S."""
-    deadline = time.monotonic() + QUEUE_TIMEOUT_S
-    while True:
-        status = dvc(["queue", "status"], project, env)
-        rows = queue_rows(status)
-        if len(rows) == expected and not set(rows.values()) & set(UNFINISHED):
-            return rows
-        if time.monotonic() >= deadline:
-            running = [name for name, state in rows.items() if state == "Running"]
-            if running:
-                dvc(["queue", "kill", *running], project, env)
-            pytest.fail(f"the queue did not finish in {QUEUE_TIMEOUT_S}s:\n{status}")
-        time.sleep(POLL_S)
+def backbone_of(command: str) -> str:
+    return re.search(r"train\.backbone=(\S+)", command).group(1)
 
 
 def experiments_shown(project: Path, env: dict) -> dict[str, dict]:
-    """Experiment name -> {"learning_rate", "mean_auc"} from `dvc exp show --json`."""
+    """Experiment name -> {"backbone", "mean_auc"} from `dvc exp show --json`."""
     shown = json.loads(dvc(["exp", "show", "--json"], project, env))
     found = {}
     for commit in shown:
@@ -87,26 +52,24 @@ def experiments_shown(project: Path, env: dict) -> dict[str, dict]:
                 data = revision["data"]
                 params = data["params"]["params.yaml"]["data"]
                 metrics = data["metrics"]["metrics/evaluate.json"]["data"]
-                found[revision["name"]] = {"learning_rate": str(params["train"]["learning_rate"]),
+                found[revision["name"]] = {"backbone": params["train"]["backbone"],
                                            "mean_auc": metrics["mean_auc"]}
     return found
 
 
 @pytest.fixture(scope="module")
-def queued(tmp_path_factory):
-    """The recipe run once: a project whose data stages ran and were committed, two
+def queued(tmp_path_factory, prepared_tiny):
+    """The recipe run once: a project whose data stages ran and were committed
+    (a copy of the prepared one: the queued experiments check the phantom and
+    shards out of its cache instead of each generating them again), two
     experiments queued, the queue started with the store set, and waited for."""
     root = tmp_path_factory.mktemp("parallel")
-    project = make_project(root / "project", QUEUE_PARAMS)
-    # The data stages once, as in a project that ran its pipeline: the queued
-    # experiments check their outputs out of the shared cache instead of each
-    # generating the phantom again.
-    run(["dvc", "repro", "preprocess"], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "data"], project)
-    database = root / "store" / "mlflow.db"
-    assert not database.exists()
-    store = f"sqlite:///{database}"  # database is absolute: sqlite:////...
+    project = copy_project(prepared_tiny, root / "project", QUEUE_PARAMS)
+    steps = recipe()
+    # the doc's example store, /srv/chestxray/..., here under the test's tmp
+    store = steps["export"].split("=", 1)[1].replace("/srv/chestxray", str(root / "srv"))
+    database = Path(store.removeprefix("sqlite:///"))
+    assert store.startswith("sqlite:////") and not database.exists()
     env = queue_env(store)
     started = time.monotonic()
     # Queued without the store: the workers take their environment from `dvc queue start`.
@@ -114,20 +77,22 @@ def queued(tmp_path_factory):
     # committed (the queue takes the workspace as it is), then undone: its run
     # must use it and the first's must not.
     train_module = project / "pipeline" / "model" / "train.py"
-    for rate in LEARNING_RATES:
-        if rate == CHANGED_CODE_RATE:
+    first, second = steps["queue"]
+    for command in (first, second):
+        if command == second:
             train_module.write_text(train_module.read_text() + CODE_CHANGE)
-        dvc(["exp", "run", "--queue", "-S", f"train.learning_rate={rate}"], project, pipeline_env())
+        dvc(shlex.split(command)[1:], project, pipeline_env())
         run(["git", "checkout", "--", str(train_module.relative_to(project))], project)
     try:
-        dvc(["queue", "start", "-j", "2"], project, env)
-        rows = wait_for_queue(project, env, len(LEARNING_RATES))
+        dvc(shlex.split(steps["start"])[1:], project, env)
+        rows = wait_for_queue(project, env, 2)
     finally:
         dvc(["queue", "stop"], project, env)
     elapsed = time.monotonic() - started
     logs = {name: dvc(["queue", "logs", name], project, env) for name in rows}
     return {"project": project, "env": env, "store": store, "database": database, "rows": rows, "logs": logs,
-            "elapsed_s": elapsed}
+            "elapsed_s": elapsed, "backbones": [backbone_of(first), backbone_of(second)],
+            "status": dvc(shlex.split(steps["status"])[1:], project, env)}
 
 
 def test_both_queued_experiments_succeed(queued):
@@ -136,7 +101,8 @@ def test_both_queued_experiments_succeed(queued):
         f"--- {n}\n{text}" for n, text in logs.items() if rows[n] != "Success")
     shown = experiments_shown(queued["project"], queued["env"])
     assert set(shown) == set(rows)
-    assert sorted(e["learning_rate"] for e in shown.values()) == sorted(LEARNING_RATES)
+    assert sorted(e["backbone"] for e in shown.values()) == sorted(queued["backbones"])
+    assert set(queue_rows(queued["status"]).values()) == {"Success"}  # the doc's "until every task reads Success"
     assert all(0.0 <= e["mean_auc"] <= 1.0 for e in shown.values()), shown
     print(f"two queued experiments ran in {queued['elapsed_s']:.0f}s")
 
@@ -146,10 +112,10 @@ def test_each_experiment_runs_the_code_it_was_queued_with(queued):
     scripts there import that copy's pipeline package (src/pipeline), not the
     one the virtualenv's editable install points at."""
     shown = experiments_shown(queued["project"], queued["env"])
-    rate_of = {name: shown[name]["learning_rate"] for name in shown}
+    backbone_of_run = {name: shown[name]["backbone"] for name in shown}
     for name, text in queued["logs"].items():
-        expected = rate_of[name] == CHANGED_CODE_RATE
-        assert (CODE_MARKER in text) == expected, f"{name} (learning rate {rate_of[name]}):\n{text[-3000:]}"
+        expected = backbone_of_run[name] == queued["backbones"][1]
+        assert (CODE_MARKER in text) == expected, f"{name} ({backbone_of_run[name]}):\n{text[-3000:]}"
     assert CODE_MARKER not in (queued["project"] / "pipeline" / "model" / "train.py").read_text()
 
 
@@ -163,8 +129,8 @@ def test_one_store_two_versions_one_champion(queued):
         assert [int(v.version) for v in versions] == [1, 2]
         first, second = versions
         aliases = {alias: str(version) for alias, version in client.get_registered_model(NAME).aliases.items()}
-        rates = {client.get_run(v.run_id).data.params["train.learning_rate"] for v in versions}
-    assert rates == set(LEARNING_RATES), "both versions should come from the two experiments' own runs"
+        backbones = {client.get_run(v.run_id).data.params["train.backbone"] for v in versions}
+    assert backbones == set(queued["backbones"]), "both versions should come from the two experiments' own runs"
     assert aliases["challenger"] == "2"
     # The first found no champion; the second was compared with the first and
     # kept or took the alias, and its tag says which.

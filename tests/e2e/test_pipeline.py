@@ -4,86 +4,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from pipeline.core.labels import FINDINGS
 from pipeline.model.leakage import patient_hash
 from pipeline.model.metrics import ABOVE_EVERY_SCORE
 from pipeline.model.selection import RULE_LEAKAGE
-from tests.conftest import PROJECT_ROOT
+from tests.e2e.project import TINY, dvc, make_project, pipeline_env, queue_env, run, wait_for_queue
 
 pytestmark = pytest.mark.slow
-
-TINY = {
-    "ingest.phantom.n_images": 90,
-    "ingest.phantom.image_size": 256,
-    "preprocess.image_size": 64,
-    "preprocess.shard_size": 25,
-    "train.backbone": "small_cnn",
-    "train.epochs": 2,
-    "train.batch_size": 8,
-    "explain.top_k": 1,
-    "explain.false_positives": 1,
-    "explain.max_localisation_images": 10,
-    # a test split of about 13 films: floors of 2, so that some AUCs and the comparison are figures at all
-    "evaluate.min_slice_positives": 2,
-    "evaluate.min_slice_patients": 2,
-}
-
-
-def set_param(params: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        params = params[key]
-    assert leaf in params, f"params.yaml has no {dotted}"
-    params[leaf] = value
-
-
-def make_project(destination: Path, overrides: dict) -> Path:
-    """A fresh git + DVC repo holding the project's pipeline files."""
-    destination.mkdir()
-    for name in ("dvc.yaml", "src", "pipeline"):
-        source = PROJECT_ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, destination / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, destination / name)
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    for key, value in overrides.items():
-        set_param(params, key, value)
-    (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (destination / "mlruns").mkdir()
-    shutil.copy2(PROJECT_ROOT / "mlruns" / ".gitignore", destination / "mlruns" / ".gitignore")
-    run(["git", "init", "-q"], destination)
-    run(["dvc", "init", "-q"], destination)
-    run(["dvc", "config", "core.analytics", "false"], destination)
-    shutil.copytree(PROJECT_ROOT / ".dvc" / "plots", destination / ".dvc" / "plots")  # dvc.yaml's plot templates
-    run(["git", "add", "-A"], destination)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project"], destination)
-    return destination
-
-
-def pipeline_env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.update({"DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"})
-    return env
-
-
-def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, env=pipeline_env(), capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -265,10 +199,12 @@ def test_invalid_metadata_stops_the_pipeline_at_validate(tmp_path):
     assert [c["column"] for c in failed] == ["sex"] and failed[0]["examples"][0]["image_id"] == "00000007_000.png"
 
 
-def test_exp_run_on_a_real_partial_nih_download(tmp_path, nih_subset):
-    """The README's command for real data, on 300 real images listed among 112,120 CSV rows."""
-    project = make_project(tmp_path / "project", TINY)
-    run(["dvc", "exp", "run", "-S", "ingest.source=nih", "-S", f"ingest.root={nih_subset}", "preprocess"], project)
+def targeted_nih_experiment(project: Path, nih_subset: Path, *extra: str) -> list[str]:
+    """The command of docs/stages.md's targeted experiment: real data, up to preprocess."""
+    return ["dvc", "exp", "run", "-S", "ingest.source=nih", "-S", f"ingest.root={nih_subset}", *extra, "preprocess"]
+
+
+def assert_nih_subset_preprocessed(project: Path, nih_subset: Path) -> None:
     report = json.loads((project / "reports" / "ingest.json").read_text())
     on_disk = len(list((nih_subset / "images_001" / "images").glob("*.png")))
     assert report["images_on_disk"] == report["manifest_rows"] == on_disk == 300
@@ -276,7 +212,31 @@ def test_exp_run_on_a_real_partial_nih_download(tmp_path, nih_subset):
     assert report["images_without_row"] == 0
     preprocess = json.loads((project / "reports" / "preprocess.json").read_text())
     assert sum(preprocess["records"].values()) == 300 and preprocess["quarantined"] == 0
-    assert not (project / "models").exists(), "exp run of preprocess must not train"
+
+
+def test_exp_run_on_a_real_partial_nih_download(tmp_path, nih_subset):
+    """A targeted experiment on 300 real images listed among 112,120 CSV rows,
+    in a project as a fresh clone holds it: the committed dvc.lock names the
+    default run's cached outputs, which are in no cache here. Run, then queued."""
+    project = make_project(tmp_path / "project", TINY)
+    run(targeted_nih_experiment(project, nih_subset), project)
+    assert_nih_subset_preprocessed(project, nih_subset)
+    assert not (project / "models" / "model.keras").exists(), "exp run of preprocess must not train"
+
+    env = queue_env()
+    run(["git", "checkout", "--", "."], project)
+    dvc(targeted_nih_experiment(project, nih_subset, "--queue", "-S", "preprocess.fit=pad")[1:], project, env)
+    try:
+        dvc(["queue", "start"], project, env)
+        rows = wait_for_queue(project, env, 1)
+    finally:
+        dvc(["queue", "stop"], project, env)
+    (name, state), = rows.items()
+    assert state == "Success", dvc(["queue", "logs", name], project, env)
+    shown = json.loads(dvc(["exp", "show", "--json"], project, env))
+    fits = {revision["data"]["params"]["params.yaml"]["data"]["preprocess"]["fit"]
+            for commit in shown for experiment in commit.get("experiments") or [] for revision in experiment["revs"]}
+    assert "pad" in fits, shown
 
 
 def test_use_metadata_reruns_train_evaluate_and_explain_only(repro):
@@ -311,6 +271,28 @@ def test_use_metadata_reruns_train_evaluate_and_explain_only(repro):
     card = mlflow.models.Model.load(str(Path(local) / "MLmodel")).metadata
     assert card["preprocessing"]["input"]["metadata"] == PATIENT_ENCODING
     assert "patient metadata" in (project / "reports" / "evaluate" / "model_card.html").read_text()
+
+
+def test_params_seen_before_train_and_register_in_the_store_named_now(repro, tmp_path):
+    """Back to params DVC has run before (its run cache holds that training)
+    with MLFLOW_TRACKING_URI naming a new store: train and evaluate run again
+    instead of being restored from the run cache, so the version is registered
+    in the store the user named, not only in the one that first trained it."""
+    project, _ = repro
+    store = f"sqlite:///{tmp_path / 'new-store' / 'mlflow.db'}"
+    result = subprocess.run(["dvc", "exp", "run", "-S", "train.use_metadata=false"], cwd=project,
+                            env={**pipeline_env(), "MLFLOW_TRACKING_URI": store}, capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    for stage in ("train", "evaluate", "explain"):
+        assert f"Running stage '{stage}'" in output, output
+    assert "is cached" not in output, output
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    assert str(client.get_model_version_by_alias("chestxray", "champion").version) == "1"
+    run_id = json.loads((project / "models" / "mlflow_run.json").read_text())["run_id"]
+    assert client.get_model_version("chestxray", "1").run_id == run_id  # this run, in the new store
 
 
 def test_more_data_rescores_the_champion_on_the_new_test_split(repro):
@@ -378,3 +360,13 @@ def test_a_new_split_seed_compares_without_the_champions_training_patients(repro
         assert comparison["leakage"]["champion_seen_patients"] == len(leaked)
         assert comparison["test_patients"] == test["patient_id"].nunique() - len(leaked)
         assert comparison["test_images"] == int((~test["patient_id"].isin(leaked)).sum())
+
+
+def test_a_checked_out_dvc_lock_after_a_run_still_runs_a_targeted_experiment(repro, nih_subset):
+    """After a run (this one's outputs in the cache), `git checkout dvc.lock`
+    brings back the committed lock, whose outputs are in no cache here: a
+    targeted experiment on real data still runs. Last: it changes the project."""
+    project, _ = repro
+    run(["git", "checkout", "dvc.lock"], project)
+    run(targeted_nih_experiment(project, nih_subset), project)
+    assert_nih_subset_preprocessed(project, nih_subset)

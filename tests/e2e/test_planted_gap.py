@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from tests.e2e.test_pipeline import make_project, run
+from tests.e2e.project import make_project, run
 
 pytestmark = pytest.mark.slow
 

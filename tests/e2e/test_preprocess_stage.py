@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pipeline.records.tfrecords import file_sha256
-from tests.e2e.test_pipeline import TINY, make_project, pipeline_env, run
+from tests.e2e.project import TINY, make_project, pipeline_env, run
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import yaml
 
 from pipeline.core.labels import FINDINGS
 from tests.conftest import make_nih_root
-from tests.e2e.test_pipeline import TINY, make_project, run
+from tests.e2e.project import TINY, make_project, run
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from tests.conftest import PROJECT_ROOT
-from tests.e2e.test_pipeline import TINY, make_project, run
+from tests.e2e.project import TINY, make_project, run
 
 MARKER = "stage code from the copied checkout"
 

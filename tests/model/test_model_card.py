@@ -195,7 +195,8 @@ def test_card_renders_in_headless_chromium(tmp_path, page):
     path = tmp_path / "model_card.html"
     path.write_text(page)
     result = subprocess.run(
-        ["chromium", "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom", path.as_uri()],
+        ["chromium", "--headless", "--disable-gpu", "--no-sandbox", f"--user-data-dir={tmp_path / 'profile'}",
+         "--dump-dom", path.as_uri()],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr

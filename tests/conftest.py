@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,19 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 NIH_SUBSET = SHARED_DATA / "nih-subset"
 NIH_64PX = SHARED_DATA / "nih-64px"
+
+
+@pytest.fixture(autouse=True)
+def restore_sys_path() -> Iterator[None]:
+    """sys.path as it was before each test. Loading a registered pyfunc puts
+    MLflow's copy of the model's code (a few pipeline modules) in front of
+    it; a later test's spawned workers (preprocess, phantom), which import
+    from this process's sys.path, would then find that partial package
+    ("No module named 'pipeline.core.parallel'"), depending on which tests
+    ran before in the same process."""
+    saved = list(sys.path)
+    yield
+    sys.path[:] = saved
 
 
 def require_shared(path: Path, what: str) -> None:

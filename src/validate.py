@@ -22,12 +22,12 @@ def main() -> None:
     params = load_params()
     source = path_of(params, "manifest")
     rejected_out = path_of(params, "reports") / "rejected_rows.csv"
-    on_invalid = (params.get("validate") or {}).get("on_invalid", "fail")
+    settings = section(params, "validate")
     result = validate_manifest(
         read_manifest(source), source=section(params, "ingest")["source"],
         rejected_rows=read_rejected_rows(ingest_output(params, "rejected_rows")),
         ages_missing=json.loads(ingest_output(params, "ingest_report").read_text()).get("ages_missing", []),
-        on_invalid=on_invalid,
+        on_invalid=settings["on_invalid"], min_split_patients=settings["min_split_patients"],
     )
     page = write_validation_report(result, str(source), path_of(params, "validation_report"))
     write_rejected_rows(result.rejected_rows, rejected_out)

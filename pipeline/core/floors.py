@@ -12,3 +12,8 @@ MIN_POSITIVES = 10
 # Every figure of a slice (and any interval) needs films of this many patients:
 # the bootstrap resamples patients, and with fewer its intervals are too narrow.
 MIN_PATIENTS = 10
+# A threshold is chosen from at least this many positive and as many negative
+# validation films of its finding; with one, it would be that one film's score
+# (a one-patient validation split gave Youden cuts of 1.0). Below it the
+# threshold falls back and is listed in thresholds_defaulted.
+MIN_THRESHOLD_FILMS = 2

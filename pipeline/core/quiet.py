@@ -25,6 +25,7 @@ import sys
 import tempfile
 import warnings
 
+MLFLOW_DB_LOGGER = "mlflow.store.db.utils"
 NOISY_LOGGERS = ("mlflow", "alembic", "absl", "tensorflow", "h5py", "urllib3", "great_expectations")
 # Warnings of these modules are advice to library authors (type hints,
 # pickling, deprecations), not to someone running the pipeline.
@@ -54,6 +55,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # It logs every database error with its traceback (90 lines for a full disk)
+    # before raising it; the stage's one line already says what failed.
+    logging.getLogger(MLFLOW_DB_LOGGER).setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", module=NOISY_WARNING_MODULES)
     warnings.filterwarnings("ignore", message=NOISY_WARNING_TEXT.pattern)
     if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):

@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from pipeline.core.tracking import TrackingServerError, disable_telemetry
 
@@ -87,6 +88,24 @@ def store_failure(exc: BaseException, uri: str | None = None) -> str | None:
     return f"MLflow store {redacted(uri)}: {cause}"
 
 
+def remove_stale_staging() -> None:
+    """Delete what killed stages left beside any output of params.yaml's `paths`
+    (a killed preprocess leaves `.tfrecords.<pid>.*.tmp`, gigabytes at full
+    scale): each stage clears them all, since a run that DVC restores from its
+    cache runs none of the stages whose staging they are. Only temporaries of
+    dead processes are removed (pipeline.core.atomic)."""
+    from pipeline.core.atomic import remove_stale_temporaries
+    from pipeline.core.config import ConfigError, load_params
+
+    try:
+        paths = load_params().get("paths") or {}
+    except ConfigError:
+        return  # the stage's own read of params.yaml says what is wrong
+    for value in paths.values() if isinstance(paths, dict) else ():
+        if isinstance(value, str) and value:
+            remove_stale_temporaries(Path(value))
+
+
 def run_stage(name: str, main: Callable[[], None]) -> None:
     """Run a stage's main(); a known failure prints `<stage>: error: ...` and exits 1;
     SIGTERM, SIGINT or SIGHUP (or the parent's death) end the MLflow run as KILLED
@@ -105,6 +124,7 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
     previous = {stop_signal: signal.signal(stop_signal, _stop) for stop_signal in STOP_SIGNALS}
     die_with_parent()
     try:
+        remove_stale_staging()
         main()
     except StageStopped as stopped:
         ended = f"; MLflow run {stopped.run_id} ended as KILLED" if stopped.run_id else ""
@@ -113,7 +133,12 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
     except Exception as exc:
         if os.environ.get("PIPELINE_DEBUG"):
             raise
-        message = str(exc) if isinstance(exc, expected) else store_failure(exc)
+        from pipeline.core.faults import system_fault_line
+
+        # The true cause first (a full disk can surface as a ValueError or a store
+        # failure), unless the stage already composed its own line around it.
+        fault = None if isinstance(exc, StageError) else system_fault_line(exc)
+        message = fault or (str(exc) if isinstance(exc, expected) else store_failure(exc))
         if message is None:
             raise
         print(f"{name}: error: {message}", file=sys.stderr)

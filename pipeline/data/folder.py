@@ -25,7 +25,6 @@ and reason in one run, and validate.on_invalid decides.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import re
@@ -33,7 +32,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.core.file_kind import file_kind
 from pipeline.core.labels import FINDINGS, SEXES, VIEWS, format_finding_labels
+from pipeline.data.csv_file import csv_file, csv_rows
 from pipeline.data.manifest import MANIFEST_COLUMNS, display_path
 from pipeline.data.nih import NOT_AN_IMAGE_NAME, SAME_INDEX_TWICE, DataEntryError
 from pipeline.data.row_problems import (
@@ -92,21 +93,25 @@ def read_labels_csv(path: Path) -> tuple[pd.DataFrame, list[dict]]:
     and its rows with the wrong number of fields. Raises only for a file
     without a usable header."""
     if not path.is_file():
-        raise DataEntryError(f"{path}: labels CSV not found (ingest.labels, relative to ingest.root)")
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
+        kind = file_kind(path.stat().st_mode) if path.exists() else None
+        problem = f"is {kind}, not a CSV file" if kind else "labels CSV not found"
+        raise DataEntryError(f"{path}: {problem} (ingest.labels, relative to ingest.root)")
+    with csv_file(path) as reader:
         header = [h.strip().lower() for h in next(reader, [])]
         check_labels_header(path, header)
         rows, lines, rejected = [], [], []
-        for fields in reader:
+        for line, fields, unreadable in csv_rows(reader):
+            if unreadable:
+                rejected.append(rejected_row(str(path), line, "", unreadable))
+                continue
             if not any(f.strip() for f in fields):
                 continue
             if len(fields) != len(header):
-                rejected.append(rejected_row(str(path), reader.line_num, fields[0].strip(),
+                rejected.append(rejected_row(str(path), line, fields[0].strip(),
                                              f"unreadable row: expected {len(header)} fields, got {len(fields)}"))
                 continue
             rows.append([f.strip() for f in fields])
-            lines.append(reader.line_num)
+            lines.append(line)
     frame = pd.DataFrame(rows, columns=header, dtype=object)
     frame["line"] = pd.Series(lines, dtype="int64")
     return frame, rejected

@@ -8,12 +8,12 @@ unusable (missing, empty, wrong header) or no image is left.
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.core.labels import BOX_LABEL_ALIASES, FINDINGS, LabelError, parse_finding_labels
+from pipeline.data.csv_file import csv_file
 from pipeline.data.manifest import MANIFEST_COLUMNS, display_path
 from pipeline.data.nih import (
     BBOX_FILE_NAME,
@@ -194,8 +194,7 @@ def read_boxes(root: Path, image_ids: set[str]) -> pd.DataFrame:
     path = Path(root) / BBOX_FILE_NAME
     rows = []
     if path.is_file():
-        with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.reader(handle)
+        with csv_file(path) as reader:
             header = next(reader, [])
             if not ",".join(header).startswith("Image Index,Finding Label"):
                 raise DataEntryError(f"{path}: line 1: not NIH's box list header: {','.join(header)[:80]}")

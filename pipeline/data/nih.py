@@ -4,15 +4,13 @@ The phantom is written in this same format, so one reader serves both.
 """
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from pipeline.data.csv_file import DataEntryError, csv_file, csv_rows
 from pipeline.data.row_problems import ages_with_notes, rejected_row
 
 # NIH's header spans two CSV columns each for original size and pixel spacing,
@@ -57,10 +55,6 @@ CSV_NAMES = {"follow_up": "Follow-up #", "patient_id": "Patient ID", "orig_width
              "orig_height": "OriginalImage Height"}
 
 
-class DataEntryError(ValueError):
-    """A metadata CSV that cannot be read; the message names file, row and problem."""
-
-
 def check_source(source: str) -> None:
     """A data-root layout this module reads (phantom is NIH's layout)."""
     if source not in SOURCES:
@@ -83,12 +77,6 @@ def find_metadata_csv(root: Path, source: str = "nih") -> Path:
     elif source == "kaggle-sample" and any((root / n).is_file() for n in METADATA_FILE_NAMES):
         hint = "; it holds NIH's Data_Entry CSV: set ingest.source to nih"
     raise DataEntryError(f"{root}: no metadata CSV found (looked for {', '.join(names)}){hint}")
-
-
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
 
 
 # The columns every NIH metadata table starts with, in this order (NIH's
@@ -135,24 +123,26 @@ def read_metadata(path: Path) -> MetadataTable:
     rows: list[list[str]] = []
     lines: list[int] = []
     rejected: list[dict] = []
-    with _open_text(path) as handle:
-        reader = csv.reader(handle)
+    with csv_file(path) as reader:
         header = next(reader, None)
         if header is None:
             raise DataEntryError(f"{path}: empty file, expected NIH's header")
         check_metadata_header(path, header)
-        for fields in reader:
+        for line, fields, unreadable in csv_rows(reader):
+            if unreadable:
+                rejected.append(rejected_row(file, line, "", unreadable))
+                continue
             if fields and fields[-1] == "":  # the 2017 file's trailing comma
                 fields = fields[:-1]
             if not fields:
                 continue
             if len(fields) != len(METADATA_FIELDS):
-                rejected.append(rejected_row(file, reader.line_num, fields[0],
+                rejected.append(rejected_row(file, line, fields[0],
                                              f"unreadable row: expected {len(METADATA_FIELDS)} fields, "
                                              f"got {len(fields)}: {','.join(fields)[:120]}"))
                 continue
             rows.append(fields)
-            lines.append(reader.line_num)
+            lines.append(line)
     frame = pd.DataFrame(rows, columns=list(METADATA_FIELDS))
     frame["line"] = pd.Series(lines, dtype="int64")
     frame, unreadable = _integer_fields(frame, file)

@@ -68,6 +68,9 @@ FINDING_LABELS_REGEX = (
 INTEGER_TYPES = ["int64", "int32", "int16", "int8", "Int64Dtype", "Int32Dtype", "Int16Dtype", "Int8Dtype"]
 MISMATCH_COLUMN = "_multi_hot_mismatch"
 PATIENT_SPLITS_COLUMN = "_patient_split_count"
+# Default of validate.min_split_patients: the validation and test splits each
+# need films of this many patients (docs/real-data.md#small-splits).
+MIN_SPLIT_PATIENTS = 2
 HELPER_COLUMNS = (MISMATCH_COLUMN, PATIENT_SPLITS_COLUMN)  # appended after the manifest's
 MAX_EXAMPLES = 5
 NOT_EVALUATED = "not evaluated"
@@ -127,8 +130,8 @@ def suite_kind(source: str) -> str:
     return "folder" if source == "folder" else "nih"
 
 
-@lru_cache(maxsize=2)
-def _runner(kind: str = "nih"):
+@lru_cache(maxsize=4)
+def _runner(kind: str = "nih", min_split_patients: int = MIN_SPLIT_PATIENTS):
     """One ephemeral context + pandas datasource + whole-frame batch definition +
     validation definition per suite kind, built once per process and reused."""
     gx = _gx()
@@ -147,14 +150,22 @@ def _runner(kind: str = "nih"):
     context = gx.get_context(mode="ephemeral", project_config=config)
     asset = context.data_sources.add_pandas(f"manifest_source_{kind}").add_dataframe_asset("manifest")
     batch_definition = asset.add_batch_definition_whole_dataframe("whole_manifest")
-    suite = context.suites.add(build_manifest_suite(kind))
+    suite = context.suites.add(build_manifest_suite(kind, min_split_patients))
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"manifest_validation_{kind}", data=batch_definition, suite=suite)
     )
     return definition
 
 
-def build_manifest_suite(source: str = "nih") -> great_expectations.core.ExpectationSuite:
+def split_floor(split: str, min_split_patients: int) -> int:
+    """Patients a split needs: training needs one; validation chooses the
+    thresholds and test gives the figures, and neither can from fewer than
+    min_split_patients patients (validate.min_split_patients)."""
+    return 1 if split == "train" else min_split_patients
+
+
+def build_manifest_suite(source: str = "nih",
+                         min_split_patients: int = MIN_SPLIT_PATIENTS) -> great_expectations.core.ExpectationSuite:
     """The manifest's expectations for a source (ingest.source), in report
     order. Severity CRITICAL is reported as "error" (fails the stage),
     WARNING as "warning". Missing ages (<NA>) pass the age checks."""
@@ -222,6 +233,14 @@ def build_manifest_suite(source: str = "nih") -> great_expectations.core.Expecta
         column=PATIENT_SPLITS_COLUMN, min_value=1, max_value=1,
         description="no patient has images in more than one split",
     ))
+    for split in SPLITS:
+        floor = split_floor(split, min_split_patients)
+        add(E.ExpectColumnUniqueValueCountToBeBetween(
+            column="patient_id", min_value=floor, row_condition=Column("split") == split,
+            description=(f"split '{split}' has films of at least {floor} patient(s)"
+                         + ("" if split == "train" else " (validate.min_split_patients)")),
+            meta={"split": split, "floor": floor},
+        ))
     for split in SPLITS:
         for finding in FINDINGS:
             add(E.ExpectColumnMaxToBeBetween(
@@ -324,6 +343,10 @@ def _check_from_result(result, frame: pd.DataFrame, manifest_columns: list) -> d
     }
     if config.meta:
         check.update({k: v for k, v in config.meta.items() if k in ("split", "finding")})
+    if "floor" in (config.meta or {}) and not result.success and "observed_value" in details:
+        check["error"] = (f"split '{check['split']}' has films of {_plain(details['observed_value'])} patient(s), "
+                          f"fewer than the {config.meta['floor']} it needs: the run would fail or report figures "
+                          f"from nothing after training (change ingest.split or add data)")
     message = _exception_message(getattr(result, "exception_info", None))
     if check["column"] is not None and check["column"] not in frame.columns:
         message = f"column '{check['column']}' is missing"
@@ -435,6 +458,7 @@ def validate_manifest(
     rejected_rows: list[dict] | tuple = (),
     ages_missing: list[dict] | tuple = (),
     on_invalid: str = "fail",
+    min_split_patients: int = MIN_SPLIT_PATIENTS,
 ) -> ValidationResult:
     """Run the manifest suite for `source` (ingest.source) on `manifest` (as
     read by read_manifest), with ingest's rejected rows and ages kept as
@@ -443,7 +467,9 @@ def validate_manifest(
     age is a warning."""
     if on_invalid not in ON_INVALID:
         raise ValueError(f"validate.on_invalid must be one of {', '.join(ON_INVALID)}, got {on_invalid!r}")
-    definition = _runner(suite_kind(source))
+    if isinstance(min_split_patients, bool) or not isinstance(min_split_patients, int) or min_split_patients < 1:
+        raise ValueError(f"validate.min_split_patients must be a whole number >= 1, got {min_split_patients!r}")
+    definition = _runner(suite_kind(source), min_split_patients)
     frame = _with_helper_columns(manifest)
     suite_result = definition.run(
         batch_parameters={"dataframe": frame},

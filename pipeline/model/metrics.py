@@ -16,7 +16,7 @@ import math
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from pipeline.core.floors import MIN_PATIENTS, MIN_POSITIVES
+from pipeline.core.floors import MIN_PATIENTS, MIN_POSITIVES, MIN_THRESHOLD_FILMS
 from pipeline.core.labels import FINDINGS
 from pipeline.model.bootstrap import (
     describe,
@@ -27,8 +27,8 @@ from pipeline.model.bootstrap import (
 )
 
 THRESHOLD_METHODS = ("youden", "max_f1", "sensitivity")
-# Used when a split has no positive (or no negative) for a finding, so no
-# threshold can be chosen from data; reported as such in the metrics.
+# Used when a split has too few positives or negatives of a finding
+# (MIN_THRESHOLD_FILMS), so no threshold can be chosen from data; reported as such in the metrics.
 FALLBACK_THRESHOLD = 0.5
 # Youden's "call nothing": the best cut is above every score. Probabilities lie
 # in [0, 1], so the next float above 1 calls no film, a saturated 1.0 included.
@@ -188,10 +188,13 @@ def choose_threshold(
 def choose_thresholds(
     labels: np.ndarray, probs: np.ndarray, method: str, target_sensitivity: float = 0.9
 ) -> tuple[dict[str, float], list[str]]:
-    """Per-finding thresholds, and the findings that fell back to FALLBACK_THRESHOLD."""
+    """Per-finding thresholds, and the findings that fell back to FALLBACK_THRESHOLD:
+    those with fewer than MIN_THRESHOLD_FILMS positive or negative films in `labels`."""
     thresholds, fallbacks = {}, []
     for i, finding in enumerate(FINDINGS):
-        chosen = choose_threshold(labels[:, i], probs[:, i], method, target_sensitivity) if len(labels) else None
+        positives = int(labels[:, i].sum()) if len(labels) else 0
+        enough = min(positives, len(labels) - positives) >= MIN_THRESHOLD_FILMS
+        chosen = choose_threshold(labels[:, i], probs[:, i], method, target_sensitivity) if enough else None
         if chosen is None:
             fallbacks.append(finding)
             chosen = FALLBACK_THRESHOLD

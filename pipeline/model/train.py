@@ -241,8 +241,13 @@ def train_model(
     index = read_shard_index(tfrecord_dir)
     train_files = shard_files(tfrecord_dir, "train")
     val_files = shard_files(tfrecord_dir, "val")
-    if index["splits"]["train"]["records"] == 0:
-        raise ValueError(f"{tfrecord_dir}: the train split has no records")
+    for split in ("train", "val"):
+        # val chooses the best epoch, and evaluate its thresholds: without it a
+        # run would train for nothing (validate's floor stops this earlier,
+        # unless preprocess quarantined every film of the split)
+        if index["splits"][split]["records"] == 0:
+            raise ValueError(f"{tfrecord_dir}: the {split} split has no records ({index.get('quarantined', 0)} "
+                             f"film(s) quarantined by preprocess: reports/quarantine.csv); nothing was trained")
     batch_size = int(settings["batch_size"])
     epochs = int(settings["epochs"])
     metadata = uses_patient_metadata(model)
@@ -254,13 +259,11 @@ def train_model(
         seed=seed, cache=bool(settings.get("cache", False)), records=index["splits"]["train"]["records"],
         metadata=metadata, workers=workers, worker_index=position,
     )
-    has_val = index["splits"]["val"]["records"] > 0
-    val_data = (make_dataset(val_files, batch_size, cache=True, records=index["splits"]["val"]["records"],
-                             metadata=metadata, workers=workers, worker_index=position)
-                if has_val else None)
+    val_data = make_dataset(val_files, batch_size, cache=True, records=index["splits"]["val"]["records"],
+                            metadata=metadata, workers=workers, worker_index=position)
     steps_per_epoch = math.ceil(index["splits"]["train"]["records"] / batch_size)
     loss = make_loss(settings, positive_weights(index))
-    monitor = "val_auc" if has_val else "auc"
+    monitor = "val_auc"
     checkpoint = keras.callbacks.ModelCheckpoint(str(checkpoint_path), monitor=monitor, mode="max",
                                                  save_best_only=True)
     logger = EpochLogger(epochs, mlflow_module)
@@ -308,7 +311,7 @@ def train_model(
             "epochs": len(monitored),
             "stopped_early": len(monitored) < epochs,
             "best_epoch": best + 1,
-            f"best_{monitor}": float(monitored[best]),
+            "best_val_auc": float(monitored[best]),
             "warmup_epochs": phases[0][1] if not phases[0][2] else 0,
             "trainable_weights": trainable_weights[-1],
             "train_images": int(index["splits"]["train"]["records"]),
@@ -341,6 +344,7 @@ def train_and_track(
     Returns {"summary", "history", "chief": True, "run": {"run_id", "experiment_id", "tracking_uri"}},
     or on a non-chief worker {"summary", "history", "chief": False}."""
     from pipeline.core.atomic import atomic_path
+    from pipeline.core.faults import disk_full_error
     from pipeline.core.tracking import configure_mlflow, data_hash, flatten_params, git_commit, run_name
     from pipeline.model.architectures import build_model
 
@@ -378,9 +382,10 @@ def train_and_track(
                 except Exception as exc:  # the store failed after the last epoch
                     failure = exc
             if failure is not None:
-                kept = keep_checkpoint(checkpoint, model_file)
+                # On a full disk the checkpoint is dropped (atomic_path removes it): it would fill the next run's disk.
+                kept = None if disk_full_error(failure) else keep_checkpoint(checkpoint, model_file)
                 raise TrackingLost(tracking_lost_message(mlflow.get_tracking_uri(), failure, result["summary"],
-                                                         kept, settings))
+                                                         kept, settings, model_file))
     except BaseException:
         end_run_quietly(mlflow, "FAILED")
         raise
@@ -435,9 +440,17 @@ def keep_checkpoint(checkpoint: Path, model_file: Path) -> Path:
     return kept
 
 
-def tracking_lost_message(uri: str, failure: BaseException, summary: dict, kept: Path, settings: dict) -> str:
-    """One line: which store failed and why, what was kept, how to go on."""
+def tracking_lost_message(uri: str, failure: BaseException, summary: dict, kept: Path | None, settings: dict,
+                          model_file: Path) -> str:
+    """One line: which store failed and why (a full disk said as such), what was kept and its size, how to go on."""
+    from pipeline.core.faults import disk_full_line, human_bytes
     from pipeline.core.tracking import redacted
+
+    if kept is None:
+        return (f"{disk_full_line(failure, Path(model_file).parent)} (MLflow store {redacted(uri)} could not record "
+                f"the run); the best epoch ({summary['best_epoch']} of {summary['epochs']}) was not kept, so as not "
+                f"to fill the disk further, and {model_file} is not written; rerun `dvc repro train` once there is "
+                f"space")
 
     lines = [line.strip() for line in str(failure).strip().splitlines() if line.strip()]
     cause = (lines[0] if lines else type(failure).__name__)[:300]
@@ -445,8 +458,8 @@ def tracking_lost_message(uri: str, failure: BaseException, summary: dict, kept:
                  if key.startswith("best_") and key != "best_epoch"), "")
     return (f"MLflow store {redacted(uri)} failed during training ({cause}); the best epoch so far "
             f"({summary['best_epoch']} of {summary['epochs']} run, {int(settings['epochs'])} planned; {best}) is "
-            f"kept at {kept}, the stage output is unchanged; fix the store and rerun `dvc repro train` "
-            "(training starts again)")
+            f"kept at {kept} ({human_bytes(kept.stat().st_size)}; delete it when done), and {model_file} is not "
+            f"written; fix the store and rerun `dvc repro train` (training starts again)")
 
 
 def end_run_quietly(mlflow, status: str) -> None:

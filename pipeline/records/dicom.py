@@ -23,10 +23,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_fragments
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from pipeline.records.codestream import J2K_SEARCH_BYTES, J2K_SOC_SIZ, j2k_dimensions, jpeg_dimensions
 from pipeline.records.image_file import DICOM_MAGIC_OFFSET, ImageError, check_pixel_count, read_image_bytes
 
 # ViewPosition values of a lateral film (NIH's set has only PA and AP).
@@ -36,6 +38,7 @@ MAX_BITS_STORED = 16
 AGE_STRING = re.compile(r"^\s*(\d+)\s*([DWMY]?)\s*$")
 # As pipeline.data.nih reads Kaggle's ages: months, weeks and days round down to whole years.
 YEARS_PER_UNIT = {"": 1.0, "Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
+JPEG_SOI = b"\xff\xd8"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -147,6 +150,40 @@ def _with_transfer_syntax(dataset: Dataset) -> Dataset:
     return dataset
 
 
+def embedded_frame_dimensions(dataset: Dataset, name: str) -> tuple[str, tuple[int, int]] | None:
+    """(codestream kind, (width, height)) read from the header of a compressed
+    DICOM's first pixel fragment, None for uncompressed pixels or RLE (whose
+    decoded size is Rows x Columns by construction)."""
+    syntax = dataset.file_meta.get("TransferSyntaxUID")
+    if syntax is None or not syntax.is_encapsulated or "PixelData" not in dataset:
+        return None
+    try:
+        fragments = generate_fragments(dataset.PixelData)
+        next(fragments, None)  # the Basic Offset Table item
+        first = next(fragments, b"")
+    except ValueError as exc:
+        raise ImageError(f"{name}: DICOM encapsulated pixel data is broken ({_one_line(exc)})") from exc
+    if first.startswith(JPEG_SOI):
+        return "JPEG", jpeg_dimensions(first, name)
+    if J2K_SOC_SIZ in first[:J2K_SEARCH_BYTES]:
+        return "JPEG 2000", j2k_dimensions(first, name)
+    return None
+
+
+def check_embedded_frame(dataset: Dataset, name: str) -> None:
+    """ImageError when a compressed DICOM's codestream claims another size than
+    its Rows/Columns: the decoder allocates what the codestream says, so a
+    978-byte file whose header says 256x256 could otherwise cost gigabytes."""
+    embedded = embedded_frame_dimensions(dataset, name)
+    if embedded is None:
+        return
+    kind, (width, height) = embedded
+    columns, rows = int(dataset.Columns), int(dataset.Rows)
+    if (width, height) != (columns, rows):
+        raise ImageError(f"{name}: the embedded {kind} codestream is {width}x{height} pixels but the DICOM header "
+                         f"says {columns}x{rows} (Columns x Rows): refused before decoding")
+
+
 def dicom_to_gray8(data: bytes, name: str = "image") -> np.ndarray:
     """DICOM bytes -> 2-D uint8 display image; the header (size, frames,
     colour) is checked before the pixels are decoded."""
@@ -155,6 +192,7 @@ def dicom_to_gray8(data: bytes, name: str = "image") -> np.ndarray:
     check_single_grey_frame(dataset, name)
     if "PixelData" not in dataset:
         raise ImageError(f"{name}: DICOM without (integer) PixelData")
+    check_embedded_frame(dataset, name)
     try:
         stored = _with_transfer_syntax(dataset).pixel_array
         table = grey_lookup_table(dataset)

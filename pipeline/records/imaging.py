@@ -29,17 +29,24 @@ stay light; pydicom is imported only when a DICOM file arrives.
 """
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from pipeline.records.codestream import jpeg_dimensions
 from pipeline.records.image_file import (  # re-exported: the names every stage imports from here
-    DICOM_MAGIC_OFFSET,
     MAX_PIXELS,  # noqa: F401
+    PNG_SIGNATURE,
     ImageError,
     check_pixel_count,
+    not_an_image,
     read_image_bytes,
+    signature_format,
 )
 
 # Film shape defaults (params preprocess.min_side, preprocess.max_aspect). The
@@ -49,13 +56,6 @@ from pipeline.records.image_file import (  # re-exported: the names every stage 
 MIN_SIDE = 32
 MAX_ASPECT = 2.0
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-JPEG_SOI = b"\xff\xd8\xff"
-# SOF0..SOF15 carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
-JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-# Markers without a length field: TEM and the restart markers.
-JPEG_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})
-JPEG_END_OF_HEADER = frozenset({0xD9, 0xDA})  # EOI, SOS: no frame header after these
 BIT_DEPTHS = (8, 10, 12, 14, 16)
 # Colour channels per PNG colour type; sBIT has one byte per channel, alpha last.
 PNG_COLOUR_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 1, 6: 3}
@@ -69,13 +69,10 @@ def image_format(data: bytes, name: str = "image") -> str:
     DICOM without its 128-byte preamble); ImageError for anything else."""
     if len(data) == 0:
         raise ImageError(f"{name}: empty file (0 bytes)")
-    if data[:8] == PNG_SIGNATURE:
-        return "png"
-    if data[:3] == JPEG_SOI:
-        return "jpeg"
-    if data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == b"DICM" or name.lower().endswith(".dcm"):
-        return "dicom"
-    raise ImageError(f"{name}: not a readable PNG, JPEG or DICOM image (unrecognised first bytes {data[:8]!r})")
+    kind = signature_format(data, name)
+    if kind is not None:
+        return kind
+    raise not_an_image(name)
 
 
 def png_dimensions(data: bytes) -> tuple[int, int] | None:
@@ -83,38 +80,6 @@ def png_dimensions(data: bytes) -> tuple[int, int] | None:
     if len(data) >= 24 and data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR":
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     return None
-
-
-def jpeg_dimensions(data: bytes, name: str = "image") -> tuple[int, int]:
-    """(width, height) from a JPEG's frame header (SOF0..SOF15), walking the
-    segments before it (APPn, DQT, DHT, ...) without decoding."""
-    position = 2
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            raise ImageError(f"{name}: JPEG header broken at byte {position} (no segment marker)")
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            position += 1
-            continue
-        if marker in JPEG_STANDALONE_MARKERS:
-            position += 2
-            continue
-        if marker in JPEG_END_OF_HEADER:
-            break
-        length = int.from_bytes(data[position + 2:position + 4], "big")
-        if length < 2:
-            raise ImageError(f"{name}: JPEG segment at byte {position} has an impossible length {length}")
-        if marker in JPEG_FRAME_MARKERS:
-            if length < 8 or position + 9 > len(data):
-                break
-            height = int.from_bytes(data[position + 5:position + 7], "big")
-            width = int.from_bytes(data[position + 7:position + 9], "big")
-            if width == 0 or height == 0:
-                raise ImageError(f"{name}: JPEG frame header gives {width}x{height} pixels (a height set by a "
-                                 f"later DNL marker is not supported)")
-            return width, height
-        position += 2 + length
-    raise ImageError(f"{name}: not a readable JPEG image (no frame header: corrupt or truncated)")
 
 
 def image_dimensions(data: bytes, name: str = "image") -> tuple[int, int]:
@@ -210,6 +175,35 @@ def to_gray(image: np.ndarray, name: str) -> np.ndarray:
     raise ImageError(f"{name}: unsupported channel count {channels}")
 
 
+_native_capture = None
+# File descriptor 2 is the process's: two threads swapping it at once could leave it swapped.
+_native_capture_lock = threading.Lock()
+
+
+def decode_quietly(data: bytes) -> tuple[np.ndarray | None, list[str]]:
+    """cv2.imdecode with what libpng and libjpeg print to file descriptor 2
+    ("libpng error: bad adaptive filter value") taken as text: the reason of
+    the ImageError that follows, instead of a stray line beside our message."""
+    global _native_capture
+    with _native_capture_lock:
+        if _native_capture is None:
+            _native_capture = tempfile.TemporaryFile()
+        _native_capture.seek(0)
+        _native_capture.truncate()
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(_native_capture.fileno(), 2)
+        try:
+            image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        _native_capture.seek(0)
+        text = _native_capture.read().decode(errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return image, [line for line in lines if "warning" not in line.lower()]
+
+
 def decode_to_gray8(data: bytes, name: str = "image") -> np.ndarray:
     """Decode PNG, JPEG or DICOM bytes to a 2-D uint8 array; the size is
     checked from the header first, and every decoder failure is an ImageError."""
@@ -219,12 +213,13 @@ def decode_to_gray8(data: bytes, name: str = "image") -> np.ndarray:
     width, height = image_dimensions(data, name)
     check_pixel_count(width, height, name)
     try:
-        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        image, native = decode_quietly(data)
     except DECODER_ERRORS as exc:
         detail = " ".join(str(exc).split()) or "no detail"  # cv2.error spans several lines
         raise ImageError(f"{name}: not a readable {kind.upper()} image ({type(exc).__name__}: {detail})") from exc
     if image is None:
-        raise ImageError(f"{name}: not a readable {kind.upper()} image (corrupt or truncated)")
+        detail = "".join(f": {line}" for line in native)
+        raise ImageError(f"{name}: not a readable {kind.upper()} image (corrupt or truncated{detail})")
     if image.dtype not in (np.uint8, np.uint16):
         raise ImageError(f"{name}: unsupported pixel type {image.dtype}")
     gray = to_gray(image, name)
@@ -281,25 +276,3 @@ def encode_image(image: np.ndarray, encoding: str = "png", jpeg_quality: int = 9
     if not ok:
         raise ImageError(f"could not encode image as {encoding}")
     return buffer.tobytes()
-
-
-def prepare_image(
-    task: tuple[str, int, str, str, int, int, float],
-) -> tuple[bytes | None, int, int, str | None]:
-    """The preprocess stage's work per image, run in its worker processes:
-    (path, size, fit, encoding, jpeg_quality, min_side, max_aspect) ->
-    (encoded, width, height, error). The film's shape is checked from its
-    header, before decoding.
-
-    Here, not in pipeline.records.preprocess, so that workers import only OpenCV and NumPy.
-    """
-    path, size, fit, encoding, quality, min_side, max_aspect = task
-    try:
-        data = read_image_bytes(path)
-        width, height = image_dimensions(data, path)
-        check_film_shape(width, height, path, min_side, max_aspect)
-        gray = decode_to_gray8(data, path)
-        height, width = gray.shape
-        return encode_image(resize_square(gray, size, fit), encoding, quality), width, height, None
-    except ImageError as exc:
-        return None, 0, 0, str(exc)

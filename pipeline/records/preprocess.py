@@ -3,9 +3,10 @@
 Decoding and resizing run in worker processes; the parent writes records in
 manifest order, so the shards are byte-identical whatever the worker count.
 Memory is bounded by a fixed number of images in flight, not by the data
-size. Images that cannot be decoded, and films whose header gives an
-implausible shape (see pipeline.records.imaging.check_film_shape), are
-quarantined with their reason, never silently dropped, and the rest are written.
+size. Films that fail the checks a served film must pass
+(pipeline.records.film: unreadable, implausible shape, lateral, blank), and a
+film whose worker process dies decoding it, are quarantined with their reason,
+never silently dropped, and the rest are written.
 """
 from __future__ import annotations
 
@@ -17,12 +18,18 @@ import pandas as pd
 from pipeline.core.labels import FINDINGS, SPLITS
 from pipeline.core.parallel import ordered_map
 from pipeline.core.progress import Progress
-from pipeline.records.imaging import MAX_ASPECT, MIN_SIDE, prepare_image
+from pipeline.records.film import prepare_image
+from pipeline.records.imaging import MAX_ASPECT, MIN_SIDE
 
 QUARANTINE_COLUMNS = ["image_id", "path", "split", "reason"]
 # Images per round trip to a worker: amortises the hand-over (measured at
 # ~1 ms per task in the parent) while keeping few images in flight.
 IMAGES_PER_TASK = 8
+
+
+def quarantined_by_death(task: tuple, reason: str) -> tuple[None, int, int, str]:
+    """prepare_image's result for a film whose worker died decoding it (pipeline.core.parallel)."""
+    return None, 0, 0, f"{task[0]}: {reason}"
 
 
 def write_tfrecord_shards(
@@ -61,7 +68,8 @@ def write_tfrecord_shards(
                    "findings": list(FINDINGS), "splits": {}, "shards": []}
     progress = Progress(len(rows), "preprocess")
     # closing() shuts the worker pool down, also when a shard write fails
-    with closing(ordered_map(prepare_image, tasks, workers, chunk_size=IMAGES_PER_TASK)) as results:
+    with closing(ordered_map(prepare_image, tasks, workers, chunk_size=IMAGES_PER_TASK,
+                             on_worker_death=quarantined_by_death, label="preprocess")) as results:
         for split in SPLITS:
             writer = ShardWriter(out_dir, split, shard_size)
             positives = [0] * len(FINDINGS)

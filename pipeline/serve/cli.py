@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -403,14 +404,16 @@ def load_for_command(args: argparse.Namespace) -> XrayModel:
 
 def any_dicom(images: list[str]) -> bool:
     """Whether any input may be a DICOM (its magic bytes, or the name), read from 132 bytes of each."""
+    from pipeline.records.image_file import ImageError, check_regular_file
     from pipeline.serve.predict import is_dicom
 
     for image in images:
         try:
+            check_regular_file(image)  # a FIFO would block the open below; reading the film names it
             with open(image, "rb") as file:
                 if is_dicom(file.read(132), image):
                     return True
-        except OSError:
+        except (OSError, ImageError):
             continue
     return False
 
@@ -505,10 +508,19 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse exits on --help (0) and usage errors (2)
         return EXIT_USAGE if exit_.code else EXIT_OK
-    if args.command == "evaluate":
-        quiet_environment()
-        return evaluate_command(args)
-    return predict_command(args)
+    try:
+        if args.command == "evaluate":
+            quiet_environment()
+            return evaluate_command(args)
+        return predict_command(args)
+    except Exception as exc:
+        from pipeline.core.faults import system_fault_line
+
+        fault = system_fault_line(exc)  # a full disk, memory: one line with the cause, not a traceback
+        if fault is None or os.environ.get("PIPELINE_DEBUG"):
+            raise
+        print(f"cxr: error: {fault}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ training did, predict the 14 findings and explain one with Grad-CAM.
     image = model.preprocess("chest.png")  # or preprocess_xray(path, size, fit); PNG, JPEG or DICOM
     probabilities, heatmap = model.predict(image), generate_gradcam(model, image)
 
-Films are checked before they are predicted: a shorter side below MIN_SIDE,
-an aspect ratio beyond MAX_ASPECT (pipeline.records.imaging) or a DICOM whose
-ViewPosition is lateral raise ImageError with the reason. model.read(path)
+Films are checked before they are predicted, as training's are
+(pipeline.records.film): a blank film, a shorter side below MIN_SIDE, an aspect
+ratio beyond MAX_ASPECT or a DICOM whose ViewPosition is lateral raise
+ImageError with the reason. model.read(path)
 also gives a DICOM's PatientAge, PatientSex and ViewPosition.
 
 A model trained with patient metadata (train.use_metadata) also needs each
@@ -44,18 +45,14 @@ from pipeline.core.tracking import (
     redacted,
 )
 from pipeline.core.tracking import tracking_uri as configured_tracking_uri
-from pipeline.records.dicom import LATERAL_VIEWS, read_dicom_patient
-from pipeline.records.imaging import (
-    MAX_ASPECT,
-    MIN_SIDE,
-    ImageError,
-    check_film_shape,
-    decode_to_gray8,
-    image_dimensions,
-    image_format,
-    read_image_bytes,
-    resize_square,
+from pipeline.records.film import (  # noqa: F401 - LateralViewError, is_dicom: re-exported for callers
+    DEFAULT_CHECKS,
+    FilmChecks,
+    LateralViewError,
+    is_dicom,
+    read_checked_film,
 )
+from pipeline.records.imaging import resize_square
 
 if TYPE_CHECKING:  # Keras (TensorFlow) loads with the first model, so that a broken store is reported in seconds
     import keras
@@ -81,15 +78,6 @@ class ModelStoreError(ModelLoadError):
     """The tracking store a models:/ or runs:/ URI needs is missing, not an MLflow store, or fails."""
 
 
-class LateralViewError(ImageError):
-    """A DICOM whose ViewPosition is lateral: the models learnt from frontal films only."""
-
-    def __init__(self, name: str, view: str):
-        self.name, self.view = name, view
-        super().__init__(f"{name}: lateral view (ViewPosition {view}): the model was trained on frontal PA/AP films; "
-                         "allow_lateral=True to predict anyway")
-
-
 @dataclass
 class Film:
     """One checked, preprocessed film, and what its DICOM header says about the patient."""
@@ -99,46 +87,16 @@ class Film:
     patient: dict | None = None
 
 
-@dataclass(frozen=True)
-class FilmChecks:
-    """What a film must be to be predicted: frontal, and not too small or elongated to be a chest film."""
-
-    min_side: int = MIN_SIDE
-    max_aspect: float = MAX_ASPECT
-    allow_lateral: bool = False
-
-
-def is_dicom(data: bytes, name: str) -> bool:
-    """Whether imaging reads these bytes as DICOM (its magic bytes; a .dcm name without the preamble too)."""
-    try:
-        return image_format(data, name) == "dicom"
-    except ImageError:
-        return False
-
-
-def dicom_patient(data: bytes, name: str) -> dict:
-    try:
-        return read_dicom_patient(data)
-    except ImageError as exc:  # it names the bytes "DICOM"; the user knows the file by its path
-        raise ImageError(f"{name}: {str(exc).removeprefix('DICOM: ')}") from exc
-
-
-def read_film(path: Path | str, image_size: int, fit: str = DEFAULT_FIT, checks: FilmChecks = FilmChecks()) -> Film:
-    """A PNG, JPEG or DICOM file -> Film, refused (ImageError naming the file) before decoding when its header
-    shows a film too small, too elongated or lateral; the pixels are training's convention (load_xray)."""
-    name = str(path)
-    data = read_image_bytes(path)
-    width, height = image_dimensions(data, name)
-    check_film_shape(width, height, name, checks.min_side, checks.max_aspect)
-    patient = dicom_patient(data, name) if is_dicom(data, name) else None
-    if patient and patient.get("view") in LATERAL_VIEWS and not checks.allow_lateral:
-        raise LateralViewError(name, patient["view"])
-    pixels = resize_square(decode_to_gray8(data, name), image_size, fit).astype(np.float32)[..., None]
-    return Film(pixels, patient)
+def read_film(path: Path | str, image_size: int, fit: str = DEFAULT_FIT, checks: FilmChecks = DEFAULT_CHECKS) -> Film:
+    """A PNG, JPEG or DICOM file -> Film, after the checks training's films pass
+    (pipeline.records.film.read_checked_film: ImageError naming the file); the
+    pixels are training's convention (load_xray)."""
+    gray, patient = read_checked_film(path, checks)
+    return Film(resize_square(gray, image_size, fit).astype(np.float32)[..., None], patient)
 
 
 def preprocess_xray(
-    path: Path | str, image_size: int = 320, fit: str = DEFAULT_FIT, checks: FilmChecks = FilmChecks()
+    path: Path | str, image_size: int = 320, fit: str = DEFAULT_FIT, checks: FilmChecks = DEFAULT_CHECKS
 ) -> np.ndarray:
     """Any PNG/JPEG/DICOM X-ray -> float32 (size, size, 1) grey values 0..255, exactly as in training;
     ImageError for a film that `checks` refuse (see read_film)."""
@@ -172,6 +130,7 @@ def read_patient_metadata(path: Path | str) -> dict[str, dict]:
     view, such as the ingest stage's manifest.csv."""
     import pandas as pd
 
+    from pipeline.data.csv_file import encoding_message
     from pipeline.data.nih import REQUIRED_COLUMNS, DataEntryError, read_data_entry
 
     path = Path(path)
@@ -185,7 +144,9 @@ def read_patient_metadata(path: Path | str) -> dict[str, dict]:
             if missing:
                 raise ValueError(f"{path}: no column {', '.join(missing)} (expected NIH's Data_Entry_2017.csv "
                                  f"or columns image_id, age, sex, view)")
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, DataEntryError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"cannot read patient metadata: {encoding_message(path)}") from exc
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, DataEntryError) as exc:
         raise ValueError(f"{path}: cannot read patient metadata: {exc}") from exc
     return {str(row.image_id): {"age": row.age, "sex": row.sex, "view": row.view}
             for row in frame.itertuples(index=False)}

@@ -237,3 +237,42 @@ def test_16bit_without_sbit_uses_the_smallest_bit_depth_holding_the_maximum(top,
 def test_16bit_rgb_to_grey_then_scaled():
     image = np.full((4, 4, 3), 4095, np.uint16)
     assert decode_to_gray8(encoded(image))[0, 0] == 255
+
+
+def test_libpng_error_is_the_reason_not_a_stray_line(capfd):
+    ok, encoded = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (64, 64)).astype(np.uint8))
+    assert ok
+    broken = bytearray(encoded.tobytes())
+    broken[60:200] = b"x" * 140  # inside the IDAT stream: libpng prints its error on fd 2, OpenCV returns None
+    with pytest.raises(ImageError) as error:
+        decode_to_gray8(bytes(broken), "x.png")
+    assert str(error.value) == ("x.png: not a readable PNG image (corrupt or truncated: libpng error: bad adaptive "
+                                "filter value)")
+    assert "libpng" not in capfd.readouterr().err
+
+
+def test_files_are_refused_by_type_and_size_before_they_are_read(tmp_path):
+    """A 50 GB sparse file and a 1 GB junk file cost a stat and 132 bytes, not their size in memory."""
+    import os
+
+    from pipeline.records.image_file import MAX_FILE_BYTES, read_image_bytes
+
+    huge = tmp_path / "huge.png"
+    with open(huge, "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n")
+        handle.truncate(50 * 10**9)
+    with pytest.raises(ImageError, match=f"huge.png: 50000000000 bytes is over the limit of {MAX_FILE_BYTES}"):
+        read_image_bytes(huge)
+    junk = tmp_path / "junk.png"
+    with open(junk, "wb") as handle:
+        handle.truncate(10**9)
+    with pytest.raises(ImageError, match="junk.png: not a readable PNG, JPEG or DICOM image"):
+        read_image_bytes(junk)
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(ImageError, match="pipe.png: is a named pipe \\(FIFO\\), not an image file"):
+        read_image_bytes(tmp_path / "pipe.png")
+    with pytest.raises(ImageError, match="is a directory, not an image file"):
+        read_image_bytes(tmp_path)
+    with pytest.raises(ImageError, match="empty file"):
+        (tmp_path / "empty.png").touch()
+        read_image_bytes(tmp_path / "empty.png")

@@ -20,12 +20,12 @@ from pydicom.uid import (
 )
 
 from pipeline.records.dicom import LATERAL_VIEWS, dicom_to_gray8, read_dicom_patient
+from pipeline.records.film import prepare_image
 from pipeline.records.imaging import (
     ImageError,
     decode_to_gray8,
     image_dimensions,
     load_xray,
-    prepare_image,
 )
 from tests.conftest import NIH_SUBSET, require_shared
 

@@ -169,7 +169,7 @@ def test_folder_stages_run_and_drop_goes_on(film_folder, tmp_path):
     project.mkdir()
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     params["ingest"].update(source="folder", root=str(root), labels="labels.csv")
-    params["validate"] = {"on_invalid": "drop"}
+    params["validate"].update(on_invalid="drop", min_split_patients=1)  # six films: one patient in val
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for stage in ("ingest", "validate"):
         run = subprocess.run([sys.executable, str(PROJECT_ROOT / "src" / f"{stage}.py")], cwd=project,

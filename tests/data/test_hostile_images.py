@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -114,3 +117,137 @@ def test_peak_memory_stays_low(hostile_folder, tmp_path):
     assert result["quarantined"] == ["bomb.png", "one_pixel.png", "strip.png"]
     extra_mb = (result["peak_kib"] - result["baseline_kib"]) / 1024
     assert extra_mb < EXTRA_PEAK_MB, f"preprocessing the five files added {extra_mb:.0f} MB to peak RSS"
+
+
+# --------------------------------------------------------------------------
+# Films that used to be trained on, or to stop or freeze a run (issue 26)
+
+
+def lying_jpeg_dicom(pixels: np.ndarray, claimed: int = 16000) -> bytes:
+    """A JPEG Baseline DICOM whose header says the film's size but whose embedded
+    codestream's frame header claims claimed x claimed pixels."""
+    import struct
+
+    from tests.data.test_dicom import dicom_bytes, encapsulated, film_dataset
+
+    ok, jpeg = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 50])
+    assert ok
+    frame = bytearray(jpeg.tobytes())
+    sof = frame.index(b"\xff\xc0")
+    frame[sof + 5:sof + 9] = struct.pack(">HH", claimed, claimed)
+    from pydicom.uid import JPEGBaseline8Bit
+
+    return dicom_bytes(encapsulated(film_dataset(pixels), bytes(frame), JPEGBaseline8Bit))
+
+
+# Runs prepare_image on one file under a 1 GiB address-space limit: what a
+# trusting decoder would need for the lie (16000 x 16000) is beyond it.
+UNDER_1GB = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+from pipeline.records.film import prepare_image
+encoded, width, height, error = prepare_image((sys.argv[1], 64, "crop", "png", 95, 32, 2.0))
+print(json.dumps({"error": error, "written": encoded is not None}))
+"""
+
+
+def test_a_dicom_whose_embedded_jpeg_lies_is_refused_from_its_header_under_1gb(tmp_path):
+    film = tmp_path / "liar.dcm"
+    film.write_bytes(lying_jpeg_dicom(np.random.default_rng(0).integers(0, 256, (256, 256), dtype=np.uint8)))
+    done = subprocess.run([sys.executable, "-c", UNDER_1GB, str(film)], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"written": False, "error": (
+        f"{film}: the embedded JPEG codestream is 16000x16000 pixels but the DICOM header says 256x256 "
+        f"(Columns x Rows): refused before decoding")}
+
+
+@pytest.fixture
+def refused_films(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A good NIH film beside films a served model refuses, each with the start of its reason."""
+    import os
+
+    from tests.data.test_dicom import dicom_bytes, film_dataset
+
+    source = NIH_SUBSET / "images_001" / "images"
+    require_shared(source, "real NIH subset images")
+    good = sorted(source.glob("*.png"))[0]
+    pixels = decode_to_gray8(good.read_bytes(), str(good))
+    folder = tmp_path / "films"
+    folder.mkdir()
+    (folder / "good.png").write_bytes(good.read_bytes())
+    write_png(folder / "zero16.png", np.zeros((512, 512), np.uint16))
+    (folder / "slope0.dcm").write_bytes(dicom_bytes(film_dataset(pixels, RescaleSlope=0, RescaleIntercept=0)))
+    (folder / "lateral.dcm").write_bytes(dicom_bytes(film_dataset(pixels, ViewPosition="LL")))
+    os.mkfifo(folder / "pipe.png")
+    (folder / "passwd.png").symlink_to("/etc/passwd")
+    reasons = {
+        "zero16.png": "blank film (all grey level 0; a radiograph spans at least 8 levels)",
+        "slope0.dcm": "blank film (all grey level 0; a radiograph spans at least 8 levels)",
+        "lateral.dcm": "lateral view (ViewPosition LL): the models learn from and are tested on frontal PA/AP films",
+        "pipe.png": "is a named pipe (FIFO), not an image file",
+        "passwd.png": "not a readable PNG, JPEG or DICOM image (its first bytes are none of their signatures)",
+    }
+    return folder, reasons
+
+
+def test_blank_lateral_and_special_files_are_quarantined_not_trained_on(refused_films, tmp_path):
+    import signal
+
+    folder, expected = refused_films
+    out = tmp_path / "shards"
+    out.mkdir()
+    signal.alarm(120)  # a FIFO opened for reading would block forever: fail instead of hanging the suite
+    try:
+        index, quarantine = write_tfrecord_shards(manifest_of(folder, ["good.png", *expected]), out,
+                                                  image_size=SIZE, workers=2, **SHAPE)
+    finally:
+        signal.alarm(0)
+    reasons = dict(zip(quarantine["image_id"], quarantine["reason"]))
+    assert sorted(reasons) == sorted(expected)
+    for name, reason in expected.items():
+        assert reasons[name].startswith(f"{folder / name}: {reason}"), reasons[name]
+    assert "root:" not in reasons["passwd.png"]  # the linked file's first bytes are not quoted
+    assert index["splits"]["train"]["records"] == 1
+
+
+def kill_one_worker_when_running(stop: threading.Event, killed: list) -> None:
+    """SIGKILL one of this process's pool workers once it has work, as the OOM killer or a user would."""
+    import psutil
+
+    me = psutil.Process()
+    while not stop.is_set():
+        workers = [c for c in me.children() if "spawn_main" in " ".join(c.cmdline())]
+        busy = [w for w in workers if w.cpu_times().user > 0.8]  # past its imports (~0.4 s), decoding films
+        if busy:
+            busy[0].kill()
+            killed.append(busy[0].pid)
+            return
+        time.sleep(0.05)
+
+
+def test_a_worker_killed_mid_run_loses_no_film(tmp_path, capfd):
+    source = NIH_SUBSET / "images_001" / "images"
+    require_shared(source, "real NIH subset images")
+    names = [p.name for p in sorted(source.glob("*.png"))[:200]]
+    manifest = manifest_of(source, names)
+    clean, killed_run = tmp_path / "clean", tmp_path / "killed"
+    clean.mkdir()
+    killed_run.mkdir()
+    reference, _ = write_tfrecord_shards(manifest, clean, image_size=SIZE, workers=2, **SHAPE)
+
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=kill_one_worker_when_running, args=(stop, killed), daemon=True)
+    killer.start()
+    try:
+        index, quarantine = write_tfrecord_shards(manifest, killed_run, image_size=SIZE, workers=2, **SHAPE)
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no worker was killed: the run ended before the killer found one busy"
+    assert "preprocess: a worker process died (killed by SIGKILL" in capfd.readouterr().err
+    # The killed worker's films ran again alone, and came out as they would have: nothing lost, nothing different.
+    assert quarantine.empty
+    assert [(s["file"], s["sha256"]) for s in index["shards"]] == [(s["file"], s["sha256"]) for s in
+                                                                 reference["shards"]]

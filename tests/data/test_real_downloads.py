@@ -49,7 +49,9 @@ def project_for(root: Path, project: Path, **validate) -> Path:
     project.mkdir(exist_ok=True)
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     params["ingest"].update(source="nih", root=str(root))
-    params["validate"] = {**params.get("validate", {}), **validate}
+    # 20 films of a handful of patients: shares that leave each split at least one (validate stops an empty one)
+    params["ingest"]["split"].update(train=0.4, val=0.3, test=0.3)
+    params["validate"] = {**params.get("validate", {}), "min_split_patients": 1, **validate}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return project
 

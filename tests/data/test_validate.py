@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from pipeline.core.labels import FINDINGS, NO_FINDING, format_finding_labels
 from pipeline.data.manifest import MANIFEST_COLUMNS, MANIFEST_DTYPES, read_manifest
@@ -336,3 +337,20 @@ def test_real_nih_subset_manifest_passes(nih_subset):
     result = validate_manifest(manifest)
     assert result.success, format_failure_summary(result, "nih-subset manifest")
     assert result.rows == 300
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_an_empty_or_one_patient_split_stops_validation_naming_it(split):
+    """ingest.split.val=0, or a folder of three patients, used to train for nothing and fail after."""
+    others = {patient: s for patient, s in PATIENT_SPLITS.items() if s != split}
+    empty = validate_manifest(make_manifest(others))
+    assert empty.success is False
+    summary = format_failure_summary(empty, "m.csv")
+    assert f"split '{split}' has films of 0 patient(s), fewer than the 2 it needs" in summary
+    one = min(p for p, s in PATIENT_SPLITS.items() if s == split)
+    result = validate_manifest(make_manifest({**others, one: split}))
+    assert result.success is False
+    assert f"split '{split}' has films of 1 patient(s)" in format_failure_summary(result, "m.csv")
+    assert validate_manifest(make_manifest({**others, one: split}), min_split_patients=1).success is True
+    with pytest.raises(ValueError, match="validate.min_split_patients must be a whole number >= 1, got 0"):
+        validate_manifest(make_manifest(), min_split_patients=0)

@@ -65,7 +65,8 @@ def stage_project(tmp_path, manifest, rejected_lines: str = "", ages: list | Non
              "validated_manifest": "data/validated/manifest.csv", "rejected_rows": "data/ingest/rejected_rows.csv",
              "ingest_report": "reports/ingest.json", "reports": "reports",
              "validation_report": "reports/validation", "metrics": "metrics"}
-    params = {"paths": paths, "ingest": {"source": "nih"}, **({"validate": validate} if validate else {})}
+    defaults = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["validate"]
+    params = {"paths": paths, "ingest": {"source": "nih"}, "validate": {**defaults, **validate}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp_path
 
@@ -103,7 +104,8 @@ def test_validate_stage_names_every_rejected_row_then_drop_goes_on(tmp_path):
     assert json.loads((project / "metrics" / "validate.json").read_text())["rejected_rows"] == 60
 
     params = yaml.safe_load((project / "params.yaml").read_text())
-    (project / "params.yaml").write_text(yaml.safe_dump({**params, "validate": {"on_invalid": "drop"}}))
+    params["validate"]["on_invalid"] = "drop"
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
     run = run_validate(project)
     assert run.returncode == 0, run.stderr
     assert "left out, the run goes on" in run.stderr

@@ -133,6 +133,12 @@ def runs(scenario: Scenario, text: str) -> None:
     succeeds(scenario, text)
 
 
+def checks_the_root(scenario: Scenario, text: str) -> None:
+    """The data-root check before a bare `dvc repro`: the clone's root holds no named pipe, so it says nothing."""
+    result = succeeds(scenario, text)
+    assert result.stderr == "", result.stderr
+
+
 def dry_run(scenario: Scenario, text: str) -> None:
     """`make test` is the suite this test belongs to: `make -n` checks the target, without running it."""
     succeeds(scenario, text.replace("make ", "make -n ", 1))
@@ -260,6 +266,7 @@ STEPS = (
     Step(r"^dvc metrics show$", names_the_metrics),
     Step(r"^dvc plots diff ", writes_the_offline_plots),
     Step(r"^dvc exp run -S ingest\.source=nih", trains_on_the_nih_subset),
+    Step(r"^python -m pipeline\.data\.root_check$", checks_the_root),
     Step(r"^make mlflow-ui$", serves_the_ui),
     Step(r"^cxr predict chest1\.png", predicts(3)),
     Step(r"^cxr predict scans/\*\.png --json", predicts(2, json_output=True, overlays="overlays")),

@@ -24,7 +24,9 @@ from tests.e2e.project import TINY, make_project, pipeline_env, run
 
 # 60 phantom films at 64 px: 2 train shards (one per worker, split by file)
 # and 1 val shard (split by record), one short epoch.
-TWO_WORKERS = {**TINY, "ingest.phantom.n_images": 60, "preprocess.shard_size": 20, "train.epochs": 1}
+# 60 films of 24 patients leave a split one patient: enough for this test of training (validate.min_split_patients).
+TWO_WORKERS = {**TINY, "ingest.phantom.n_images": 60, "preprocess.shard_size": 20, "train.epochs": 1,
+               "validate.min_split_patients": 1}
 RUN_TIMEOUT_S = 300
 # How long the chief may take to notice a killed worker and stop (measured: ~20 s on 2 cores).
 LOST_WORKER_BOUND_S = 90

@@ -54,6 +54,9 @@ def test_kill_9_mid_preprocess_then_repro_gives_complete_shards(tmp_path):
     assert not (project / "data" / "tfrecords").exists()
     assert list((project / "data").glob(".tfrecords.*.tmp")), "the killed run's staging is still there"
     assert "preprocess" in run(["dvc", "status", "preprocess"], project).stdout
+    # Any stage clears it, also one that is not preprocess (a run-cache restore runs no preprocess).
+    run(["python", "src/validate.py"], project)
+    assert not list((project / "data").glob(".tfrecords.*")), "the killed run's staging left for the next stage"
 
     run(["dvc", "repro", "preprocess"], project)
     assert not list((project / "data").glob(".tfrecords.*")), "stale staging removed by the rerun"

@@ -23,6 +23,7 @@ from pipeline.records.imaging import decode_to_gray8
 from pipeline.serve.cli import main as cxr_main
 from pipeline.serve.predict import load_model
 from tests.conftest import write_png
+from tests.data.test_hostile_images import lying_jpeg_dicom
 from tests.model.test_predict import CXR, SIZE, nih_images, register_test_models
 
 # The figure: a DICOM and its PNG get the same findings to this much.
@@ -170,7 +171,12 @@ def test_hostile_files_are_named_and_the_good_film_predicted(registry, nih_subse
     dot = write_png(tmp_path / "dot.png", np.zeros((1, 1), np.uint8))
     strip = write_png(tmp_path / "strip.png", np.full((40, 3000), 128, np.uint8))
     good = nih_images(nih_subset, gray=1)[1]
-    images = [str(p) for p in (bomb, good, dot, strip)]
+    pipe = tmp_path / "pipe.png"
+    os.mkfifo(pipe)  # read as a film, it would block cxr forever
+    blank = write_png(tmp_path / "blank16.png", np.zeros((512, 512), np.uint16))
+    liar = tmp_path / "liar.dcm"
+    liar.write_bytes(lying_jpeg_dicom(grey_of(good)[:512, :512]))
+    images = [str(p) for p in (bomb, good, dot, strip, pipe, blank, liar)]
 
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-c", PEAK_RSS_PROBE, str(CXR), "predict", *images, "--json"],
@@ -184,9 +190,12 @@ def test_hostile_files_are_named_and_the_good_film_predicted(registry, nih_subse
     assert "32000x32000 pixels exceeds the limit" in results[str(bomb)]["error"]
     assert "1x1 pixels: the shorter side is below the minimum" in results[str(dot)]["error"]
     assert "3000x40: aspect ratio 75.0 is beyond" in results[str(strip)]["error"]
+    assert results[str(pipe)]["error"] == "is a named pipe (FIFO), not an image file"
+    assert results[str(blank)]["error"].startswith("blank film (all grey level 0")
+    assert results[str(liar)]["error"].startswith("the embedded JPEG codestream is 16000x16000 pixels")
     assert len(probabilities_of(results[str(good)])) == len(FINDINGS)
     assert [line.split(": ")[2] for line in stderr if line.startswith("cxr: error: ")] == [
-        str(bomb), str(dot), str(strip)]
+        str(bomb), str(dot), str(strip), str(pipe), str(blank), str(liar)]
     assert "Traceback" not in done.stderr
     assert int(peak_kib) / 1024 < PEAK_RSS_LIMIT_MIB, f"cxr peaked at {int(peak_kib) / 1024:.0f} MiB"
     assert seconds < 60, f"cxr took {seconds:.0f} s"

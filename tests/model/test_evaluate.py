@@ -210,3 +210,16 @@ def test_curves_and_manifest_hash():
     changed = labels.copy()
     changed[0, 0] ^= 1
     assert manifest_hash(ids, labels) != manifest_hash(ids, changed)
+
+
+def test_a_threshold_from_one_positive_film_defaults_and_is_listed():
+    """A one-patient validation split gave Youden cuts of 1.0 (that film's own score), never flagged."""
+    val, test = random_split(seed=1), random_split(seed=2)
+    mass, edema = FINDINGS.index("Mass"), FINDINGS.index("Edema")
+    val[0][:, mass] = 0
+    val[0][0, mass] = 1  # one positive
+    val[0][:, edema] = 1
+    val[0][:2, edema] = 0  # two negatives: enough (MIN_THRESHOLD_FILMS)
+    metrics = evaluation_metrics((val[0], val[1]), (test[0], test[1]), "youden")
+    assert metrics["thresholds"]["Mass"] == FALLBACK_THRESHOLD and "Mass" in metrics["thresholds_defaulted"]
+    assert "Edema" not in metrics["thresholds_defaulted"]

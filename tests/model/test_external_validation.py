@@ -5,6 +5,7 @@ champion in a temp MLflow store."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -66,7 +67,9 @@ def hospital_folder(nih_subset: Path, root: Path) -> tuple[Path, dict[str, Path]
     (root / "broken.png").write_text("a scanner's error page, saved as .png")
     lines += ["broken.png,Effusion,P1,40,F,PA",        # on disk, but not a film: quarantined
               "not-here.png,Mass,P2,50,M,PA",          # not on disk: a rejected row
-              "ward-b/odd.png,Fracture,P3,60,F,AP"]    # not one of the 14 findings: a rejected row
+              "ward-b/odd.png,Fracture,P3,60,F,AP",    # not one of the 14 findings: a rejected row
+              "pipe.png,Edema,P4,45,M,PA"]             # a named pipe: read, it would block the run forever
+    os.mkfifo(root / "pipe.png")
     csv = root / "labels.csv"
     csv.write_text("\n".join(lines) + "\n")
     return csv, films, labels
@@ -88,11 +91,12 @@ def test_cxr_evaluate_scores_a_hospitals_films(registry, nih_subset, tmp_path, c
     assert report["min_positives"] == FLOOR
 
     assert report["model"]["uri"] == "models:/chestxray@champion" and report["model"]["version"] == "1"
-    assert report["rows"] == len(films) + 3 and report["images"] == len(films)
+    assert report["rows"] == len(films) + 4 and report["images"] == len(films)
     assert [(row["line"], row["image_id"]) for row in report["rejected_rows"]] == [
         (len(films) + 3, "not-here.png"), (len(films) + 4, "ward-b/odd.png")]
     assert [(film["image_id"], film["reason"]) for film in report["quarantined"]] == [
-        ("broken.png", "not a readable PNG, JPEG or DICOM image (unrecognised first bytes b'a scanne')")]
+        ("broken.png", "not a readable PNG, JPEG or DICOM image (its first bytes are none of their signatures)"),
+        ("pipe.png", "is a named pipe (FIFO), not an image file")]
     assert "patient_ids" not in report["reader"]
 
     truth = np.array([parse_finding_labels(text) for text in labels.values()])

@@ -104,9 +104,12 @@ def test_records_and_serving_encode_a_missing_age_alike():
         np.testing.assert_allclose(recorded, encode_patient(age, "F", "AP"), rtol=1e-6)
 
 
+GREY_RAMP = np.tile(np.linspace(0, 255, SIZE).astype(np.uint8), (SIZE, 1))
+
+
 def blank_manifest(root, n: int, seed: int = 0) -> pd.DataFrame:
-    """n identical grey PNGs with random metadata; BY_VIEW is positive exactly
-    on AP films, BY_SEX on men, BY_AGE over 60; the rest random and rare.
+    """n identical PNGs (one grey ramp: a constant film is refused as blank) with
+    random metadata; BY_VIEW is positive exactly on AP films, BY_SEX on men, BY_AGE over 60; the rest random and rare.
     Every tenth film has no age (<NA> in a nullable Int64 column, as ingest
     writes it), so BY_AGE is negative there, as for the imputed age.
     (Identical images: noise images would let the CNN memorise the train set.)"""
@@ -114,7 +117,7 @@ def blank_manifest(root, n: int, seed: int = 0) -> pd.DataFrame:
     rows = []
     for k in range(n):
         image_id = f"{k:08d}_000.png"
-        path = write_png(root / image_id, np.full((SIZE, SIZE), 128, np.uint8))
+        path = write_png(root / image_id, GREY_RAMP)
         age, sex, view = int(rng.integers(5, 95)), str(rng.choice(["M", "F"])), str(rng.choice(["PA", "AP"]))
         age = None if k % 10 == 3 else age
         labels = {f: int(rng.random() < 0.1) for f in FINDINGS}
@@ -295,6 +298,6 @@ def test_cxr_with_a_metadata_model(metadata_model_file, tmp_path, capsys):
 def test_cxr_notes_metadata_given_to_an_image_only_model(tmp_path, capsys):
     path = tmp_path / "plain.keras"
     build_model("small_cnn", SIZE, "none").save(path)
-    image = write_png(tmp_path / "a.png", np.zeros((40, 40), np.uint8))
+    image = write_png(tmp_path / "a.png", np.tile(np.arange(40, dtype=np.uint8) * 6, (40, 1)))
     assert cxr_main(["predict", str(image), "--model", str(path), "--age", "5", "--sex", "M", "--view", "PA"]) == 0
     assert "takes no patient metadata" in capsys.readouterr().err

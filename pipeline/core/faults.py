@@ -15,6 +15,7 @@ import re
 import shutil
 import sys
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -43,11 +44,13 @@ def disk_full_error(exc: BaseException) -> BaseException | None:
 
 
 def human_bytes(count: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if count < 1000 or unit == "TB":
-            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+    if count < 1000:
+        return f"{count:.0f} bytes"
+    for unit in ("KB", "MB", "GB", "TB"):
         count /= 1000
-    return f"{count:.1f} TB"
+        if count < 1000 or unit == "TB":
+            break
+    return f"{count:.1f} {unit}"
 
 
 def sqlite_store_folder() -> Path | None:
@@ -58,10 +61,13 @@ def sqlite_store_folder() -> Path | None:
     return Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else None
 
 
-def disk_full_line(exc: BaseException, where: Path | str = ".") -> str:
-    """"no space left on device writing <file>: <n> free on <mount>; ..." for the path the
-    error names, else `where` (the project: every output of a stage lives under it)."""
+def disk_full_line(exc: BaseException, where: Path | str = ".") -> str | None:
+    """"no space left on device writing <file>: <n> free on the disk holding <folder>; ..."
+    for the path the error names, else `where` (the project: every output of a stage
+    lives under it); None when exc's chain does not say the disk is full."""
     error = disk_full_error(exc)
+    if error is None:
+        return None
     named = getattr(error, "filename", None)
     if not named and (match := TENSORFLOW_PATH.match(str(error))):
         named = match.group("path")
@@ -77,14 +83,15 @@ def disk_full_line(exc: BaseException, where: Path | str = ".") -> str:
 
 def system_fault_line(exc: BaseException, where: Path | str = ".") -> str | None:
     """One line for a full disk, an out-of-memory error or a dead worker pool; None for anything else."""
-    if disk_full_error(exc) is not None:
-        return disk_full_line(exc, where)
+    disk_full = disk_full_line(exc, where)
+    if disk_full is not None:
+        return disk_full
     for link in exception_chain(exc):
         if isinstance(link, MemoryError):
             detail = f" ({link})" if str(link) else ""
             return (f"out of memory{detail}: lower the batch size or the workers in params.yaml, or use a "
                     f"machine with more memory")
-        if type(link).__name__ == "BrokenProcessPool":
+        if isinstance(link, BrokenProcessPool):
             return (f"a worker process died ({link}); the kernel's out-of-memory killer is the usual cause: "
                     f"lower the workers in params.yaml")
     return None

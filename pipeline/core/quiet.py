@@ -23,7 +23,9 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
 
 MLFLOW_DB_LOGGER = "mlflow.store.db.utils"
 NOISY_LOGGERS = ("mlflow", "alembic", "absl", "tensorflow", "h5py", "urllib3", "great_expectations")
@@ -68,25 +70,41 @@ def quiet_libraries() -> None:
         warnings.showwarning = _quiet_showwarning(warnings.showwarning)
 
 
+# File descriptor 2 is the process's: two threads swapping it at once could leave it swapped.
+_NATIVE_STDERR_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
-def native_stderr_filtered():
-    """Run the block with file descriptor 2 captured, then pass on every line
-    but NOISY_NATIVE_LINE ones (C++ code writes there, past sys.stderr)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
+def native_stderr_captured() -> Iterator[list[str]]:
+    """Run the block with file descriptor 2 (where C and C++ code write, past
+    sys.stderr) captured; the yielded list holds the captured lines once the block ends."""
+    lines: list[str] = []
+    with _NATIVE_STDERR_LOCK, tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        saved = os.dup(2)
         os.dup2(capture.fileno(), 2)
         try:
-            yield
+            yield lines
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             capture.seek(0)
-            kept = [line for line in capture.read().decode(errors="replace").splitlines()
-                    if not NOISY_NATIVE_LINE.match(line)]
-            if kept:
-                print("\n".join(kept), file=sys.stderr, flush=True)
+            lines.extend(capture.read().decode(errors="replace").splitlines())
+
+
+@contextlib.contextmanager
+def native_stderr_filtered():
+    """Run the block with file descriptor 2 captured, then pass on every line
+    but NOISY_NATIVE_LINE ones."""
+    captured: list[str] = []
+    try:
+        with native_stderr_captured() as captured:
+            yield
+    finally:
+        kept = [line for line in captured if not NOISY_NATIVE_LINE.match(line)]
+        if kept:
+            print("\n".join(kept), file=sys.stderr, flush=True)
 
 
 class _QuietImport(importlib.abc.MetaPathFinder):

@@ -26,13 +26,12 @@ and reason in one run, and validate.on_invalid decides.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline.core.file_kind import file_kind
+from pipeline.core.file_kind import file_kind, walk_real_folders
 from pipeline.core.labels import FINDINGS, SEXES, VIEWS, format_finding_labels
 from pipeline.data.csv_file import csv_file, csv_rows
 from pipeline.data.manifest import MANIFEST_COLUMNS, display_path
@@ -139,16 +138,9 @@ def scan_folder(root: Path, skip: Path) -> tuple[dict[str, Path], list[dict]]:
     files as unused {"file", "reason"}; `skip` is the labels CSV itself."""
     images: dict[str, Path] = {}
     unused: list[dict] = []
-    seen: set[str] = set()
-    for folder, subfolders, names in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            subfolders[:] = []
-            continue
-        seen.add(real)
-        subfolders.sort()
-        for name in sorted(names):
-            file = Path(folder) / name
+    for folder, names in walk_real_folders(root):
+        for name in names:
+            file = folder / name
             if file.absolute() == skip.absolute():
                 continue
             relative = file.relative_to(root).as_posix()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.core.labels import BOX_LABEL_ALIASES, FINDINGS, LabelError, parse_finding_labels
-from pipeline.data.csv_file import csv_file
+from pipeline.data.csv_file import csv_file, csv_rows
 from pipeline.data.manifest import MANIFEST_COLUMNS, display_path
 from pipeline.data.nih import (
     BBOX_FILE_NAME,
@@ -198,7 +198,9 @@ def read_boxes(root: Path, image_ids: set[str]) -> pd.DataFrame:
             header = next(reader, [])
             if not ",".join(header).startswith("Image Index,Finding Label"):
                 raise DataEntryError(f"{path}: line 1: not NIH's box list header: {','.join(header)[:80]}")
-            for line, fields in enumerate(reader, start=2):
+            for line, fields, unreadable in csv_rows(reader):
+                if unreadable:
+                    raise DataEntryError(f"{path}: line {line}: {unreadable}")
                 fields = [f for f in fields if f != ""]
                 if not fields:
                     continue

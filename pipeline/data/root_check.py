@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.core.file_kind import file_kind
+from pipeline.core.file_kind import file_kind, walk_real_folders
 
 SHOWN = 5
 
@@ -23,15 +23,9 @@ def special_files(root: Path) -> list[tuple[Path, str]]:
     """(path, kind) of every entry under root that is neither a folder nor a
     regular file; links are followed as DVC follows them, each real folder once."""
     found: list[tuple[Path, str]] = []
-    seen: set[str] = set()
-    for folder, subfolders, names in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            subfolders[:] = []
-            continue
-        seen.add(real)
-        for name in sorted(names):
-            path = Path(folder) / name
+    for folder, names in walk_real_folders(root):
+        for name in names:
+            path = folder / name
             try:
                 kind = file_kind(os.stat(path).st_mode)
             except OSError:  # a dangling link: DVC skips it, ingest reports it

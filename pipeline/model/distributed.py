@@ -25,6 +25,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from pipeline.core.faults import exception_chain
 from pipeline.core.stage import StageError
 from pipeline.records.dataset import worker_shard_policy
 
@@ -207,15 +208,12 @@ def close_failed_reduce_pools(exc: BaseException) -> int:
     writes to pipes already closed: an "OSError: [Errno 9] Bad file
     descriptor" traceback after the stage's one-line error."""
     closed = 0
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        traceback = exc.__traceback__
+    for link in exception_chain(exc):
+        traceback = link.__traceback__
         while traceback is not None:
             for value in list(traceback.tb_frame.f_locals.values()):
                 if isinstance(value, multiprocessing.pool.Pool) and value._state == multiprocessing.pool.RUN:
                     value.terminate()
                     closed += 1
             traceback = traceback.tb_next
-        exc = exc.__cause__ or exc.__context__
     return closed

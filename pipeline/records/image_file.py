@@ -43,6 +43,12 @@ def check_pixel_count(width: int, height: int, name: str) -> None:
                          f"(decompression bomb?)")
 
 
+def refuse_non_regular(info: os.stat_result, name: Path | str) -> None:
+    kind = file_kind(info.st_mode)
+    if kind is not None:
+        raise ImageError(f"{name}: is {kind}, not an image file")
+
+
 def check_regular_file(path: Path | str) -> os.stat_result:
     """The file's stat (symlinks followed); ImageError naming it when it is missing,
     unreadable or not a regular file. Never opens it, so a FIFO cannot block."""
@@ -50,9 +56,7 @@ def check_regular_file(path: Path | str) -> os.stat_result:
         info = os.stat(path)
     except OSError as exc:
         raise ImageError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    kind = file_kind(info.st_mode)
-    if kind is not None:
-        raise ImageError(f"{path}: is {kind}, not an image file")
+    refuse_non_regular(info, path)
     return info
 
 
@@ -87,9 +91,7 @@ def read_image_bytes(path: Path | str, max_bytes: int = MAX_FILE_BYTES) -> bytes
     with os.fdopen(descriptor, "rb", buffering=0) as handle:
         try:
             info = os.fstat(descriptor)
-            kind = file_kind(info.st_mode)
-            if kind is not None:
-                raise ImageError(f"{name}: is {kind}, not an image file")
+            refuse_non_regular(info, name)
             if info.st_size == 0:
                 raise ImageError(f"{name}: empty file (0 bytes)")
             head = handle.read(SIGNATURE_BYTES)

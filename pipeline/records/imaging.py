@@ -29,15 +29,12 @@ stay light; pydicom is imported only when a DICOM file arrives.
 """
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
-import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from pipeline.core.quiet import native_stderr_captured
 from pipeline.records.codestream import jpeg_dimensions
 from pipeline.records.image_file import (  # re-exported: the names every stage imports from here
     MAX_PIXELS,  # noqa: F401
@@ -175,33 +172,13 @@ def to_gray(image: np.ndarray, name: str) -> np.ndarray:
     raise ImageError(f"{name}: unsupported channel count {channels}")
 
 
-_native_capture = None
-# File descriptor 2 is the process's: two threads swapping it at once could leave it swapped.
-_native_capture_lock = threading.Lock()
-
-
 def decode_quietly(data: bytes) -> tuple[np.ndarray | None, list[str]]:
     """cv2.imdecode with what libpng and libjpeg print to file descriptor 2
-    ("libpng error: bad adaptive filter value") taken as text: the reason of
-    the ImageError that follows, instead of a stray line beside our message."""
-    global _native_capture
-    with _native_capture_lock:
-        if _native_capture is None:
-            _native_capture = tempfile.TemporaryFile()
-        _native_capture.seek(0)
-        _native_capture.truncate()
-        sys.stderr.flush()
-        saved = os.dup(2)
-        os.dup2(_native_capture.fileno(), 2)
-        try:
-            image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        _native_capture.seek(0)
-        text = _native_capture.read().decode(errors="replace")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return image, [line for line in lines if "warning" not in line.lower()]
+    ("libpng error: bad adaptive filter value") taken as text, warnings dropped:
+    the reason of the ImageError that follows, instead of a stray line beside our message."""
+    with native_stderr_captured() as native:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    return image, [line.strip() for line in native if line.strip() and "warning" not in line.lower()]
 
 
 def decode_to_gray8(data: bytes, name: str = "image") -> np.ndarray:

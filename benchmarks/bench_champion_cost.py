@@ -31,7 +31,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from common import add_output_arguments, contention_line, describe, interleaved, nih_pngs, report, summary, timed
+from common import (
+    PROJECT_ROOT,
+    add_output_arguments,
+    contention_line,
+    describe,
+    interleaved,
+    nih_pngs,
+    report,
+    summary,
+    timed,
+)
 
 SECTION = "bench_champion_cost"
 NAME = "chestxray-bench"
@@ -91,8 +101,10 @@ def main() -> None:
 
     import keras
 
+    from pipeline.core.settings import load_settings, with_overrides
     from pipeline.model.architectures import build_model
-    from pipeline.model.evaluate import champion_decision, predict_split
+    from pipeline.model.champion import SplitScores, champion_decision
+    from pipeline.model.scoring import predict_split
 
     with tempfile.TemporaryDirectory(prefix="bench_champion.") as tmp:
         tmp = Path(tmp)
@@ -106,13 +118,15 @@ def main() -> None:
         model = build_model("densenet121", SIZE, "none")
         probs, labels, ids = predict_split(model, shards, "test", args.batch)  # warm-up (graph tracing)
         decisions, busy = [], {}
+        settings = with_overrides(load_settings(PROJECT_ROOT / "params.yaml"), **{
+            "evaluate.batch_size": args.batch, "evaluate.promotion.resamples": args.resamples}).evaluate
+        challenger = SplitScores.of_split(shards, labels, probs, ids)
 
         def own() -> float:
             return timed(predict_split, model, shards, "test", args.batch)[1]
 
         def with_champion() -> float:
-            decision, seconds = timed(champion_decision, NAME, store, shards, args.batch, labels, probs, ids,
-                                      {"resamples": args.resamples}, seed=42)
+            decision, seconds = timed(champion_decision, NAME, store, shards, challenger, settings, seed=42)
             decisions.append(decision)
             return seconds
 

@@ -170,8 +170,12 @@ def our_run(backbone: str, size: int, batch: int, epochs: int, shards: Path, aug
     keras.utils.set_random_seed(0)
     model = build_model(backbone, size, "none", batchnorm_momentum=0.9)
     timer = TrainTimer()
-    settings = {"batch_size": batch, "epochs": epochs, "learning_rate": 1e-3, "lr_schedule": "constant",
-                "augment": augment, "cache": False}
+    from pipeline.core.settings import load_settings, with_overrides
+
+    off = {"rotation": 0, "zoom": 0, "shift": 0, "hflip": False, "brightness": 0, "contrast": 0}
+    settings = with_overrides(load_settings(PROJECT_ROOT / "params.yaml"), **{
+        "train.batch_size": batch, "train.epochs": epochs, "train.learning_rate": 1e-3,
+        "train.lr_schedule": "constant", "train.augment": {**off, **(augment or {})}, "train.cache": False}).train
     train_model(model, shards, checkpoint, settings, seed=0, callbacks=[timer])
     return timer
 

@@ -3,26 +3,25 @@ points on test (thresholds from val), curves for `dvc plots`, a registry
 version with the champion/challenger decision, and a model card."""
 import sys
 
+from pipeline.core.settings import Settings
 from pipeline.core.stage import run_stage
 
 
-def main() -> None:
-    from pipeline.core.config import load_params, path_of, section
+def main(settings: Settings) -> None:
     from pipeline.core.figures import write_stage_figures
     from pipeline.model.evaluate import REPORT_FILE, evaluate_model, evaluation_summary
 
-    params = load_params()
-    preprocess = section(params, "preprocess")
-    training = {"backbone": section(params, "train")["backbone"], "image_size": preprocess["image_size"],
-                "fit": preprocess["fit"], "data_source": section(params, "ingest")["source"],
-                "params": {k: params[k] for k in ("seed", "ingest", "preprocess", "train", "evaluate")}}
+    preprocess = settings.preprocess
+    training = {"backbone": settings.train.backbone, "image_size": preprocess.image_size, "fit": preprocess.fit,
+                "data_source": settings.ingest.source,
+                "params": settings.logged("seed", "ingest", "preprocess", "train", "evaluate")}
     metrics = evaluate_model(
-        path_of(params, "model"), path_of(params, "tfrecords"), path_of(params, "evaluate_reports"),
-        path_of(params, "evaluate_plots"), path_of(params, "mlflow_run"), section(params, "evaluate"),
-        section(params, "mlflow"), training, seed=int(params["seed"]),
+        settings.path("model"), settings.path("tfrecords"), settings.path("evaluate_reports"),
+        settings.path("evaluate_plots"), settings.path("mlflow_run"), settings.evaluate, settings.mlflow, training,
+        seed=settings.seed,
     )
-    write_stage_figures(evaluation_summary(metrics), metrics, path_of(params, "metrics") / "evaluate.json",
-                        path_of(params, "evaluate_reports") / REPORT_FILE)
+    write_stage_figures(evaluation_summary(metrics), metrics, settings.path("metrics") / "evaluate.json",
+                        settings.path("evaluate_reports") / REPORT_FILE)
     registry = metrics["registry"]
     verdict = "champion" if registry["champion"] else "challenger (champion unchanged)"
     count = metrics["mean_auc_findings"]

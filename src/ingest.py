@@ -2,34 +2,37 @@
 (the phantom stage's output, the user's NIH / Kaggle download, or a folder of
 their own films with a labels CSV). CSV rows it cannot use go to
 paths.rejected_rows; the validate stage decides what they do to the run."""
+import dataclasses
 import sys
 from pathlib import Path
 
+from pipeline.core.settings import Settings
 from pipeline.core.stage import run_stage
 
 
-def main() -> None:
+def main(settings: Settings) -> None:
+    from pipeline.data.sources import check_source_settings
+
+    check_source_settings(settings.ingest.source, settings.ingest.root, settings.path("phantom"))
     from pipeline.core.atomic import write_csv_atomic
-    from pipeline.core.config import load_params, path_of, phantom_root, section
     from pipeline.core.figures import write_stage_figures
-    from pipeline.data.ingest import ingest_data_root, ingest_notes
+    from pipeline.data.ingest import ingest_notes
+    from pipeline.data.readers import ingest_data_root
     from pipeline.data.row_problems import write_rejected_rows
 
-    params = load_params()
-    settings = section(params, "ingest")
-    root = phantom_root(params) if settings["source"] == "phantom" else Path(settings["root"])
+    ingest = settings.ingest
     manifest, boxes, rejected, report = ingest_data_root(
-        settings["source"], root, settings["split"], int(params["seed"]),
-        require_all_images=bool(settings.get("require_all_images", False)), labels=settings.get("labels"),
+        ingest.source, Path(ingest.root), dataclasses.asdict(ingest.split), settings.seed,
+        require_all_images=ingest.require_all_images, labels=ingest.labels,
     )
-    rejected_file, report_file = path_of(params, "rejected_rows"), path_of(params, "ingest_report")
-    write_csv_atomic(manifest, path_of(params, "manifest"))
-    write_csv_atomic(boxes, path_of(params, "boxes"))
+    rejected_file, report_file = settings.path("rejected_rows"), settings.path("ingest_report")
+    write_csv_atomic(manifest, settings.path("manifest"))
+    write_csv_atomic(boxes, settings.path("boxes"))
     write_rejected_rows(rejected, rejected_file)
     # Every key here is a column of `dvc metrics show`: patients and unused files are in the report
     # only, rejected rows and missing ages in validate's summary (the stage that decides on them).
     summary = {"images": report["manifest_rows"]}
-    write_stage_figures(summary, report, path_of(params, "metrics") / "ingest.json", report_file)
+    write_stage_figures(summary, report, settings.path("metrics") / "ingest.json", report_file)
     without_image = report.get("rows_without_image")
     print(
         f"ingest: {report['manifest_rows']} images of {report['patients']} patients "

@@ -6,27 +6,28 @@ theirs (see dvc.yaml). With any other source it writes only a note there.
 """
 import sys
 
+from pipeline.core.settings import Settings
 from pipeline.core.stage import run_stage
 
 
-def main() -> None:
-    from pipeline.core.config import load_params, phantom_root, section, worker_count
+def main(settings: Settings) -> None:
+    from pipeline.data.sources import check_source_settings
+
+    source = check_source_settings(settings.ingest.source, settings.ingest.root, settings.path("phantom"))
+    from pipeline.core.config import worker_count
     from pipeline.phantom.generate import write_phantom
 
-    params = load_params()
-    ingest = section(params, "ingest")
-    out_dir = phantom_root(params)
+    ingest, out_dir = settings.ingest, settings.path("phantom")
     summary = write_phantom(
-        out_dir, source=ingest["source"], n_images=int(ingest["phantom"]["n_images"]),
-        seed=int(params["seed"]), image_size=int(ingest["phantom"]["image_size"]),
-        workers=worker_count(ingest.get("workers")),
-        subgroup_gap=float(ingest["phantom"].get("subgroup_gap", 0.0)),
+        out_dir, source=ingest.source, n_images=ingest.phantom.n_images, seed=settings.seed,
+        image_size=ingest.phantom.image_size, workers=worker_count(ingest.workers),
+        subgroup_gap=float(ingest.phantom.subgroup_gap),
     )
-    if ingest["source"] == "phantom":
+    if source.root_is_phantom_output:
         print(f"phantom: {summary['images']} images of {summary['patients']} patients, "
               f"{summary['boxes']} boxes in {out_dir}", file=sys.stderr)
     else:
-        print(f"phantom: ingest.source is {ingest['source']}, wrote only a note in {out_dir}", file=sys.stderr)
+        print(f"phantom: ingest.source is {ingest.source}, wrote only a note in {out_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":

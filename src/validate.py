@@ -6,12 +6,15 @@ import json
 import shutil
 import sys
 
+from pipeline.core.settings import Settings
 from pipeline.core.stage import StageError, run_stage
 
 
-def main() -> None:
+def main(settings: Settings) -> None:
+    from pipeline.data.sources import check_source_settings
+
+    check_source_settings(settings.ingest.source, settings.ingest.root, settings.path("phantom"))
     from pipeline.core.atomic import atomic_dir
-    from pipeline.core.config import load_params, path_of, section
     from pipeline.core.figures import write_stage_figures
     from pipeline.data.manifest import read_manifest
     from pipeline.data.row_problems import read_rejected_rows, write_rejected_rows
@@ -19,38 +22,34 @@ def main() -> None:
     from pipeline.data.validation_report import write_validation_report
     from pipeline.data.validation_summary import failure_line, stage_lines
 
-    params = load_params()
-    source = path_of(params, "manifest")
-    rejected_out = path_of(params, "reports") / "rejected_rows.csv"
-    settings = section(params, "validate")
+    source = settings.path("manifest")
+    rejected_out = settings.path("reports") / "rejected_rows.csv"
     result = validate_manifest(
-        read_manifest(source), source=section(params, "ingest")["source"],
-        rejected_rows=read_rejected_rows(ingest_output(params, "rejected_rows")),
-        ages_missing=json.loads(ingest_output(params, "ingest_report").read_text()).get("ages_missing", []),
-        on_invalid=settings["on_invalid"], min_split_patients=settings["min_split_patients"],
+        read_manifest(source), source=settings.ingest.source,
+        rejected_rows=read_rejected_rows(ingest_output(settings, "rejected_rows")),
+        ages_missing=json.loads(ingest_output(settings, "ingest_report").read_text()).get("ages_missing", []),
+        on_invalid=settings.validate.on_invalid, min_split_patients=settings.validate.min_split_patients,
     )
-    page = write_validation_report(result, str(source), path_of(params, "validation_report"))
+    page = write_validation_report(result, str(source), settings.path("validation_report"))
     write_rejected_rows(result.rejected_rows, rejected_out)
     detail = result.to_json_dict()
     errors = sum(1 for check in result.failed if check["severity"] == "error")
     write_stage_figures({"failed": errors, "warnings": len(result.warnings), "ages_missing": len(result.ages_missing),
                          "rejected_rows": len(result.rejected_rows)},
-                        detail, path_of(params, "metrics") / "validate.json", page.parent / "validate.json")
+                        detail, settings.path("metrics") / "validate.json", page.parent / "validate.json")
     for line in stage_lines(result, str(source), str(rejected_out), str(page.parent / "validate.json")):
         print(line, file=sys.stderr)
     if not result.success:
         raise StageError(failure_line(source, len(result.rejected_rows) if result.rejected_rows_fail else 0, errors,
                                       page, rejected_out))
-    validated = path_of(params, "validated_manifest")
-    with atomic_dir(path_of(params, "validated_dir")) as staging:
+    validated = settings.path("validated_manifest")
+    with atomic_dir(settings.path("validated_dir")) as staging:
         shutil.copyfile(source, staging / validated.name)
     print(f"validate: {source} passed {len(result.checks)} checks", file=sys.stderr)
 
 
-def ingest_output(params: dict, key: str):
-    from pipeline.core.config import path_of
-
-    path = path_of(params, key)
+def ingest_output(settings: Settings, key: str):
+    path = settings.path(key)
     if not path.is_file():
         raise StageError(f"{path}: not found (paths.{key}); the ingest stage writes it: dvc repro ingest")
     return path

@@ -20,9 +20,25 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# train.augment with every augmentation off
+NO_AUGMENT = {"rotation": 0, "zoom": 0, "shift": 0, "hflip": False, "brightness": 0, "contrast": 0}
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 NIH_SUBSET = SHARED_DATA / "nih-subset"
 NIH_64PX = SHARED_DATA / "nih-64px"
+
+
+def project_settings(**dotted):
+    """The project's params.yaml, checked, with dotted params changed:
+    project_settings(**{"train.epochs": 1})."""
+    from pipeline.core.settings import load_settings, with_overrides
+
+    return with_overrides(load_settings(PROJECT_ROOT / "params.yaml"), **dotted)
+
+
+def section_settings(section: str, **changes):
+    """One typed section of the project's params.yaml with some params changed:
+    section_settings("train", epochs=1)."""
+    return getattr(project_settings(**{f"{section}.{key}": value for key, value in changes.items()}), section)
 
 
 @pytest.fixture(autouse=True)

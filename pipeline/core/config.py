@@ -32,6 +32,17 @@ def load_params(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
     return params
 
 
+def params_timeout_s(default: float) -> float:
+    """mlflow.timeout_s of params.yaml in the working directory, else `default`:
+    for `cxr` run in a project folder, and what does not pass the stage's own."""
+    try:
+        mlflow = load_params(PARAMS_FILE).get("mlflow") if PARAMS_FILE.is_file() else None
+    except ConfigError:  # a stage reports a broken params.yaml itself
+        mlflow = None
+    value = mlflow.get("timeout_s") if isinstance(mlflow, dict) else None
+    return float(value) if isinstance(value, (int, float)) and value > 0 else float(default)
+
+
 def section(params: dict[str, Any], name: str) -> dict[str, Any]:
     """A top-level section of params, with a clear error when it is absent."""
     value = params.get(name)

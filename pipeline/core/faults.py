@@ -24,6 +24,13 @@ TENSORFLOW_PATH = re.compile(r"^(?P<path>[^;\n]+); No space left on device")
 DISK_FULL_TEXTS = ("no space left on device", "database or disk is full", "disk quota exceeded")
 
 
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The exception's first non-empty line (its type's name when it has none),
+    cut to `limit` characters with "..." when longer."""
+    line = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return line[:limit] + "..." if limit is not None and len(line) > limit else line
+
+
 def exception_chain(exc: BaseException) -> Iterator[BaseException]:
     """exc, then its causes and contexts (each once)."""
     seen: set[int] = set()

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.core.settings import Settings, load_settings
 from pipeline.core.tracking import TrackingServerError, disable_telemetry
 
 disable_telemetry()
@@ -81,51 +82,42 @@ def store_failure(exc: BaseException, uri: str | None = None) -> str | None:
     if uri is None:
         mlflow = sys.modules.get("mlflow")
         uri = mlflow.get_tracking_uri() if mlflow is not None else tracking_uri()
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    cause = lines[0] if lines else type(exc).__name__
-    if len(cause) > CAUSE_MAX_CHARS:
-        cause = cause[:CAUSE_MAX_CHARS] + "..."
-    return f"MLflow store {redacted(uri)}: {cause}"
+    from pipeline.core.faults import first_line
+
+    return f"MLflow store {redacted(uri)}: {first_line(exc, CAUSE_MAX_CHARS)}"
 
 
-def remove_stale_staging() -> None:
+def remove_stale_staging(paths: dict[str, Path]) -> None:
     """Delete what killed stages left beside any output of params.yaml's `paths`
     (a killed preprocess leaves `.tfrecords.<pid>.*.tmp`, gigabytes at full
     scale): each stage clears them all, since a run that DVC restores from its
     cache runs none of the stages whose staging they are. Only temporaries of
     dead processes are removed (pipeline.core.atomic)."""
     from pipeline.core.atomic import remove_stale_temporaries
-    from pipeline.core.config import ConfigError, load_params
 
-    try:
-        paths = load_params().get("paths") or {}
-    except ConfigError:
-        return  # the stage's own read of params.yaml says what is wrong
-    for value in paths.values() if isinstance(paths, dict) else ():
-        if isinstance(value, str) and value:
-            remove_stale_temporaries(Path(value))
+    for path in paths.values():
+        remove_stale_temporaries(path)
 
 
-def run_stage(name: str, main: Callable[[], None]) -> None:
-    """Run a stage's main(); a known failure prints `<stage>: error: ...` and exits 1;
+def run_stage(name: str, main: Callable[[Settings], None]) -> None:
+    """Run a stage's main(settings) with params.yaml read and checked first
+    (pipeline.core.settings), so a bad param stops it before any work; a known
+    failure prints `<stage>: error: ...` and exits 1;
     SIGTERM, SIGINT or SIGHUP (or the parent's death) end the MLflow run as KILLED
     and exit 128 + the signal.
 
     Set PIPELINE_DEBUG=1 for the full traceback.
     """
-    from pipeline.core.config import ConfigError
-    from pipeline.core.labels import LabelError
     from pipeline.core.store_lock import StoreError
-    from pipeline.data.nih import DataEntryError
-    from pipeline.records.imaging import ImageError
 
-    expected = (StageError, ConfigError, ImageError, LabelError, DataEntryError, FileNotFoundError, ValueError,
-                TrackingServerError, StoreError)
+    # ValueError covers ConfigError, a film's ImageError, LabelError and a CSV's DataEntryError.
+    expected = (StageError, FileNotFoundError, ValueError, TrackingServerError, StoreError)
     previous = {stop_signal: signal.signal(stop_signal, _stop) for stop_signal in STOP_SIGNALS}
     die_with_parent()
     try:
-        remove_stale_staging()
-        main()
+        settings = load_settings()
+        remove_stale_staging(settings.paths)
+        main(settings)
     except StageStopped as stopped:
         ended = f"; MLflow run {stopped.run_id} ended as KILLED" if stopped.run_id else ""
         print(f"{name}: stopped by {signal.Signals(stopped.signum).name}{ended}", file=sys.stderr)

@@ -86,23 +86,13 @@ def check_tracking_server(uri: str, timeout: float = SERVER_CHECK_TIMEOUT, remed
     )
 
 
-def params_timeout_s() -> float:
-    """params.yaml's mlflow.timeout_s (in the stage's working directory), else DEFAULT_TIMEOUT_S:
-    for stage scripts that do not pass it along."""
-    from pipeline.core.config import PARAMS_FILE, ConfigError, load_params
-
-    try:
-        settings = load_params(PARAMS_FILE).get("mlflow") if PARAMS_FILE.is_file() else None
-    except ConfigError:  # the stage reports a broken params.yaml itself
-        settings = None
-    value = settings.get("timeout_s") if isinstance(settings, dict) else None
-    return float(value) if isinstance(value, (int, float)) and value > 0 else float(DEFAULT_TIMEOUT_S)
-
-
 def bound_http_waits(timeout_s: float | None = None) -> None:
-    """One failing MLflow HTTP call costs about timeout_s (default: params_timeout_s()),
-    not minutes: MLflow's request timeout and a couple of quick retries, unless the user set them."""
-    seconds = max(1, round(float(params_timeout_s() if timeout_s is None else timeout_s)))
+    """One failing MLflow HTTP call costs about timeout_s (default: mlflow.timeout_s of the
+    working directory's params.yaml, pipeline.core.config.params_timeout_s), not minutes:
+    MLflow's request timeout and a couple of quick retries, unless the user set them."""
+    from pipeline.core.config import params_timeout_s
+
+    seconds = max(1, round(float(params_timeout_s(DEFAULT_TIMEOUT_S) if timeout_s is None else timeout_s)))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(seconds))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(HTTP_MAX_RETRIES))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(HTTP_BACKOFF_FACTOR))
@@ -247,10 +237,10 @@ def experiment_page(base_url: str, experiment: str, uri: str | None = None) -> s
 if __name__ == "__main__":  # `make mlflow-ui`: where to open the UI
     import sys
 
-    from pipeline.core.config import load_params
+    from pipeline.core.settings import load_settings
 
     try:
-        print(f"Open {experiment_page(sys.argv[1], load_params()['mlflow']['experiment'], DEFAULT_TRACKING_URI)}")
+        print(f"Open {experiment_page(sys.argv[1], load_settings().mlflow.experiment, DEFAULT_TRACKING_URI)}")
     except Exception as exc:  # a broken store or params.yaml: say so in one line; the UI still starts
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         print(f"could not read {DEFAULT_TRACKING_URI} ({reason}); open "

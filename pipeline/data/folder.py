@@ -19,7 +19,7 @@ ingest.labels a CSV, relative to the root unless absolute, in this format
   view        optional  PA or AP, any case; empty or no column: unknown ("")
 
 The manifest's image_id is the CSV's path (validate checks it against
-pipeline.data.manifest.FOLDER_IMAGE_ID_REGEX instead of NIH's pattern), follow_up is 0.
+pipeline.data.sources.FOLDER_CONTRACT instead of NIH's pattern), follow_up is 0.
 Rows are checked like NIH's: every problem row is set aside with its line
 and reason in one run, and validate.on_invalid decides.
 """

@@ -23,7 +23,6 @@ from pipeline.data.nih import (
     OFFICIAL_TRAIN_VAL_LIST,
     ROW_REJECTED,
     DataEntryError,
-    check_source,
     find_metadata_csv,
     read_metadata,
     read_official_lists,
@@ -40,7 +39,7 @@ from pipeline.data.row_problems import (
 )
 from pipeline.data.split import assign_official_splits, assign_splits_by_method, split_settings
 
-__all__ = ["build_manifest", "build_nih_manifest", "display_path", "ingest_data_root", "label_matrix", "read_boxes"]
+__all__ = ["build_manifest", "build_nih_manifest", "display_path", "label_matrix", "read_boxes"]
 
 
 def label_matrix(metadata: pd.DataFrame, source: Path) -> pd.DataFrame:
@@ -216,41 +215,6 @@ def read_boxes(root: Path, image_ids: set[str]) -> pd.DataFrame:
                 if image_id in image_ids:
                     rows.append([image_id, finding, *box])
     return pd.DataFrame(rows, columns=["image_id", "finding", "x", "y", "w", "h"])
-
-
-def ingest_data_root(
-    source: str,
-    root: Path,
-    split: dict,
-    seed: int,
-    require_all_images: bool = False,
-    labels: Path | str | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame, list[dict], dict]:
-    """The ingest stage: read the data root (the phantom stage's output, the
-    user's NIH or Kaggle download, or a folder of their own films with a
-    labels CSV, by `source`) into the manifest and the box list of its images.
-    `labels`: the folder source's labels CSV, relative to root unless absolute.
-    Returns (manifest, boxes, rejected rows, report).
-
-    The stage's DVC deps include the root itself, so a changed metadata CSV,
-    box list, split list or set of images reruns it (see dvc.yaml)."""
-    root = Path(root)
-    if source == "folder":
-        from pipeline.data.folder import build_folder_manifest
-
-        if not labels:
-            raise DataEntryError("ingest.labels is empty: the folder source needs a labels CSV (see docs/real-data.md)")
-        manifest, rejected, report = build_folder_manifest(root, root / labels, split, seed)
-    elif source == "phantom":
-        if not (root / "images").is_dir():
-            raise DataEntryError(f"{root}: no phantom here; the phantom stage makes it (dvc repro)")
-        # the phantom is written in NIH's Box layout
-        manifest, rejected, report = build_nih_manifest(root, split, seed, require_all_images, source="nih")
-    else:
-        check_source(source)  # nih or kaggle-sample; the error names every source
-        manifest, rejected, report = build_nih_manifest(root, split, seed, require_all_images, source=source)
-    boxes = read_boxes(root, set(manifest["image_id"]))
-    return manifest, boxes, rejected, {**report, "source": source, "boxes": len(boxes)}
 
 
 def ingest_notes(report: dict, rejected: int, rejected_file: Path, report_file: Path) -> list[str]:

@@ -22,11 +22,7 @@ import pandas as pd
 
 from pipeline.core.labels import FINDINGS
 
-# What an image_id looks like: NIH's Image Index, or (ingest.source folder) a
-# plain relative POSIX path to a PNG, JPEG or DICOM file: no leading '/', no
-# '\', no '.' or '..' part, no empty part.
-NIH_IMAGE_ID_REGEX = r"^\d{8}_\d{3}\.png$"
-FOLDER_IMAGE_ID_REGEX = r"^(?!/)(?!.*\\)(?!(?:.*/)?\.\.?(?:/|$))(?!.*//).+\.(?i:png|jpe?g|dcm)$"
+# What an image_id looks like is each source's manifest contract (pipeline.data.sources).
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "image_id",

@@ -43,8 +43,7 @@ KAGGLE_SAMPLE_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
     "OriginalImageWidth,OriginalImageHeight,OriginalImagePixelSpacing_x,OriginalImagePixelSpacing_y"
 )
-SOURCES = ("nih", "kaggle-sample")  # the data-root layouts read here (ingest.source)
-INGEST_SOURCES = ("phantom", *SOURCES, "folder")  # every ingest.source (folder: pipeline/data/folder.py)
+LAYOUTS = ("nih", "kaggle-sample")  # the data-root layouts read here (their records: pipeline.data.sources)
 BBOX_FILE_NAME = "BBox_List_2017.csv"
 OFFICIAL_TEST_LIST = "test_list.txt"
 OFFICIAL_TRAIN_VAL_LIST = "train_val_list.txt"
@@ -57,8 +56,8 @@ CSV_NAMES = {"follow_up": "Follow-up #", "patient_id": "Patient ID", "orig_width
 
 def check_source(source: str) -> None:
     """A data-root layout this module reads (phantom is NIH's layout)."""
-    if source not in SOURCES:
-        raise DataEntryError(f"ingest.source must be one of {', '.join(INGEST_SOURCES)}; got {source!r}")
+    if source not in LAYOUTS:
+        raise DataEntryError(f"not an NIH data-root layout: {source!r} (one of {', '.join(LAYOUTS)})")
 
 
 def find_metadata_csv(root: Path, source: str = "nih") -> Path:

@@ -47,8 +47,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.labels import SPLITS
+from pipeline.core.settings import SPLIT_METHODS
 
-SPLIT_METHODS = ("hash", "random", "official")
 DEFAULT_METHOD = "random"  # when ingest.split has no `method`: what older params files were split with
 MAX_NAMED = 5  # images or patients named in an error message
 

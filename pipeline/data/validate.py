@@ -8,7 +8,7 @@ Row numbers in reports are 1-based manifest data rows: row 1 is the first
 row under the CSV header (line 2 of the file); each example names the row's
 image_id too.
 
-The suite depends on the source (ingest.source): a folder source's image_id
+The suite follows the source's manifest contract (pipeline.data.sources): a folder source's image_id
 is a relative path and its sex and view may be "" (unknown). Beside the
 suite, the result carries what ingest set aside: the rejected CSV rows
 (which fail the run when validate.on_invalid is fail) and the ages kept as
@@ -48,15 +48,15 @@ from pipeline.core.labels import (
     LabelError,
     parse_finding_labels,
 )
-from pipeline.data.manifest import FOLDER_IMAGE_ID_REGEX, MANIFEST_COLUMNS, NIH_IMAGE_ID_REGEX
+from pipeline.core.settings import ON_INVALID
+from pipeline.data.manifest import MANIFEST_COLUMNS
 from pipeline.data.row_problems import age_warning
+from pipeline.data.sources import ManifestContract, source_named
 
 if TYPE_CHECKING:  # importing great_expectations takes ~3 s; only do it when validating
     import great_expectations
 
 SUITE_NAME = "manifest"
-IMAGE_ID_REGEX = NIH_IMAGE_ID_REGEX
-ON_INVALID = ("fail", "drop")  # validate.on_invalid: what rejected CSV rows do to the run
 # Every "|"-separated name is one of the 14 findings, or the whole value is
 # exactly "No Finding" (never combined with a finding).
 _FINDING_ALTERNATION = "|".join(re.escape(f) for f in FINDINGS)
@@ -125,15 +125,16 @@ def _gx():
     return gx
 
 
-def suite_kind(source: str) -> str:
-    """The suite a source's manifest gets: "folder", or "nih" (nih, kaggle-sample, phantom)."""
-    return "folder" if source == "folder" else "nih"
+def contract_of(source: str) -> ManifestContract:
+    """The manifest contract of ingest.source (its record in pipeline.data.sources)."""
+    return source_named(source).contract
 
 
 @lru_cache(maxsize=4)
-def _runner(kind: str = "nih", min_split_patients: int = MIN_SPLIT_PATIENTS):
+def _runner(contract: ManifestContract, min_split_patients: int = MIN_SPLIT_PATIENTS):
     """One ephemeral context + pandas datasource + whole-frame batch definition +
-    validation definition per suite kind, built once per process and reused."""
+    validation definition per manifest contract, built once per process and reused."""
+    kind = contract.name
     gx = _gx()
     from great_expectations.data_context.types.base import (
         DataContextConfig,
@@ -150,7 +151,7 @@ def _runner(kind: str = "nih", min_split_patients: int = MIN_SPLIT_PATIENTS):
     context = gx.get_context(mode="ephemeral", project_config=config)
     asset = context.data_sources.add_pandas(f"manifest_source_{kind}").add_dataframe_asset("manifest")
     batch_definition = asset.add_batch_definition_whole_dataframe("whole_manifest")
-    suite = context.suites.add(build_manifest_suite(kind, min_split_patients))
+    suite = context.suites.add(contract_suite(contract, min_split_patients))
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"manifest_validation_{kind}", data=batch_definition, suite=suite)
     )
@@ -166,10 +167,15 @@ def split_floor(split: str, min_split_patients: int) -> int:
 
 def build_manifest_suite(source: str = "nih",
                          min_split_patients: int = MIN_SPLIT_PATIENTS) -> great_expectations.core.ExpectationSuite:
-    """The manifest's expectations for a source (ingest.source), in report
-    order. Severity CRITICAL is reported as "error" (fails the stage),
-    WARNING as "warning". Missing ages (<NA>) pass the age checks."""
-    folder = suite_kind(source) == "folder"
+    """The manifest's expectations for a source (ingest.source), in report order."""
+    return contract_suite(contract_of(source), min_split_patients)
+
+
+def contract_suite(contract: ManifestContract,
+                   min_split_patients: int = MIN_SPLIT_PATIENTS) -> great_expectations.core.ExpectationSuite:
+    """The expectations of a manifest contract, in report order. Severity
+    CRITICAL is reported as "error" (fails the stage), WARNING as "warning".
+    Missing ages (<NA>) pass the age checks."""
     gx = _gx()
     from great_expectations.expectations.metadata_types import FailureSeverity
     from great_expectations.expectations.row_conditions import Column
@@ -192,9 +198,7 @@ def build_manifest_suite(source: str = "nih",
     ))
     add(E.ExpectColumnValuesToNotBeNull(column="image_id", description="every row has an image_id"))
     add(E.ExpectColumnValuesToMatchRegex(
-        column="image_id", regex=FOLDER_IMAGE_ID_REGEX if folder else IMAGE_ID_REGEX,
-        description=("image_id is a plain relative path to a .png, .jpg, .jpeg or .dcm file" if folder
-                     else "image_id looks like NIH's 00000001_000.png"),
+        column="image_id", regex=contract.image_id_regex, description=contract.image_id_description,
     ))
     add(E.ExpectColumnValuesToBeUnique(column="image_id", description="no image_id appears twice"))
     for column in ("path", "sex", "view", "finding_labels", "split"):
@@ -211,7 +215,7 @@ def build_manifest_suite(source: str = "nih",
         description=f"age is between {MIN_AGE} and {MAX_AGE} years (or missing)",
     ))
     for column, allowed in (("sex", SEXES), ("view", VIEWS), ("split", SPLITS)):
-        unknown_allowed = folder and column != "split"  # the labels CSV's sex and view are optional
+        unknown_allowed = column in contract.unknown_allowed
         add(E.ExpectColumnValuesToBeInSet(
             column=column, value_set=[*allowed, ""] if unknown_allowed else list(allowed),
             description=f"{column} is one of {', '.join(allowed)}" + (" or empty (unknown)" if unknown_allowed else ""),
@@ -249,7 +253,7 @@ def build_manifest_suite(source: str = "nih",
                 description=f"{finding} has at least one positive in split '{split}'",
                 meta={"split": split, "finding": finding},
             ))
-    return gx.ExpectationSuite(name=f"{SUITE_NAME}_{suite_kind(source)}", expectations=expectations)
+    return gx.ExpectationSuite(name=f"{SUITE_NAME}_{contract.name}", expectations=expectations)
 
 
 # --------------------------------------------------------------------------
@@ -469,7 +473,7 @@ def validate_manifest(
         raise ValueError(f"validate.on_invalid must be one of {', '.join(ON_INVALID)}, got {on_invalid!r}")
     if isinstance(min_split_patients, bool) or not isinstance(min_split_patients, int) or min_split_patients < 1:
         raise ValueError(f"validate.min_split_patients must be a whole number >= 1, got {min_split_patients!r}")
-    definition = _runner(suite_kind(source), min_split_patients)
+    definition = _runner(contract_of(source), min_split_patients)
     frame = _with_helper_columns(manifest)
     suite_result = definition.run(
         batch_parameters={"dataframe": frame},

@@ -17,13 +17,12 @@ import keras
 import numpy as np
 import pandas as pd
 
-from pipeline.core.config import ConfigError
 from pipeline.core.labels import FINDINGS
 from pipeline.core.model_io import uses_patient_metadata
 from pipeline.core.patient import PATIENT_INPUT
+from pipeline.core.settings import ExplainSettings
 from pipeline.core.tracking import metric_name
 from pipeline.explain.gradcam import (
-    METHODS,
     feature_map_shape,
     grad_cam,
     overlay_heatmap,
@@ -48,38 +47,6 @@ LOCALISATION_COLUMNS = ["image_id", "finding", *SCORE_COLUMNS, *(RANDOM_PREFIX +
 TRUTH_COLOUR, DETECTED_COLOUR, PEAK_COLOUR = (0, 255, 0), (255, 255, 255), (255, 0, 255)
 
 Pair = tuple[str, str]  # (image_id, finding)
-
-
-def check_settings(settings: dict) -> dict:
-    """params.yaml's explain section, typed; a clear error for a bad value."""
-    def value(key: str):
-        if key not in settings:
-            raise ConfigError(f"params.yaml: explain.{key} is missing")
-        return settings[key]
-
-    checked = {
-        "method": value("method"),
-        "layer": value("layer"),
-        "top_k": int(value("top_k")),
-        "false_positives": int(value("false_positives")),
-        "heatmap_threshold": float(value("heatmap_threshold")),
-        "iobb_thresholds": [float(t) for t in value("iobb_thresholds")],
-        "max_localisation_images": int(value("max_localisation_images")),
-        "batch_size": int(value("batch_size")),
-    }
-    if checked["method"] not in METHODS:
-        raise ConfigError(f"explain.method must be one of {', '.join(METHODS)}, got {checked['method']!r}")
-    if not 0 < checked["heatmap_threshold"] <= 1:
-        raise ConfigError(f"explain.heatmap_threshold is a fraction of the heatmap's maximum, in (0, 1], "
-                          f"got {checked['heatmap_threshold']}")
-    if not all(0 <= t < 1 for t in checked["iobb_thresholds"]):
-        raise ConfigError(f"explain.iobb_thresholds must lie in [0, 1), got {checked['iobb_thresholds']}")
-    for key in ("top_k", "false_positives", "max_localisation_images"):
-        if checked[key] < 0:
-            raise ConfigError(f"explain.{key} must be 0 or more, got {checked[key]}")
-    if checked["batch_size"] < 1:
-        raise ConfigError(f"explain.batch_size must be 1 or more, got {checked['batch_size']}")
-    return checked
 
 
 def select_examples(
@@ -153,21 +120,21 @@ def truth_boxes(
 
 
 def heatmap_batches(
-    model: keras.Model, pairs: list[Pair], images: dict[str, dict], settings: dict, layer: str
+    model: keras.Model, pairs: list[Pair], images: dict[str, dict], settings: ExplainSettings, layer: str
 ) -> Iterator[tuple[int, list[Pair], np.ndarray]]:
     """(index of the batch's first pair, the batch's pairs, their heatmaps)."""
-    size = settings["batch_size"]
+    size = settings.batch_size
     with_metadata = uses_patient_metadata(model)
     for start in range(0, len(pairs), size):
         batch = pairs[start : start + size]
         pixels = np.stack([images[image_id]["image"] for image_id, _ in batch]).astype(np.float32)
         classes = np.array([FINDINGS.index(finding) for _, finding in batch])
         metadata = np.stack([images[image_id]["metadata"] for image_id, _ in batch]) if with_metadata else None
-        yield start, batch, grad_cam(model, pixels, classes, layer, settings["method"], metadata)
+        yield start, batch, grad_cam(model, pixels, classes, layer, settings.method, metadata)
 
 
 def localise(
-    model: keras.Model, truth: dict[Pair, list[Box]], images: dict[str, dict], settings: dict, layer: str,
+    model: keras.Model, truth: dict[Pair, list[Box]], images: dict[str, dict], settings: ExplainSettings, layer: str,
     seed: int,
 ) -> pd.DataFrame:
     """Score every (image, finding) of truth, and a seeded random map for each
@@ -175,7 +142,7 @@ def localise(
     Columns LOCALISATION_COLUMNS."""
     pairs = sorted(truth)
     noise = random_grids(len(pairs), feature_map_shape(model, layer), seed)
-    fraction, rows = settings["heatmap_threshold"], []
+    fraction, rows = settings.heatmap_threshold, []
     for start, batch, heatmaps in heatmap_batches(model, pairs, images, settings, layer):
         random_maps = to_heatmaps(noise[start : start + len(batch)], heatmaps.shape[1:3])
         for pair, heatmap, random_map in zip(batch, heatmaps, random_maps):
@@ -228,7 +195,7 @@ def caption_lines(record: dict, method: str) -> list[str]:
 
 def explain_examples(
     model: keras.Model, examples: pd.DataFrame, images: dict[str, dict], truth: dict[Pair, list[Box]],
-    settings: dict, layer: str,
+    settings: ExplainSettings, layer: str,
 ) -> list[dict]:
     """One gallery entry per example: its EXAMPLE_COLUMNS, the overlay's file
     name and PNG bytes, and its localisation scores (None without a box)."""
@@ -238,13 +205,13 @@ def explain_examples(
     for start, batch, heatmaps in heatmap_batches(model, pairs, images, settings, layer):
         for record, pair, heatmap in zip(records[start:], batch, heatmaps):
             boxes = truth.get(pair, [])
-            picture = draw_overlay(images[pair[0]]["image"], heatmap, boxes, settings["heatmap_threshold"])
-            scores = score_heatmap(heatmap, boxes, settings["heatmap_threshold"]) if boxes else \
+            picture = draw_overlay(images[pair[0]]["image"], heatmap, boxes, settings.heatmap_threshold)
+            scores = score_heatmap(heatmap, boxes, settings.heatmap_threshold) if boxes else \
                 dict.fromkeys(SCORE_COLUMNS)
             entries.append({
                 **record, **scores,
                 "overlay": f"{pair[1]}_{Path(pair[0]).stem}.png",
-                "png": cv2.imencode(".png", captioned(picture, caption_lines(record, settings["method"])))[1].tobytes(),
+                "png": cv2.imencode(".png", captioned(picture, caption_lines(record, settings.method)))[1].tobytes(),
                 # The gallery page embeds every overlay: JPEG keeps it ~5x smaller.
                 "jpeg": cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes(),
             })
@@ -257,15 +224,15 @@ def examples_table(entries: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([{c: e[c] for c in columns} for e in entries], columns=columns)
 
 
-def explain_metrics(settings: dict, layer: str, entries: list[dict], localisation: dict) -> dict:
+def explain_metrics(settings: ExplainSettings, layer: str, entries: list[dict], localisation: dict) -> dict:
     """The content of metrics/explain.json."""
     kinds = [e["kind"] for e in entries]
     gallery = {"true_positives": kinds.count(TRUE_POSITIVE), "false_positives": kinds.count(FALSE_POSITIVE)}
     return {
-        "method": settings["method"],
+        "method": settings.method,
         "layer": layer,
-        "heatmap_threshold": settings["heatmap_threshold"],
-        "iobb_thresholds": settings["iobb_thresholds"],
+        "heatmap_threshold": settings.heatmap_threshold,
+        "iobb_thresholds": list(settings.iobb_thresholds),
         "gallery": gallery,
         "localisation": localisation,
     }
@@ -310,7 +277,8 @@ def localisation_table(metrics: dict) -> pd.DataFrame:
 
 def explain_model(
     model_file: Path, tfrecord_dir: Path, reports_dir: Path, boxes_file: Path, out_dir: Path, run_file: Path,
-    settings: dict, experiment: str, image_size: int, fit: str, seed: int,
+    settings: ExplainSettings, experiment: str, image_size: int, fit: str, seed: int,
+    mlflow_timeout_s: float | None = None,
 ) -> dict:
     """The explain stage. `settings` is params.yaml's explain section;
     reports_dir holds evaluate's test_predictions.csv and thresholds.json
@@ -326,20 +294,20 @@ def explain_model(
     from pipeline.explain.gradcam import resolve_layer
     from pipeline.explain.localisation import summarise
 
-    settings = check_settings(settings)
+    # explain.layer first: a layer the model does not have stops the stage before any image is read
+    model = load_keras_model(model_file)
+    layer = resolve_layer(model, settings.layer)
     predictions = pd.read_csv(reports_dir / "test_predictions.csv")
     thresholds = json.loads((reports_dir / "thresholds.json").read_text())
-    examples = select_examples(predictions, thresholds, settings["top_k"], settings["false_positives"])
+    examples = select_examples(predictions, thresholds, settings.top_k, settings.false_positives)
     boxes = pd.read_csv(boxes_file)
-    targets = localisation_targets(boxes, set(predictions["image_id"]), settings["max_localisation_images"], seed)
+    targets = localisation_targets(boxes, set(predictions["image_id"]), settings.max_localisation_images, seed)
     images = load_test_images(tfrecord_dir, set(examples["image_id"]) | set(targets["image_id"]))
-    model = load_keras_model(model_file)
-    layer = resolve_layer(model, settings["layer"])
 
     scores = localise(model, truth_boxes(targets, images, image_size, fit), images, settings, layer, seed)
     # A gallery image shows its box whether or not it is in the localisation sample.
     entries = explain_examples(model, examples, images, truth_boxes(boxes, images, image_size, fit), settings, layer)
-    metrics = explain_metrics(settings, layer, entries, summarise(scores, settings["iobb_thresholds"]))
+    metrics = explain_metrics(settings, layer, entries, summarise(scores, settings.iobb_thresholds))
     with atomic_dir(out_dir) as staging:
         for entry in entries:
             (staging / entry["overlay"]).write_bytes(entry["png"])
@@ -347,10 +315,10 @@ def explain_model(
         examples_table(entries).to_csv(staging / "examples.csv", index=False, lineterminator="\n")
         scores.to_csv(staging / "localisation.csv", index=False, lineterminator="\n")
 
-    mlflow = configure_mlflow(experiment)
+    mlflow = configure_mlflow(experiment, mlflow_timeout_s)
     with resume_run(mlflow, run_file):
         mlflow.log_metrics(mlflow_metrics(metrics))
         log_table(mlflow, localisation_table(metrics), LOCALISATION_TABLE)
-        mlflow.set_tags({"explain_method": settings["method"], "explain_layer": layer})
+        mlflow.set_tags({"explain_method": settings.method, "explain_layer": layer})
         mlflow.log_artifacts(str(out_dir), artifact_path="gradcam")
     return metrics

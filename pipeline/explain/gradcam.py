@@ -21,9 +21,7 @@ import tensorflow as tf
 
 from pipeline.core.model_io import image_size_of, model_inputs, uses_patient_metadata
 from pipeline.core.patient import NUM_PATIENT_FEATURES
-
-METHODS = ("gradcam", "gradcam++")
-
+from pipeline.core.settings import GRADCAM_METHODS as METHODS
 
 POOLING_LAYERS = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
 

@@ -13,9 +13,9 @@ With use_metadata the model has two inputs, {"image", "metadata"}
 ("metadata_dense") and is concatenated with the pooled image features
 ("fuse") before the head, so the findings see both.
 
-Backbones: keras.applications (densenet121, resnet50, vgg16, mobilenetv2,
-efficientnetb0) and our own definitions of resnet18, alexnet and small_cnn,
-which Keras does not ship (and which have no ImageNet weights here).
+What differs between backbones (their constructor, ImageNet input scaling,
+weights file, smallest input, Grad-CAM layer) is in their records,
+pipeline.model.backbones; nothing here is keyed by a backbone's name.
 """
 from __future__ import annotations
 
@@ -25,37 +25,17 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from pipeline.core.faults import first_line
 from pipeline.core.labels import NUM_FINDINGS
 from pipeline.core.patient import IMAGE_INPUT, NUM_PATIENT_FEATURES, PATIENT_INPUT
-from pipeline.model.pretrained import fetch_imagenet_weights, imagenet_weights_source
+from pipeline.model.backbones import Backbone, backbone_named, check_backbone_settings, imagenet_weights_source
+from pipeline.model.pretrained import fetch_imagenet_weights
 
-# keras.applications constructors by our param name.
-KERAS_BACKBONES = {
-    "densenet121": keras.applications.DenseNet121,
-    "resnet50": keras.applications.ResNet50,
-    "mobilenetv2": keras.applications.MobileNetV2,
-    "efficientnetb0": keras.applications.EfficientNetB0,
-    "vgg16": keras.applications.VGG16,
-}
 # ImageNet statistics (RGB), for backbones started from ImageNet weights.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Caffe-style means (BGR order; our three channels are identical, so order is moot).
 CAFFE_MEAN = (103.939, 116.779, 123.68)
-# How each keras.applications backbone's ImageNet weights expect their input
-# (keras.applications.<name>.preprocess_input): "torch" = 0..1 then ImageNet
-# mean/std, "caffe" = 0..255 minus channel means, "tf" = -1..1, "raw" = 0..255
-# (EfficientNet rescales and normalises inside itself; see normalise for the
-# one scaling Keras leaves out of a model built without weights="imagenet").
-IMAGENET_INPUT_MODE = {
-    "densenet121": "torch",
-    "resnet50": "caffe",
-    "vgg16": "caffe",
-    "mobilenetv2": "tf",
-    "efficientnetb0": "raw",
-}
-# The smallest input each of our own backbones gives a non-empty feature map for.
-MIN_IMAGE_SIZE = {"alexnet": 32, "resnet18": 32, "small_cnn": 8}
 # Trained from the start, also while a pretrained backbone is frozen for warm-up.
 HEAD_LAYERS = ("pool", "metadata_dense", "fuse", "dropout", "findings")
 # Width of the metadata embedding: three inputs need few units, and a small
@@ -63,79 +43,18 @@ HEAD_LAYERS = ("pool", "metadata_dense", "fuse", "dropout", "findings")
 METADATA_UNITS = 16
 
 
-def small_cnn(inputs: keras.KerasTensor) -> keras.KerasTensor:
-    """A few conv blocks: for tests and quick experiments, not for results."""
-    x = inputs
-    for i, filters in enumerate((16, 32, 64, 128)):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{i}_conv")(x)
-        x = layers.BatchNormalization(name=f"block{i}_bn")(x)
-        x = layers.Activation("relu", name=f"block{i}_relu")(x)
-        if i < 3:
-            x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
-    return x
-
-
-def conv_bn_relu(x, filters: int, kernel: int, strides: int, name: str, relu: bool = True):
-    x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
-    return layers.Activation("relu", name=f"{name}_relu")(x) if relu else x
-
-
-def basic_block(x, filters: int, strides: int, name: str):
-    """ResNet basic block (He et al. 2016): two 3x3 convs and the identity, or a
-    strided 1x1 projection when the shape changes."""
-    shortcut = x
-    if strides != 1 or x.shape[-1] != filters:
-        shortcut = conv_bn_relu(x, filters, 1, strides, f"{name}_proj", relu=False)
-    y = conv_bn_relu(x, filters, 3, strides, f"{name}_1")
-    y = conv_bn_relu(y, filters, 3, 1, f"{name}_2", relu=False)
-    y = layers.Add(name=f"{name}_add")([shortcut, y])
-    return layers.Activation("relu", name=f"{name}_out")(y)
-
-
-def resnet18(inputs: keras.KerasTensor) -> keras.KerasTensor:
-    """ResNet-18: 7x7/2 stem, 3x3/2 max pool, four stages of two basic blocks
-    (64, 128, 256, 512 filters; stages 2-4 start with stride 2). Output stride 32."""
-    x = conv_bn_relu(inputs, 64, 7, 2, "stem")
-    x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
-    for stage, filters in enumerate((64, 128, 256, 512), start=1):
-        for block in range(2):
-            strides = 2 if stage > 1 and block == 0 else 1
-            x = basic_block(x, filters, strides, f"stage{stage}_block{block}")
-    return x
-
-
-def alexnet(inputs: keras.KerasTensor) -> keras.KerasTensor:
-    """AlexNet's five convolutions and two max pools (Krizhevsky et al. 2012, the
-    single-tower filter counts of torchvision's version). The third max pool and
-    the fully connected layers are replaced by the global-pooled head, so the last
-    feature map keeps some resolution for Grad-CAM (19x19 at 320 px, 3x3 at 64 px).
-    No BatchNorm, as in the original; the input must be at least 32 px."""
-    x = layers.Conv2D(64, 11, strides=4, padding="same", activation="relu", name="conv1")(inputs)
-    x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
-    x = layers.Conv2D(192, 5, padding="same", activation="relu", name="conv2")(x)
-    x = layers.MaxPooling2D(3, strides=2, name="pool2")(x)
-    x = layers.Conv2D(384, 3, padding="same", activation="relu", name="conv3")(x)
-    x = layers.Conv2D(256, 3, padding="same", activation="relu", name="conv4")(x)
-    return layers.Conv2D(256, 3, padding="same", activation="relu", name="conv5")(x)
-
-
-OWN_BACKBONES = {"resnet18": resnet18, "alexnet": alexnet, "small_cnn": small_cnn}
-BACKBONES = (*KERAS_BACKBONES, *OWN_BACKBONES)
-
-
-def normalise(inputs: keras.KerasTensor, weights: str, backbone: str = "densenet121") -> keras.KerasTensor:
+def normalise(inputs: keras.KerasTensor, weights: str, backbone: Backbone) -> keras.KerasTensor:
     """Grey values 0..255 to what the backbone expects. The one place where
     grayscale meets the backbone: one channel from scratch, three identical
     channels for ImageNet weights."""
     if weights == "none":
-        if backbone == "efficientnetb0":
+        if backbone.from_scratch_input == "raw":
             # EfficientNet rescales by 1/255 inside itself: feed it 0..255.
             return layers.Identity(name="normalise")(inputs)
         # From scratch: one channel, roughly zero mean and unit spread.
         return layers.Rescaling(1 / 63.75, offset=-2.0, name="normalise")(inputs)
     rgb = layers.Concatenate(name="gray_to_rgb")([inputs, inputs, inputs])
-    mode = IMAGENET_INPUT_MODE.get(backbone, "torch")
+    mode = backbone.imagenet_input
     if mode == "caffe":
         return layers.Normalization(mean=list(CAFFE_MEAN), variance=[1.0, 1.0, 1.0], name="normalise")(rgb)
     if mode == "tf":
@@ -156,28 +75,16 @@ def normalise(inputs: keras.KerasTensor, weights: str, backbone: str = "densenet
     )(scaled)
 
 
-def imagenet_weights_name(backbone: str, image_size: int) -> str:
-    """The file name keras.applications downloads for `backbone` without its top."""
-    return imagenet_weights_source(backbone, image_size).file_name
-
-
 def imagenet_weights_file(backbone: str, image_size: int) -> Path:
     """The ImageNet weights file for `backbone`, from Keras's cache or downloaded
     into it as Keras would (pipeline.model.pretrained): done when the model is
     built, so an offline machine fails before any training, in one line."""
-    if backbone not in KERAS_BACKBONES:
+    if not backbone_named(backbone).has_imagenet:
         raise ValueError(
             f"train.weights: imagenet has no weights for train.backbone {backbone!r} (our own definition); "
-            f"use weights: none or a path, or one of {', '.join(KERAS_BACKBONES)}"
+            f"use weights: none or a path"
         )
     return fetch_imagenet_weights(imagenet_weights_source(backbone, image_size))
-
-
-def check_image_size(backbone: str, image_size: int) -> None:
-    minimum = MIN_IMAGE_SIZE.get(backbone, 32)
-    if image_size < minimum:
-        raise ValueError(f"preprocess.image_size {image_size} is too small for train.backbone {backbone!r} "
-                         f"(at least {minimum} px)")
 
 
 def assemble_model(
@@ -191,19 +98,9 @@ def assemble_model(
     """The classifier's graph. layout: "none" (one channel, from scratch) or
     "imagenet" (three identical channels with the backbone's ImageNet input
     scaling, the backbone's weights read from imagenet_file when given)."""
+    record = backbone_named(backbone)
     inputs = keras.Input((image_size, image_size, 1), name=IMAGE_INPUT)
-    x = normalise(inputs, layout, backbone)
-    if backbone in OWN_BACKBONES:
-        features = OWN_BACKBONES[backbone](x)
-    else:
-        # input_tensor builds the backbone's layers into this graph (not a nested
-        # model), so Grad-CAM can reach its last feature map by layer name.
-        base = KERAS_BACKBONES[backbone](include_top=False, weights=None, input_tensor=x)
-        if imagenet_file is not None:
-            # What Keras does with weights="imagenet", from the file fetched
-            # and hash-checked before (pipeline.model.pretrained).
-            base.load_weights(imagenet_file)
-        features = base.output
+    features = record.features(normalise(inputs, layout, record), imagenet_file)
     pooled = layers.GlobalAveragePooling2D(name="pool", dtype="float32")(features)
     graph_inputs = inputs
     if use_metadata:
@@ -239,7 +136,7 @@ def model_from_weights_file(
     """A model with the whole-model weights saved from one of ours: one started
     from scratch (one channel) or from ImageNet weights (three channels); the
     input layout the file fits is the one built."""
-    layouts = ("none", "imagenet") if backbone in KERAS_BACKBONES else ("none",)
+    layouts = ("none", "imagenet") if backbone_named(backbone).has_imagenet else ("none",)
     saved = saved_weight_count(path)
     problems = []
     for layout in layouts:
@@ -253,7 +150,7 @@ def model_from_weights_file(
             model.load_weights(path)
             return model
         except (ValueError, KeyError) as exc:
-            problems.append(f"{layout} layout: {str(exc).splitlines()[0][:200]}")
+            problems.append(f"{layout} layout: {first_line(exc)[:200]}")
     raise ValueError(
         f"train.weights: {path} does not fit a {backbone} model at {image_size} px with dropout {dropout} and "
         f"use_metadata {use_metadata} (the weights must come from a model with these settings), in the input "
@@ -280,9 +177,7 @@ def build_model(
     Under a mixed-precision policy the head ("pool" onwards) stays float32, so
     the probabilities and Grad-CAM's logits are computed in float32.
     """
-    if backbone not in BACKBONES:
-        raise ValueError(f"train.backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
-    check_image_size(backbone, image_size)
+    check_backbone_settings(backbone, image_size, "none")  # the name and the size; the weights below
     if weights in ("none", "imagenet"):
         imagenet_file = imagenet_weights_file(backbone, image_size) if weights == "imagenet" else None
         model = assemble_model(backbone, image_size, weights, dropout, use_metadata, imagenet_file)

@@ -26,9 +26,9 @@ import numpy as np
 
 from pipeline.core.labels import FINDINGS, NUM_FINDINGS
 from pipeline.core.recalibration import apply_recalibration, logit
+from pipeline.core.settings import RECALIBRATION_METHODS
 
 DEFAULT_BINS = 10
-RECALIBRATION_METHODS = ("none", "platt", "isotonic")
 POOLED = "all findings"
 # Platt's logistic regression: an L2 penalty this weak is no penalty on
 # thousands of validation images, yet keeps the slope finite when a finding's

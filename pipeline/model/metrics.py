@@ -18,6 +18,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from pipeline.core.floors import MIN_PATIENTS, MIN_POSITIVES, MIN_THRESHOLD_FILMS
 from pipeline.core.labels import FINDINGS
+from pipeline.core.settings import THRESHOLD_METHODS
 from pipeline.model.bootstrap import (
     describe,
     mean_over,
@@ -26,7 +27,6 @@ from pipeline.model.bootstrap import (
     weighted_aucs,
 )
 
-THRESHOLD_METHODS = ("youden", "max_f1", "sensitivity")
 # Used when a split has too few positives or negatives of a finding
 # (MIN_THRESHOLD_FILMS), so no threshold can be chosen from data; reported as such in the metrics.
 FALLBACK_THRESHOLD = 0.5

@@ -137,7 +137,7 @@ ECE_WARNING = 0.05
 
 def intended_use_section(summary: dict, metrics: dict) -> str:
     """Banner for synthetic data, what the model is for, and what it is not."""
-    from pipeline.core.data_source import SYNTHETIC_WARNING, is_synthetic, source_sentence
+    from pipeline.data.sources import SYNTHETIC_WARNING, is_synthetic, source_sentence
 
     source = summary.get("data_source")
     parts = []

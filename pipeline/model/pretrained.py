@@ -8,8 +8,7 @@ the same file ourselves, so the fetch is done here, when the model is built,
 before any epoch runs: an offline machine fails in seconds, in one line that
 names the file, the URL and where to put a copy.
 
-The URLs and hashes are Keras 3.15.1's (keras/src/applications/*.py);
-tests/model/test_pretrained_weights.py checks them against the installed Keras.
+Which file each backbone uses is in its record (pipeline.model.backbones).
 """
 from __future__ import annotations
 
@@ -23,8 +22,6 @@ from pathlib import Path
 # An unreachable host that drops packets would otherwise hold urlretrieve for
 # minutes; a stalled download also ends after this many seconds without data.
 DOWNLOAD_TIMEOUT_SECONDS = 30
-# The input sizes MobileNetV2 has ImageNet weights for; Keras uses 224's otherwise.
-MOBILENETV2_SIZES = (96, 128, 160, 192, 224)
 KERAS_APPLICATIONS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 
@@ -45,29 +42,6 @@ class ImagenetWeightsUnavailable(FileNotFoundError):
 def keras_cache_dir() -> Path:
     """Where keras.applications keeps downloaded weights: $KERAS_HOME/models, else ~/.keras/models."""
     return Path(os.environ.get("KERAS_HOME") or Path("~/.keras").expanduser()) / "models"
-
-
-def imagenet_weights_source(backbone: str, image_size: int) -> WeightsSource:
-    """The file keras.applications downloads for `backbone` without its top, at `image_size`."""
-    if backbone == "densenet121":
-        name = "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
-        return WeightsSource(name, f"{KERAS_APPLICATIONS_URL}densenet/{name}", "30ee3e1110167f948a6b9946edeeb738")
-    if backbone == "resnet50":
-        name = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
-        return WeightsSource(name, f"{KERAS_APPLICATIONS_URL}resnet/{name}", "4d473c1dd8becc155b73f8504c6f6626")
-    if backbone == "vgg16":
-        name = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
-        return WeightsSource(name, f"{KERAS_APPLICATIONS_URL}vgg16/{name}", "6d6bbae143d832006294945121d1f1fc")
-    if backbone == "mobilenetv2":
-        rows = image_size if image_size in MOBILENETV2_SIZES else 224
-        name = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5"
-        return WeightsSource(name, f"{KERAS_APPLICATIONS_URL}mobilenet_v2/{name}", None)
-    if backbone == "efficientnetb0":
-        # EfficientNet's files live one level up, outside tensorflow/.
-        name = "efficientnetb0_notop.h5"
-        return WeightsSource(name, f"https://storage.googleapis.com/keras-applications/{name}",
-                             "50bc09e76180e00e4465e1a485ddc09d")
-    raise ValueError(f"train.weights: imagenet has no weights file for train.backbone {backbone!r}")
 
 
 def file_md5(path: Path) -> str:

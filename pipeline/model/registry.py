@@ -26,21 +26,24 @@ from pipeline.core.labels import FINDINGS
 from pipeline.core.model_io import KERAS_ARTIFACT
 from pipeline.core.quiet import mlflow_event_lines_off
 from pipeline.core.store_lock import DEFAULT_LOCK_TIMEOUT_S, registry_lock, sqlite_path
+from pipeline.model.promotion import (
+    CHALLENGER,
+    CHAMPION,
+    COMPARED_TAG,
+    DECISION_TAG,
+    REASONS_TAG,
+    RULE_TAG,
+    decision_tags,
+)
 from pipeline.model.version_notes import (
     changes_from_champion,
-    difference,
-    reasons_text,
     score_tags,
     version_description,
     with_status,
 )
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-# What holds now: CHAMPION, CHALLENGER or FORMER_CHAMPION (rewritten when the alias moves);
-# DECIDED_TAG keeps what was decided at registration.
-DECISION_TAG = "champion_decision"
-DECIDED_TAG = "decided_at_registration"
+# DECISION_TAG holds what holds now: CHAMPION, CHALLENGER or FORMER_CHAMPION (rewritten when
+# the alias moves); DECIDED_TAG keeps what was decided at registration (pipeline.model.promotion).
 FORMER_CHAMPION = "former champion"
 CHAMPION_UNTIL_TAG = "champion_until"
 MANUAL_RULE = "manual promotion"
@@ -164,27 +167,6 @@ def champion_version(client, registered_name: str) -> int | None:
         raise
     version = (registered.aliases or {}).get(CHAMPION)
     return int(version) if version is not None else None
-
-
-def decision_tags(decision: dict) -> dict[str, str]:
-    """The champion decision as version and run tags a person can read."""
-    outcome = CHAMPION if decision["promote"] else CHALLENGER
-    tags = {
-        DECISION_TAG: outcome,
-        DECIDED_TAG: outcome,
-        "champion_rule": decision["rule"],
-        "champion_reasons": reasons_text(decision["reasons"]),
-    }
-    # "none": decided with no champion to compare with (a first version)
-    champion = decision.get("champion_version")
-    tags["compared_with_champion_version"] = "none" if champion is None else str(champion)
-    comparison = decision.get("comparison")
-    if comparison:
-        low, high = comparison["mean_auc_diff_ci"]
-        tags["champion_mean_auc_diff"] = difference(comparison["mean_auc_diff"])
-        tags["champion_mean_auc_diff_ci"] = f"[{difference(low)}, {difference(high)}]"
-        tags["champion_compared_on_images"] = str(comparison["test_images"])
-    return tags
 
 
 def register_model(
@@ -413,10 +395,10 @@ def promote_version(client, registered_name: str, version: int, reason: str, use
     (retire_champion). Returns the version that held it before (None if none did)."""
     from mlflow.exceptions import MlflowException
     previous = champion_version(client, registered_name)
-    tags = {DECISION_TAG: CHAMPION, "champion_rule": MANUAL_RULE,
-            "champion_reasons": f"promoted by {user}: {reason}", "promoted_by": user, "promotion_reason": reason}
+    tags = {DECISION_TAG: CHAMPION, RULE_TAG: MANUAL_RULE, REASONS_TAG: f"promoted by {user}: {reason}",
+            "promoted_by": user, "promotion_reason": reason}
     if previous is not None:
-        tags["compared_with_champion_version"] = str(previous)
+        tags[COMPARED_TAG] = str(previous)
     tag_version_and_run(client, registered_name, version, tags)
     client.set_registered_model_alias(registered_name, CHAMPION, str(version))
     promoted = client.get_model_version(registered_name, str(version))

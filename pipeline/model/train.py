@@ -14,6 +14,7 @@ on one machine with the same settings, runs agree to float round-off.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -27,6 +28,7 @@ import tensorflow as tf
 
 from pipeline.core.labels import FINDINGS
 from pipeline.core.model_io import uses_patient_metadata
+from pipeline.core.settings import LOSSES, TrainSettings
 from pipeline.core.stage import StageError
 from pipeline.model.architectures import set_backbone_trainable
 from pipeline.model.distributed import (
@@ -96,17 +98,13 @@ def focal_loss(pos_weight: np.ndarray, gamma: float):
     return loss
 
 
-LOSSES = ("weighted_bce", "focal")
-
-
-def make_loss(settings: dict, pos_weight: np.ndarray):
-    """train.loss: weighted_bce (default) or focal (with train.focal_gamma, default 2)."""
-    kind = settings.get("loss", "weighted_bce")
-    if kind == "weighted_bce":
+def make_loss(settings: TrainSettings, pos_weight: np.ndarray):
+    """train.loss: weighted_bce or focal (with train.focal_gamma)."""
+    if settings.loss == "weighted_bce":
         return weighted_binary_crossentropy(pos_weight)
-    if kind == "focal":
-        return focal_loss(pos_weight, float(settings.get("focal_gamma", 2.0)))
-    raise ValueError(f"train.loss must be one of {', '.join(LOSSES)}, got {kind!r}")
+    if settings.loss == "focal":
+        return focal_loss(pos_weight, float(settings.focal_gamma))
+    raise ValueError(f"train.loss must be one of {', '.join(LOSSES)}, got {settings.loss!r}")
 
 
 def gpu_count() -> int:
@@ -224,7 +222,7 @@ def train_model(
     model: keras.Model,
     tfrecord_dir: Path,
     checkpoint_path: Path,
-    settings: dict,
+    settings: TrainSettings,
     seed: int,
     mlflow_module=None,
     strategy: tf.distribute.Strategy | None = None,
@@ -248,15 +246,14 @@ def train_model(
         if index["splits"][split]["records"] == 0:
             raise ValueError(f"{tfrecord_dir}: the {split} split has no records ({index.get('quarantined', 0)} "
                              f"film(s) quarantined by preprocess: reports/quarantine.csv); nothing was trained")
-    batch_size = int(settings["batch_size"])
-    epochs = int(settings["epochs"])
+    batch_size, epochs = settings.batch_size, settings.epochs
     metadata = uses_patient_metadata(model)
     workers, position = strategy_workers(strategy), worker_index(strategy)
     if workers > 1:
         print(sharding_line("train", len(train_files), workers), file=sys.stderr, flush=True)
     train_data = make_dataset(
-        train_files, batch_size, training=True, augmentation=settings.get("augment") or None,
-        seed=seed, cache=bool(settings.get("cache", False)), records=index["splits"]["train"]["records"],
+        train_files, batch_size, training=True, augmentation=dataclasses.asdict(settings.augment),
+        seed=seed, cache=settings.cache, records=index["splits"]["train"]["records"],
         metadata=metadata, workers=workers, worker_index=position,
     )
     val_data = make_dataset(val_files, batch_size, cache=True, records=index["splits"]["val"]["records"],
@@ -267,11 +264,10 @@ def train_model(
     checkpoint = keras.callbacks.ModelCheckpoint(str(checkpoint_path), monitor=monitor, mode="max",
                                                  save_best_only=True)
     logger = EpochLogger(epochs, mlflow_module)
-    patience = int(settings.get("early_stopping_patience", 0) or 0)
+    patience = settings.early_stopping_patience
     stopper = (keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience)
                if patience > 0 else None)
-    pretrained = str(settings.get("weights", "none")) != "none"
-    phases = training_phases(epochs, int(settings.get("warmup_epochs", 0) or 0), pretrained)
+    phases = training_phases(epochs, settings.warmup_epochs, settings.pretrained)
     history: dict[str, list[float]] = {}
     trainable_weights = []
     started = time.monotonic()
@@ -282,7 +278,7 @@ def train_model(
         with strategy.scope():
             model.compile(
                 optimizer=keras.optimizers.Adam(learning_rate_schedule(
-                    settings.get("lr_schedule", "constant"), float(settings["learning_rate"]),
+                    settings.lr_schedule, float(settings.learning_rate),
                     steps_per_epoch * (end - first))),
                 loss=loss,
                 metrics=[keras.metrics.AUC(multi_label=True, num_labels=len(FINDINGS), name="auc")],
@@ -329,7 +325,7 @@ class TrackingLost(StageError):
 
 
 def train_and_track(
-    tfrecord_dir: Path, model_file: Path, settings: dict, image_size: int, seed: int, experiment: str,
+    tfrecord_dir: Path, model_file: Path, settings: TrainSettings, image_size: int, seed: int, experiment: str,
     logged_params: dict, mlflow_timeout_s: float | None = None,
 ) -> dict:
     """The train stage: build the model named by `settings` (params.yaml's
@@ -351,24 +347,23 @@ def train_and_track(
     # The strategy first: MultiWorkerMirroredStrategy must exist before other TF ops.
     strategy = distribution_strategy()
     chief = is_chief(strategy)
-    deterministic = seed_everything(seed, settings.get("deterministic", "auto"))
-    mixed = configure_mixed_precision(settings.get("mixed_precision", "auto"))
+    deterministic = seed_everything(seed, settings.deterministic)
+    mixed = configure_mixed_precision(settings.mixed_precision)
     print(f"train: {type(strategy).__name__} over {strategy.num_replicas_in_sync} replica(s), "
           f"mixed precision {'on' if mixed else 'off'}, op determinism {'on' if deterministic else 'off'}",
           file=sys.stderr)
     with strategy.scope():
         model = build_model(
-            settings["backbone"], image_size, str(settings["weights"]),
-            dropout=float(settings.get("dropout", 0.0)), batchnorm_momentum=settings.get("batchnorm_momentum"),
-            use_metadata=bool(settings.get("use_metadata", False)),
+            settings.backbone, image_size, str(settings.weights), dropout=float(settings.dropout),
+            batchnorm_momentum=settings.batchnorm_momentum, use_metadata=settings.use_metadata,
         )
     if not chief:
         return train_as_worker(model, tfrecord_dir, model_file, settings, seed, strategy)
     mlflow = configure_mlflow(experiment, mlflow_timeout_s)
-    tags = {"git_commit": git_commit(), "data_hash": data_hash(tfrecord_dir), "backbone": settings["backbone"]}
+    tags = {"git_commit": git_commit(), "data_hash": data_hash(tfrecord_dir), "backbone": settings.backbone}
     # Not `with start_run()`: a run whose store failed is ended here, quietly,
     # so that the one-line error says what was kept rather than end_run's failure.
-    name = run_name(settings["backbone"], image_size, (logged_params.get("ingest") or {}).get("source", "unknown"),
+    name = run_name(settings.backbone, image_size, (logged_params.get("ingest") or {}).get("source", "unknown"),
                     int(read_shard_index(tfrecord_dir)["splits"]["train"]["records"]), tags["data_hash"])
     run = mlflow.start_run(run_name=name, tags=tags)
     try:
@@ -396,7 +391,7 @@ def train_and_track(
     return result
 
 
-def train_as_worker(model: keras.Model, tfrecord_dir: Path, model_file: Path, settings: dict, seed: int,
+def train_as_worker(model: keras.Model, tfrecord_dir: Path, model_file: Path, settings: TrainSettings, seed: int,
                     strategy: tf.distribute.Strategy) -> dict:
     """A non-chief worker's share of the train stage: the same steps and saves
     as the chief, no MLflow, and its checkpoints in a temporary folder that is
@@ -409,7 +404,7 @@ def train_as_worker(model: keras.Model, tfrecord_dir: Path, model_file: Path, se
     return result
 
 
-def fit_across_workers(model: keras.Model, tfrecord_dir: Path, checkpoint: Path, settings: dict, seed: int,
+def fit_across_workers(model: keras.Model, tfrecord_dir: Path, checkpoint: Path, settings: TrainSettings, seed: int,
                        mlflow_module, strategy: tf.distribute.Strategy) -> dict:
     """train_model; with several workers, first wait until all are ready (the
     chief has opened its MLflow run), and TF's error for a peer that is gone
@@ -440,10 +435,10 @@ def keep_checkpoint(checkpoint: Path, model_file: Path) -> Path:
     return kept
 
 
-def tracking_lost_message(uri: str, failure: BaseException, summary: dict, kept: Path | None, settings: dict,
+def tracking_lost_message(uri: str, failure: BaseException, summary: dict, kept: Path | None, settings: TrainSettings,
                           model_file: Path) -> str:
     """One line: which store failed and why (a full disk said as such), what was kept and its size, how to go on."""
-    from pipeline.core.faults import disk_full_line, human_bytes
+    from pipeline.core.faults import disk_full_line, first_line, human_bytes
     from pipeline.core.tracking import redacted
 
     if kept is None:
@@ -452,12 +447,11 @@ def tracking_lost_message(uri: str, failure: BaseException, summary: dict, kept:
                 f"to fill the disk further, and {model_file} is not written; rerun `dvc repro train` once there is "
                 f"space")
 
-    lines = [line.strip() for line in str(failure).strip().splitlines() if line.strip()]
-    cause = (lines[0] if lines else type(failure).__name__)[:300]
+    cause = first_line(failure)[:300]
     best = next((f"{key.removeprefix('best_')} {value:.4f}" for key, value in summary.items()
                  if key.startswith("best_") and key != "best_epoch"), "")
     return (f"MLflow store {redacted(uri)} failed during training ({cause}); the best epoch so far "
-            f"({summary['best_epoch']} of {summary['epochs']} run, {int(settings['epochs'])} planned; {best}) is "
+            f"({summary['best_epoch']} of {summary['epochs']} run, {settings.epochs} planned; {best}) is "
             f"kept at {kept} ({human_bytes(kept.stat().st_size)}; delete it when done), and {model_file} is not "
             f"written; fix the store and rerun `dvc repro train` (training starts again)")
 

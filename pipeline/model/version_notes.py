@@ -234,7 +234,7 @@ def version_description(metadata: dict, decision: dict, params: dict | None = No
     """The markdown description of a registered version: its figures, data,
     decision, what changed from the champion (`changes`, changes_from_champion's
     lines), the paired comparison and the per-finding table."""
-    from pipeline.core.data_source import source_sentence
+    from pipeline.data.sources import source_sentence
 
     images, patients = metadata.get("test_images"), metadata.get("test_patients")
     manifest = metadata.get("test_manifest")

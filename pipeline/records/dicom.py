@@ -28,6 +28,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from pipeline.core.faults import first_line
 from pipeline.records.codestream import J2K_SEARCH_BYTES, J2K_SOC_SIZ, j2k_dimensions, jpeg_dimensions
 from pipeline.records.image_file import DICOM_MAGIC_OFFSET, ImageError, check_pixel_count, read_image_bytes
 
@@ -42,8 +43,9 @@ JPEG_SOI = b"\xff\xd8"
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """pydicom's errors say little without their type: "KeyError: (7fe0,0010)"."""
+    text = first_line(exc)
+    return text if text == type(exc).__name__ else f"{type(exc).__name__}: {text}"
 
 
 def read_dataset(data: bytes, name: str, with_pixels: bool = True) -> Dataset:

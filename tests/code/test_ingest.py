@@ -323,7 +323,7 @@ def test_wrong_source_gets_a_hint(tmp_path, small_nih_root):
         build_manifest(sample, RATIOS, seed=0)
     with pytest.raises(DataEntryError, match="set ingest.source to nih"):
         build_manifest(small_nih_root, RATIOS, seed=0, source="kaggle-sample")
-    with pytest.raises(DataEntryError, match="ingest.source must be one of"):
+    with pytest.raises(DataEntryError, match="not an NIH data-root layout: .box. \\(one of nih, kaggle-sample\\)"):
         build_manifest(small_nih_root, RATIOS, seed=0, source="box")
 
 
@@ -381,19 +381,17 @@ def test_bad_list_line_named(small_nih_root):
 
 
 def stage_params(tmp_path, **ingest):
-    return {
-        "seed": 3,
-        "paths": {"phantom": "data/ingest/phantom", "manifest": "data/ingest/manifest.csv",
-                  "boxes": "data/ingest/boxes.csv", "rejected_rows": "data/ingest/rejected_rows.csv"},
-        "ingest": {"source": "phantom", "root": "data/ingest/phantom", "require_all_images": False,
-                   "phantom": {"n_images": 6, "image_size": 64}, "split": dict(RATIOS), "workers": 1,
-                   **ingest},
-    }
+    """The project's params.yaml with a 6-film phantom, a random split and `ingest` changed."""
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params["seed"] = 3
+    params["ingest"].update({"source": "phantom", "root": "data/ingest/phantom", "require_all_images": False,
+                             "phantom": {"n_images": 6, "image_size": 64, "subgroup_gap": 0},
+                             "split": {"method": "random", **RATIOS}, "workers": 1, **ingest})
+    return params
 
 
 def run_stage_script(stage: str, project: Path, params: dict) -> subprocess.CompletedProcess:
     """`python src/<stage>.py` as DVC runs it: in the project folder, reading its params.yaml."""
-    params = {**params, "paths": {**params["paths"], "metrics": "metrics", "ingest_report": "reports/ingest.json"}}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return subprocess.run([sys.executable, str(PROJECT_ROOT / "src" / f"{stage}.py")], cwd=project,
                           capture_output=True, text=True, timeout=300)
@@ -443,6 +441,6 @@ def test_phantom_source_needs_root_at_paths_phantom(tmp_path):
     ingest = run_stage_script("ingest", tmp_path, stage_params(tmp_path, root="elsewhere"))
     assert ingest.returncode == 1
     assert ingest.stderr.strip().splitlines() == [
-        "ingest: error: ingest.root is elsewhere but must be data/ingest/phantom (paths.phantom) "
+        "ingest: error: params.yaml: ingest.root is elsewhere but must be data/ingest/phantom (paths.phantom) "
         "when ingest.source is phantom"
     ]

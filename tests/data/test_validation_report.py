@@ -65,8 +65,10 @@ def stage_project(tmp_path, manifest, rejected_lines: str = "", ages: list | Non
              "validated_manifest": "data/validated/manifest.csv", "rejected_rows": "data/ingest/rejected_rows.csv",
              "ingest_report": "reports/ingest.json", "reports": "reports",
              "validation_report": "reports/validation", "metrics": "metrics"}
-    defaults = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["validate"]
-    params = {"paths": paths, "ingest": {"source": "nih"}, "validate": {**defaults, **validate}}
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params["paths"].update(paths)
+    params["ingest"]["source"] = "nih"
+    params["validate"].update(validate)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp_path
 

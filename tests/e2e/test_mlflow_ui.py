@@ -46,8 +46,10 @@ def require_chromium() -> None:
 def decisions(rng) -> list[dict]:
     """Three decisions made by the project's rule on paired scores of one test
     set: the first version, a clearly worse challenger, a clearly better one."""
-    from pipeline.model.evaluate import operating_comparison
-    from pipeline.model.selection import RULE_FIRST, paired_auc_comparison, promotion_decision
+    from pipeline.core.settings import PromotionSettings
+    from pipeline.model.champion import operating_comparison
+    from pipeline.model.promotion import RULE_FIRST, apply_rule
+    from pipeline.model.selection import paired_auc_comparison
 
     labels = (rng.random((TEST_FILMS, len(FINDINGS))) < 0.2).astype(int)
     patients = np.arange(TEST_FILMS) // 2
@@ -59,8 +61,9 @@ def decisions(rng) -> list[dict]:
     for champion, (ours, theirs) in ((1, (0.1, 0.3)), (1, (0.5, 0.3))):
         comparison = paired_auc_comparison(labels, scores[ours], scores[theirs], patients, resamples=200, seed=0)
         comparison.update(champion_version=champion, champion_mean_auc=0.7, champion_auc={f: 0.7 for f in FINDINGS},
-                          **operating_comparison(labels, (scores[theirs], thresholds), (scores[ours], thresholds)))
-        promote, rule, reasons = promotion_decision(comparison, margin=0.02, max_class_drop=0.05)
+                          **operating_comparison(labels, (scores[theirs], thresholds), (scores[ours], thresholds), 10))
+        outcome = apply_rule(comparison, None, PromotionSettings(0.02, 0.05, resamples=200, subgroups=False))
+        promote, rule, reasons = outcome.promote, outcome.rule, outcome.reasons
         made.append({"promote": promote, "rule": rule, "reasons": reasons, "champion_version": champion,
                      "comparison": comparison})
     assert [d["promote"] for d in made] == [True, False, True]

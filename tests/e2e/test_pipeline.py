@@ -14,7 +14,7 @@ import pytest
 from pipeline.core.labels import FINDINGS
 from pipeline.model.leakage import patient_hash
 from pipeline.model.metrics import ABOVE_EVERY_SCORE
-from pipeline.model.selection import RULE_LEAKAGE
+from pipeline.model.promotion import RULE_LEAKAGE
 from tests.e2e.project import TINY, dvc, experiment_revisions, make_project, pipeline_env, queue_env, run, run_queue
 
 pytestmark = pytest.mark.slow

@@ -27,17 +27,18 @@ from pipeline.phantom.findings import PLANTERS
 from pipeline.phantom.plan import FilmRecord, plan_films
 from pipeline.phantom.render import render_film
 from pipeline.records.imaging import resize_square
+from tests.conftest import section_settings
 
 FILM_SIZE = 256  # the phantom's films
 INPUT_SIZE = 64  # the model's input, as preprocess.image_size
 TRAIN_IMAGES, TRAIN_PHANTOM_SEED = 600, 1
 TEST_IMAGES, TEST_PHANTOM_SEED = 200, 2  # another seed: other patients, other films
 SPLIT = {"train": 0.85, "val": 0.15, "test": 0.0}  # the test set is the second phantom
-TRAIN_SETTINGS = {
-    "backbone": "small_cnn", "batch_size": 16, "epochs": 10, "learning_rate": 1e-3, "lr_schedule": "cosine",
+TRAIN_SETTINGS = section_settings(
+    "train", backbone="small_cnn", batch_size=16, epochs=10, learning_rate=1e-3, lr_schedule="cosine",
     # params.yaml's train.augment, copied so that test_behaviour's bounds stay measured against it
-    "augment": {"rotation": 5, "zoom": 0.05, "shift": 0.03, "brightness": 0.05, "contrast": 0.1},
-}
+    augment={"rotation": 5, "zoom": 0.05, "shift": 0.03, "hflip": False, "brightness": 0.05, "contrast": 0.1},
+)
 
 
 def train_phantom_model(workdir: Path, seed: int = 0):
@@ -62,7 +63,7 @@ def train_phantom_model(workdir: Path, seed: int = 0):
     # Seeds only: train's seed_everything would also switch on TensorFlow's op
     # determinism, for the rest of the test session.
     keras.utils.set_random_seed(seed)
-    model = build_model(TRAIN_SETTINGS["backbone"], INPUT_SIZE, "none", batchnorm_momentum=0.9)
+    model = build_model(TRAIN_SETTINGS.backbone, INPUT_SIZE, "none", batchnorm_momentum=0.9)
     checkpoint = workdir / "model.keras"
     result = train_model(model, shards, checkpoint, TRAIN_SETTINGS, seed=seed)
     return load_model(checkpoint), result["summary"]

@@ -3,6 +3,7 @@ TFRecord shards: the champion is scored on the current test split by the same
 code path, and a champion that cannot be loaded means no promotion, in one line."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -12,11 +13,12 @@ import pytest
 from pipeline.core.labels import FINDINGS
 from pipeline.data.ingest import build_manifest
 from pipeline.model.architectures import build_model
-from pipeline.model.evaluate import champion_decision, predict_split
+from pipeline.model.champion import SplitScores, champion_decision
+from pipeline.model.promotion import RULE_FIRST, RULE_NO_CHAMPION_SCORES, RULE_PROMOTED
 from pipeline.model.registry import register_model, registry_model_metadata
-from pipeline.model.selection import RULE_FIRST, RULE_NO_CHAMPION_SCORES, RULE_PROMOTED
+from pipeline.model.scoring import predict_split
 from pipeline.records.preprocess import write_tfrecord_shards
-from tests.conftest import mlflow_store
+from tests.conftest import mlflow_store, section_settings
 
 NAME = "chestxray"
 FIRST = {"promote": True, "rule": RULE_FIRST, "reasons": ["first"], "champion_version": None, "comparison": None}
@@ -45,11 +47,13 @@ def register(store: str, tmp_path, model, decision=FIRST) -> int:
 
 
 # 12 films of a few patients: floors of one, so that the comparison runs at all
-SMALL = {"min_slice_positives": 1, "min_slice_patients": 1}
+SMALL = section_settings("evaluate", min_slice_positives=1, min_slice_patients=1, batch_size=4,
+                         promotion={"margin": 0.02, "max_class_drop": 0.05, "resamples": 100, "subgroups": False})
 
 
-def decide(store, shards, probs, labels, ids):
-    return champion_decision(NAME, store, shards, 4, labels, probs, ids, {"resamples": 100}, seed=0, **SMALL)
+def decide(store, shards, probs, labels, ids, settings=SMALL, thresholds=None):
+    challenger = SplitScores.of_split(shards, labels, probs, ids, thresholds)
+    return champion_decision(NAME, store, shards, challenger, settings, seed=0)
 
 
 @pytest.fixture
@@ -129,8 +133,8 @@ def test_the_subgroup_check_runs_when_asked_and_names_small_slices(store, shards
     model = build_model("small_cnn", 32, "none")
     register(store, tmp_path, model)
     probs, labels, ids = predict_split(model, shards, "test", 4)
-    decision = champion_decision(NAME, store, shards, 4, labels, probs, ids, {"resamples": 100, "subgroups": True},
-                                 seed=0, thresholds={f: 0.5 for f in FINDINGS}, **SMALL)
+    with_subgroups = dataclasses.replace(SMALL, promotion=dataclasses.replace(SMALL.promotion, subgroups=True))
+    decision = decide(store, shards, probs, labels, ids, with_subgroups, thresholds={f: 0.5 for f in FINDINGS})
     check = decision["subgroups"]
     assert set(check) >= {"sex", "age", "worse_slices"} and check["worse_slices"] == []
     # the same model on both sides: a slice is too small, or its difference has no spread to test
@@ -138,3 +142,33 @@ def test_the_subgroup_check_runs_when_asked_and_names_small_slices(store, shards
     assert decision["promote"]
     plain = decide(store, shards, probs, labels, ids)
     assert plain["subgroups"] is None
+
+
+RULE_NOT_SUPERIOR = "refused: mean AUC difference CI lower bound not above 0 (superiority)"
+
+
+def superiority(comparison, subgroups, settings):
+    """A stricter rule a team might swap in: the challenger must be better, not only no worse."""
+    from pipeline.model.promotion import Outcome
+
+    low, _ = comparison["mean_auc_diff_ci"]
+    if low is not None and low > 0:
+        return Outcome(True, "superior: mean AUC difference CI lower bound above 0", ["better"])
+    return Outcome(False, RULE_NOT_SUPERIOR, [f"mean AUC difference CI lower bound {low} is not above 0"])
+
+
+def test_a_promotion_rule_swapped_in_one_place_changes_the_decision_and_its_recorded_sentence(
+        store, shards, tmp_path, monkeypatch):
+    from pipeline.model import promotion
+
+    model = build_model("small_cnn", 32, "none")
+    register(store, tmp_path, model)
+    probs, labels, ids = predict_split(model, shards, "test", 4)
+    assert decide(store, shards, probs, labels, ids)["rule"] == RULE_PROMOTED  # the same model: non-inferior
+    monkeypatch.setattr(promotion, "RULE", superiority)  # the one change
+    decision = decide(store, shards, probs, labels, ids)
+    assert not decision["promote"] and decision["rule"] == RULE_NOT_SUPERIOR
+    version = register(store, tmp_path, model, decision)
+    with mlflow_store(store) as mlflow:
+        tags = mlflow.MlflowClient().get_model_version(NAME, str(version)).tags
+    assert tags[promotion.RULE_TAG] == RULE_NOT_SUPERIOR and tags[promotion.DECISION_TAG] == promotion.CHALLENGER

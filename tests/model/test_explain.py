@@ -1,6 +1,7 @@
 """The explain stage's parts: example selection, localisation targets and scores,
 gallery entries and the gallery page, on hand-made data and a tiny real model."""
 import base64
+import dataclasses
 from html.parser import HTMLParser
 
 import cv2
@@ -14,7 +15,6 @@ from pipeline.explain.explanations import (
     CAPTION_LINE_PX,
     CAPTION_MIN_WIDTH,
     caption_lines,
-    check_settings,
     examples_table,
     explain_examples,
     explain_metrics,
@@ -28,12 +28,11 @@ from pipeline.explain.explanations import (
 )
 from pipeline.explain.gallery import render_gallery_html
 from pipeline.explain.localisation import summarise
+from tests.conftest import section_settings
 from tests.model.test_gradcam import bright_spot_model, spot_images
 
-SETTINGS = {
-    "method": "gradcam", "layer": None, "top_k": 2, "false_positives": 1, "heatmap_threshold": 0.5,
-    "iobb_thresholds": [0.1, 0.25, 0.5], "max_localisation_images": 10, "batch_size": 2,
-}
+SETTINGS = section_settings("explain", method="gradcam", layer=None, top_k=2, false_positives=1, heatmap_threshold=0.5,
+                            iobb_thresholds=[0.1, 0.25, 0.5], max_localisation_images=10, batch_size=2)
 
 
 def predictions_table(rows: dict[str, dict[str, tuple[int, float]]]) -> pd.DataFrame:
@@ -85,13 +84,10 @@ def test_localisation_targets_are_the_test_boxes_capped_deterministically():
 
 
 def test_settings_are_checked():
-    assert check_settings(SETTINGS) == SETTINGS
-    with pytest.raises(ConfigError, match="explain.method"):
-        check_settings(SETTINGS | {"method": "cam"})
-    with pytest.raises(ConfigError, match="explain.heatmap_threshold"):
-        check_settings(SETTINGS | {"heatmap_threshold": 0})
-    with pytest.raises(ConfigError, match="explain.top_k is missing"):
-        check_settings({k: v for k, v in SETTINGS.items() if k != "top_k"})
+    with pytest.raises(ConfigError, match="explain.method is 'cam'; allowed: one of gradcam | gradcam\\+\\+"):
+        section_settings("explain", method="cam")
+    with pytest.raises(ConfigError, match="explain.heatmap_threshold is 0; allowed: a number in \\(0, 1\\]"):
+        section_settings("explain", heatmap_threshold=0)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +108,7 @@ def tiny_run():
         [("s0.png", "Mass", "TP", 0.9, 0.5), ("s2.png", "Mass", "FP", 0.8, 0.5)],
         columns=["image_id", "finding", "kind", "probability", "threshold"],
     )
-    settings = SETTINGS | {"layer": "features"}
+    settings = dataclasses.replace(SETTINGS, layer="features")
     return bright_spot_model(), images, truth, examples, settings
 
 
@@ -125,7 +121,7 @@ def test_localisation_scores_and_random_baseline(tiny_run):
     assert mass["pointing_hit"].all() and (mass["best_iobb"] > 0.5).all()
     nodule = scores[scores["finding"] == "Nodule"].iloc[0]
     assert not nodule["pointing_hit"] and nodule["best_iobb"] == 0.0  # the spot is far from that box
-    again = localise(model, truth, images, settings | {"batch_size": 1}, "features", seed=3)
+    again = localise(model, truth, images, dataclasses.replace(settings, batch_size=1), "features", seed=3)
     pd.testing.assert_frame_equal(scores, again)  # the random maps do not depend on batching
     reseeded = localise(model, truth, images, settings, "features", seed=4)
     assert not reseeded[["random_pointing_hit", "random_best_iobb"]].equals(
@@ -167,7 +163,7 @@ def test_gallery_page_is_self_contained_and_complete(tiny_run):
         # the gallery page's copy: the overlay alone (its caption is HTML)
         assert cv2.imdecode(np.frombuffer(entry["jpeg"], np.uint8), cv2.IMREAD_COLOR).shape == (32, 32, 3)
     scores = localise(model, truth, images, settings, "features", seed=3)
-    metrics = explain_metrics(settings, "features", entries, summarise(scores, settings["iobb_thresholds"]))
+    metrics = explain_metrics(settings, "features", entries, summarise(scores, settings.iobb_thresholds))
     assert metrics["gallery"] == {"true_positives": 1, "false_positives": 1}
 
     page = render_gallery_html(entries, metrics)

@@ -14,7 +14,8 @@ from pipeline.explain.gradcam import (
     to_heatmaps,
 )
 from pipeline.explain.localisation import peak_in_box
-from pipeline.model.architectures import BACKBONES, build_model
+from pipeline.model.architectures import build_model
+from pipeline.model.backbones import BACKBONES
 
 
 def bright_spot_model(size=32, channels=1):
@@ -86,7 +87,7 @@ def test_unknown_method_is_an_error():
         grad_cam(bright_spot_model(), np.zeros((1, 32, 32, 1)), np.array([0]), method="cam")
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_every_backbone_gets_a_heatmap(backbone):
     model = build_model(backbone, 32)
     layer = last_feature_map_layer(model)
@@ -95,6 +96,7 @@ def test_every_backbone_gets_a_heatmap(backbone):
         heatmaps = grad_cam(model, images, np.array([0, 13]), method=method)
         assert heatmaps.shape == (2, 32, 32) and 0.0 <= heatmaps.min() <= heatmaps.max() <= 1.0 + 1e-6
     assert len(feature_map_shape(model, layer)) == 2
+    assert layer == BACKBONES[backbone].gradcam_layer  # the record names the layer the docs list
 
 
 def test_layer_is_automatic_or_checked_by_name():

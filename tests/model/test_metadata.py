@@ -24,14 +24,14 @@ from pipeline.core.patient import (
 from pipeline.data.manifest import MANIFEST_COLUMNS
 from pipeline.explain.gradcam import grad_cam
 from pipeline.model.architectures import build_model, set_backbone_trainable
-from pipeline.model.evaluate import predict_split
+from pipeline.model.scoring import predict_split
 from pipeline.model.train import train_model
 from pipeline.records.dataset import make_dataset, patient_vector, shard_files
 from pipeline.records.preprocess import write_tfrecord_shards
 from pipeline.records.tfrecords import MISSING_AGE, parse_example
 from pipeline.serve.cli import main as cxr_main
 from pipeline.serve.predict import generate_gradcam, load_model, read_patient_metadata
-from tests.conftest import NIH_2017_HEADER, write_png
+from tests.conftest import NIH_2017_HEADER, NO_AUGMENT, section_settings, write_png
 
 SIZE = 32
 IMPUTED = IMPUTED_AGE / AGE_SCALE
@@ -170,7 +170,8 @@ def test_training_records_without_an_age_hold_missing_age_and_decode_to_the_impu
 
 def trained(shards, use_metadata: bool, tmp_path):
     model = build_model("small_cnn", SIZE, "none", batchnorm_momentum=0.9, use_metadata=use_metadata)
-    settings = {"batch_size": 16, "epochs": 10, "learning_rate": 1e-2, "lr_schedule": "constant", "augment": None}
+    settings = section_settings("train", batch_size=16, epochs=10, learning_rate=1e-2, lr_schedule="constant",
+                                augment=NO_AUGMENT)
     result = train_model(model, shards, tmp_path / f"model-{use_metadata}.keras", settings, seed=0)
     assert result["summary"]["uses_metadata"] is use_metadata
     return model

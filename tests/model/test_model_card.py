@@ -12,7 +12,7 @@ import pytest
 from pipeline.core.labels import FINDINGS
 from pipeline.core.recalibration import apply_recalibration
 from pipeline.model.calibration import calibration_report, fit_recalibration
-from pipeline.model.evaluate import operating_comparison
+from pipeline.model.champion import operating_comparison
 from pipeline.model.metrics import curves, evaluation_metrics
 from pipeline.model.model_card import intended_use_section, model_card_html
 from pipeline.model.model_card_sections import calibration_section, gap_sentence, subgroups_section
@@ -63,7 +63,7 @@ def card(tmp_path, previous=True, audited=True):
         comparison = paired_auc_comparison(labels, probs, champion_probs, people[0], 50, seed=0)
         comparison.update(champion_version=1, champion_mean_auc=0.9, champion_auc={f: 0.9 for f in FINDINGS},
                           **operating_comparison(labels, (champion_probs, {f: 0.5 for f in FINDINGS}),
-                                                 (probs, metrics["thresholds"])))
+                                                 (probs, metrics["thresholds"]), min_positives=10))
     registry = {"version": 2, "champion": False, "rule": "refused: a finding's AUC difference CI lies below",
                 "reasons": ["Mass AUC drops by 0.1"], "comparison": comparison}
     summary = {"split_sizes": {"train": 1000, "val": 400, "test": IMAGES}, "data_hash": "abc",

@@ -22,13 +22,9 @@ import pytest
 
 from pipeline.model import pretrained
 from pipeline.model.architectures import assemble_model, build_model
-from pipeline.model.pretrained import (
-    ImagenetWeightsUnavailable,
-    WeightsSource,
-    fetch_imagenet_weights,
-    imagenet_weights_source,
-)
-from tests.conftest import free_port
+from pipeline.model.backbones import imagenet_weights_source
+from pipeline.model.pretrained import ImagenetWeightsUnavailable, WeightsSource, fetch_imagenet_weights
+from tests.conftest import free_port, section_settings
 
 DENSENET_FILE = "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
@@ -152,7 +148,8 @@ def test_train_stage_fails_on_imagenet_weights_before_mlflow_or_data(tmp_path, k
     monkeypatch.setattr(pretrained, "KERAS_APPLICATIONS_URL", f"http://127.0.0.1:{free_port()}/")
     store = tmp_path / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
-    settings = {"backbone": "densenet121", "weights": "imagenet", "deterministic": False, "mixed_precision": False}
+    settings = section_settings("train", backbone="densenet121", weights="imagenet", deterministic=False,
+                                mixed_precision=False)
     with pytest.raises(ImagenetWeightsUnavailable, match=rf"cannot download {DENSENET_FILE} from http://127\.0\.0\.1"):
         train_and_track(tmp_path / "no-shards", tmp_path / "model.keras", settings, image_size=64, seed=0,
                         experiment="weights-check", logged_params={})

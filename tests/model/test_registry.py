@@ -35,7 +35,7 @@ def registry(tmp_path_factory):
     champion could not be scored (not promoted)."""
     import mlflow
 
-    from pipeline.model.selection import RULE_FINDING, RULE_FIRST, RULE_NO_CHAMPION_SCORES, RULE_PROMOTED
+    from pipeline.model.promotion import RULE_FINDING, RULE_FIRST, RULE_NO_CHAMPION_SCORES, RULE_PROMOTED
 
     root = tmp_path_factory.mktemp("registry")
     store = f"sqlite:///{root / 'mlflow.db'}"
@@ -115,7 +115,7 @@ def test_manual_promotion_is_logged_and_refuses_a_version_that_does_not_load(tmp
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     model = build_model("small_cnn", SIZE, "none")
-    from pipeline.model.selection import RULE_FIRST, RULE_MEAN
+    from pipeline.model.promotion import RULE_FIRST, RULE_MEAN
 
     with mlflow_store(store):
         experiment = mlflow.create_experiment("manual", artifact_location=(tmp_path / "artifacts").as_uri())
@@ -171,7 +171,7 @@ def described(tmp_path_factory):
     as a JSON tag (as the evaluate stage passes them) and a champion comparison."""
     import mlflow
 
-    from pipeline.model.selection import RULE_PROMOTED
+    from pipeline.model.promotion import RULE_PROMOTED
 
     root = tmp_path_factory.mktemp("described")
     store = f"sqlite:///{root / 'mlflow.db'}"
@@ -221,7 +221,7 @@ def test_version_description_has_mean_auc_ci_test_set_findings_and_comparison(de
 def test_a_version_says_what_changed_from_the_champion_it_was_compared_with(tmp_path):
     import mlflow
 
-    from pipeline.model.selection import RULE_MEAN
+    from pipeline.model.promotion import RULE_MEAN
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     model = build_model("small_cnn", SIZE, "none")

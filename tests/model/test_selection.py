@@ -6,16 +6,17 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from pipeline.core.labels import FINDINGS
-from pipeline.model.selection import (
-    RULE_FINDING,
-    RULE_MEAN,
-    RULE_PROMOTED,
-    paired_auc_comparison,
-    patient_resample_counts,
-    promotion_decision,
-)
+from pipeline.core.settings import PromotionSettings
+from pipeline.model.promotion import RULE_FINDING, RULE_MEAN, RULE_PROMOTED, apply_rule
+from pipeline.model.selection import paired_auc_comparison, patient_resample_counts
 
 N_FINDINGS = len(FINDINGS)
+
+
+def promotion_decision(comparison: dict, margin: float, max_class_drop: float) -> tuple[bool, str, list[str]]:
+    """The promotion rule in force on a comparison alone (no subgroup check)."""
+    outcome = apply_rule(comparison, None, PromotionSettings(margin, max_class_drop, resamples=1000, subgroups=False))
+    return outcome.promote, outcome.rule, outcome.reasons
 
 
 def scored_test_set(n: int = 300, seed: int = 0):
@@ -101,7 +102,7 @@ def test_mismatched_rows_are_refused():
 
 
 def test_subgroup_refusals_name_each_worse_slice():
-    from pipeline.model.selection import subgroup_refusals
+    from pipeline.model.promotion import subgroup_refusals
 
     regression = {
         "worse_slices": ["age/0-20"],

@@ -15,7 +15,7 @@ from pipeline.core.labels import FINDINGS
 from pipeline.data.manifest import MANIFEST_COLUMNS
 from pipeline.model.metrics import operating_point_metrics
 from pipeline.records.preprocess import write_tfrecord_shards
-from tests.conftest import write_png
+from tests.conftest import project_settings, write_png
 
 pytestmark = pytest.mark.slow
 
@@ -65,12 +65,12 @@ def registered(tmp_path_factory):
     try:
         mlflow.set_tracking_uri(store)
         for method in CALIBRATIONS:
-            settings = {"threshold_method": "youden", "target_sensitivity": 0.9, "bootstrap": 20,
-                        "calibration": method, "batch_size": 8, "promotion": {"resamples": 20}}
+            settings = project_settings(**{
+                "evaluate.threshold_method": "youden", "evaluate.bootstrap": 20, "evaluate.calibration": method,
+                "evaluate.batch_size": 8, "evaluate.promotion.resamples": 20,
+                "mlflow.experiment": "served", "mlflow.registered_model": f"served-{method}"})
             reports[method] = evaluate_model(model_file, shards, root / f"reports-{method}", root / f"plots-{method}",
-                                             root / "no_run.json",
-                                             settings, {"experiment": "served", "registered_model": f"served-{method}"},
-                                             training, seed=0)
+                                             root / "no_run.json", settings.evaluate, settings.mlflow, training, seed=0)
     finally:
         mlflow.set_tracking_uri(None)  # configure_mlflow set it process-wide
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)

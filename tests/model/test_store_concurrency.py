@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, project_settings
 
 pytestmark = pytest.mark.slow
 
@@ -191,12 +191,13 @@ def test_the_evaluate_stage_decides_and_registers_under_the_store_lock(shards, t
     monkeypatch.chdir(tmp_path)
     model_file = tmp_path / "model.keras"
     build_model("small_cnn", 32, "none").save(model_file)
-    settings = {"threshold_method": "youden", "target_sensitivity": 0.9, "bootstrap": 20, "min_slice_positives": 1,
-                "min_slice_patients": 1,
-                "calibration": "none", "batch_size": 4,
-                "promotion": {"margin": 0.02, "max_class_drop": 0.05, "resamples": 20}}
+    chosen = project_settings(**{
+        "evaluate.threshold_method": "youden", "evaluate.bootstrap": 20, "evaluate.min_slice_positives": 1,
+        "evaluate.min_slice_patients": 1, "evaluate.calibration": "none", "evaluate.batch_size": 4,
+        "evaluate.promotion.resamples": 20, "mlflow.experiment": EXPERIMENT, "mlflow.registered_model": NAME,
+        "mlflow.timeout_s": 5})
+    settings, mlflow_settings = chosen.evaluate, chosen.mlflow
     training = {"backbone": "small_cnn", "image_size": 32, "fit": "crop", "params": {"seed": 0}}
-    mlflow_settings = {"experiment": EXPERIMENT, "registered_model": NAME, "timeout_s": 5}
     versions = []
     try:
         for attempt in range(2):

@@ -174,7 +174,7 @@ SLEEPING_STAGE = textwrap.dedent("""
     from pipeline.core.stage import run_stage
     from pipeline.core.tracking import configure_mlflow
 
-    def main():
+    def main(_settings):
         mlflow = configure_mlflow("faults")
         with mlflow.start_run() as run:
             Path(sys.argv[1]).write_text(run.info.run_id)
@@ -211,6 +211,7 @@ def test_a_stage_whose_parent_is_killed_ends_its_run_as_killed(tmp_path):
     run_file = tmp_path / "run_id"
     script = tmp_path / "stage.py"
     script.write_text(SLEEPING_STAGE)
+    (tmp_path / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())  # run_stage reads it
     # `; true` keeps bash as the stage's parent (no exec), like `dvc repro` above its stage
     parent = subprocess.Popen(["bash", "-c", f'"{sys.executable}" "{script}" "{run_file}"; true'], cwd=tmp_path,
                               env=child_env(MLFLOW_TRACKING_URI=store), stderr=subprocess.PIPE, text=True)
@@ -229,6 +230,7 @@ def test_sigint_ends_the_run_as_killed_and_exits_128_plus_the_signal(tmp_path):
     run_file = tmp_path / "run_id"
     script = tmp_path / "stage.py"
     script.write_text(SLEEPING_STAGE)
+    (tmp_path / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())  # run_stage reads it
     stage = subprocess.Popen([sys.executable, str(script), str(run_file)], cwd=tmp_path,
                              env=child_env(MLFLOW_TRACKING_URI=store), stderr=subprocess.PIPE, text=True)
     run_id = wait_for_run_file(run_file, stage)
@@ -244,9 +246,11 @@ TRAINING_STAGE = textwrap.dedent("""
     from pipeline.core.stage import run_stage
     from pipeline.model.train import train_and_track
 
-    settings = {"backbone": "small_cnn", "weights": "none", "epochs": 400, "batch_size": 4, "learning_rate": 0.001,
-                "deterministic": False, "mixed_precision": False}
-    run_stage("train", lambda: train_and_track(Path(sys.argv[1]), Path(sys.argv[2]), settings, 32, 0, "faults",
+    from tests.conftest import section_settings
+
+    settings = section_settings("train", backbone="small_cnn", weights="none", epochs=400, batch_size=4,
+                                learning_rate=0.001, deterministic=False, mixed_precision=False)
+    run_stage("train", lambda _: train_and_track(Path(sys.argv[1]), Path(sys.argv[2]), settings, 32, 0, "faults",
                                                {"seed": 0}, mlflow_timeout_s=float(sys.argv[3])))
 """)
 
@@ -271,6 +275,7 @@ def test_a_server_dying_mid_training_keeps_the_best_epoch_and_fails_in_one_line(
 
     url, server = start_server(tmp_path / "server")
     model_file = tmp_path / "models" / "model.keras"
+    (tmp_path / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())  # run_stage reads it
     try:
         stage = subprocess.Popen([sys.executable, "-c", TRAINING_STAGE, str(shards), str(model_file), str(TIMEOUT_S)],
                                  cwd=tmp_path, env=child_env(MLFLOW_TRACKING_URI=url), stderr=subprocess.PIPE,

@@ -8,7 +8,8 @@ from pipeline.core.labels import FINDINGS
 from pipeline.core.model_io import load_keras_model
 from pipeline.data.ingest import build_manifest
 from pipeline.explain.gradcam import last_feature_map_layer
-from pipeline.model.architectures import BACKBONES, build_model
+from pipeline.model.architectures import build_model
+from pipeline.model.backbones import BACKBONES
 from pipeline.model.train import (
     MAX_POSITIVE_WEIGHT,
     positive_weights,
@@ -17,6 +18,7 @@ from pipeline.model.train import (
 )
 from pipeline.records.imaging import load_xray
 from pipeline.records.preprocess import write_tfrecord_shards
+from tests.conftest import NO_AUGMENT, section_settings
 
 
 def index_with(train_positives: dict, records: int) -> dict:
@@ -47,7 +49,8 @@ def test_small_model_trains_and_checkpoints(small_nih_root, tmp_path):
     (out / "index.json").write_text(__import__("json").dumps(index))
     model = build_model("small_cnn", 32, "none", batchnorm_momentum=0.9)
     checkpoint = tmp_path / "model.keras"
-    settings = {"batch_size": 4, "epochs": 2, "learning_rate": 1e-3, "augment": {"brightness": 0.1, "shift": 0.05}}
+    settings = section_settings("train", batch_size=4, epochs=2, learning_rate=1e-3, lr_schedule="constant",
+                                augment={**NO_AUGMENT, "brightness": 0.1, "shift": 0.05})
     result = train_model(model, out, checkpoint, settings, seed=0)
     assert result["summary"]["epochs"] == 2 and len(result["history"]["loss"]) == 2
     assert np.isfinite(result["history"]["loss"]).all()
@@ -61,7 +64,7 @@ def real_xrays(root, n: int = 2, size: int = 64) -> np.ndarray:
     return np.stack([load_xray(f, size) for f in files]).astype(np.float32)[..., None]
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_every_backbone_builds_and_trains_a_step_on_real_images(backbone, nih_64px):
     # 64 px: every backbone's smallest supported size is at most this (alexnet's is 32).
     model = build_model(backbone, 64, "none")

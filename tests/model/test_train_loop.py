@@ -1,4 +1,5 @@
 """The training loop's knobs: focal loss, warm-up, early stopping, ImageNet cache, strategy, precision."""
+import dataclasses
 import json
 import math
 
@@ -19,6 +20,7 @@ from pipeline.model.train import (
     weighted_binary_crossentropy,
 )
 from pipeline.records.preprocess import write_tfrecord_shards
+from tests.conftest import NO_AUGMENT, section_settings
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ def test_focal_with_gamma_zero_is_weighted_bce():
 
 def test_unknown_loss_is_named():
     with pytest.raises(ValueError, match="train.loss.*'hinge'"):
-        make_loss({"loss": "hinge"}, np.ones(14, np.float32))
+        make_loss(dataclasses.replace(section_settings("train"), loss="hinge"), np.ones(14, np.float32))
 
 
 def test_warmup_only_for_pretrained_weights():
@@ -73,7 +75,8 @@ def test_warmup_freezes_the_backbone_then_unfreezes_it(tiny_shards, tmp_path):
     with strategy.scope():
         model = build_model("small_cnn", 32, str(saved))
     all_weights = len(model.trainable_weights)
-    settings = {"batch_size": 4, "epochs": 2, "learning_rate": 1e-3, "weights": str(saved), "warmup_epochs": 1}
+    settings = section_settings("train", batch_size=4, epochs=2, learning_rate=1e-3, weights=str(saved),
+                                warmup_epochs=1, lr_schedule="constant", augment=NO_AUGMENT)
     result = train_model(model, tiny_shards, tmp_path / "model.keras", settings, seed=0, strategy=strategy)
     # warm-up: the head's kernel and bias only; then everything again
     assert result["trainable_weights_per_phase"] == [2, all_weights]
@@ -86,9 +89,11 @@ def test_early_stopping_stops_when_val_auc_stalls(tiny_shards, tmp_path):
     # Learning rate 0 and frozen BatchNorm statistics: val AUC never improves,
     # so patience 1 stops after the second epoch.
     model = build_model("small_cnn", 32, "none", batchnorm_momentum=1.0)
-    settings = {"batch_size": 4, "epochs": 6, "learning_rate": 0.0, "early_stopping_patience": 1}
+    # replace, not section_settings: params.yaml refuses a learning rate of 0
+    settings = dataclasses.replace(section_settings("train", batch_size=4, epochs=6, early_stopping_patience=1,
+                                                    lr_schedule="constant", augment=NO_AUGMENT), learning_rate=0.0)
     result = train_model(model, tiny_shards, tmp_path / "model.keras", settings, seed=0)
-    assert result["summary"]["epochs"] == 2 < settings["epochs"]
+    assert result["summary"]["epochs"] == 2 < settings.epochs
     assert result["summary"]["stopped_early"] is True
     assert len(result["history"]["loss"]) == 2 and (tmp_path / "model.keras").is_file()
 
@@ -117,7 +122,8 @@ def test_efficientnet_imagenet_input_scaled_as_keras_scales_it(tmp_path, monkeyp
     import h5py
     from keras.src.legacy.saving import legacy_h5_format
 
-    from pipeline.model.architectures import IMAGENET_MEAN, IMAGENET_STD, assemble_model, imagenet_weights_name
+    from pipeline.model.architectures import IMAGENET_MEAN, IMAGENET_STD, assemble_model
+    from pipeline.model.backbones import imagenet_weights_source
 
     size = 32
     stand_in = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(size, size, 3))
@@ -125,11 +131,11 @@ def test_efficientnet_imagenet_input_scaled_as_keras_scales_it(tmp_path, monkeyp
     normalization.set_weights(
         [np.array(IMAGENET_MEAN), np.square(IMAGENET_STD), np.array(1)])
     (tmp_path / "models").mkdir()
-    with h5py.File(tmp_path / "models" / imagenet_weights_name("efficientnetb0", size), "w") as file:
+    with h5py.File(tmp_path / "models" / imagenet_weights_source("efficientnetb0", size).file_name, "w") as file:
         legacy_h5_format.save_weights_to_hdf5_group(file, stand_in)
     # The stand-in is not Keras's file (its MD5 differs), so it is loaded directly, not through the cache.
     model = assemble_model("efficientnetb0", size, "imagenet", imagenet_file=tmp_path / "models" /
-                           imagenet_weights_name("efficientnetb0", size))
+                           imagenet_weights_source("efficientnetb0", size).file_name)
     stem_input = keras.Model(model.input, model.get_layer("stem_conv_pad").input)
     grey = np.random.default_rng(0).uniform(0, 255, (2, size, size, 1)).astype(np.float32)
     mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
@@ -151,7 +157,7 @@ def test_imagenet_for_our_own_backbones_is_an_error(backbone):
 
 
 def test_alexnet_needs_32_px():
-    with pytest.raises(ValueError, match="too small for train.backbone 'alexnet'"):
+    with pytest.raises(ValueError, match="image_size is 24; allowed: at least 32 px for train.backbone alexnet"):
         build_model("alexnet", 24, "none")
 
 

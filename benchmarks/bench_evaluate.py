@@ -28,9 +28,9 @@ import numpy as np
 from common import add_output_arguments, contention_line, describe, interleaved, report, summary, timed
 from sklearn.metrics import roc_auc_score
 
+from pipeline.core.bootstrap import patient_resample_counts
 from pipeline.core.labels import FINDINGS
-from pipeline.model.bootstrap import patient_resample_counts
-from pipeline.model.metrics import evaluation_metrics
+from pipeline.core.metrics import evaluation_metrics
 
 SECTION = "bench_evaluate"
 TARGET_S = 10.0

@@ -35,6 +35,14 @@ def project_settings(**dotted):
     return with_overrides(load_settings(PROJECT_ROOT / "params.yaml"), **dotted)
 
 
+def build_manifest(root: Path, split: dict, seed: int, require_all_images: bool = False, source: str = "nih"):
+    """An NIH-layout root's manifest and ingest report (build_nih_manifest without its rejected rows)."""
+    from pipeline.data.ingest import build_nih_manifest
+
+    manifest, _, report = build_nih_manifest(root, split, seed, require_all_images, source)
+    return manifest, report
+
+
 def section_settings(section: str, **changes):
     """One typed section of the project's params.yaml with some params changed:
     section_settings("train", epochs=1)."""

@@ -32,15 +32,32 @@ def load_params(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
     return params
 
 
-def params_timeout_s(default: float) -> float:
-    """mlflow.timeout_s of params.yaml in the working directory, else `default`:
-    for `cxr` run in a project folder, and what does not pass the stage's own."""
+# params.yaml's mlflow.registered_model as a new project has it: what the
+# command-line tools name when run outside a project folder.
+DEFAULT_REGISTERED_MODEL = "chestxray"
+
+
+def project_mlflow_param(key: str):
+    """mlflow.<key> of params.yaml in the working directory, or None (no such
+    file or value, or a broken file: a stage reports that itself). For `cxr`
+    and the registry command run in a project folder."""
     try:
         mlflow = load_params(PARAMS_FILE).get("mlflow") if PARAMS_FILE.is_file() else None
-    except ConfigError:  # a stage reports a broken params.yaml itself
-        mlflow = None
-    value = mlflow.get("timeout_s") if isinstance(mlflow, dict) else None
+    except ConfigError:
+        return None
+    return mlflow.get(key) if isinstance(mlflow, dict) else None
+
+
+def params_timeout_s(default: float) -> float:
+    """mlflow.timeout_s of the working directory's params.yaml, else `default`."""
+    value = project_mlflow_param("timeout_s")
     return float(value) if isinstance(value, (int, float)) and value > 0 else float(default)
+
+
+def project_registered_model() -> str:
+    """mlflow.registered_model of the working directory's params.yaml, else DEFAULT_REGISTERED_MODEL."""
+    value = project_mlflow_param("registered_model")
+    return value if isinstance(value, str) and value.strip() else DEFAULT_REGISTERED_MODEL
 
 
 def section(params: dict[str, Any], name: str) -> dict[str, Any]:

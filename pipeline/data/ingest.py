@@ -39,7 +39,7 @@ from pipeline.data.row_problems import (
 )
 from pipeline.data.split import assign_official_splits, assign_splits_by_method, split_settings
 
-__all__ = ["build_manifest", "build_nih_manifest", "display_path", "label_matrix", "read_boxes"]
+__all__ = ["build_nih_manifest", "display_path", "label_matrix", "read_boxes"]
 
 
 def label_matrix(metadata: pd.DataFrame, source: Path) -> pd.DataFrame:
@@ -105,6 +105,29 @@ def usable_rows(metadata: pd.DataFrame, file: str) -> tuple[pd.DataFrame, pd.Dat
     return kept, labels, rejected
 
 
+def read_usable_metadata(csv_path: Path):
+    """(the CSV as read, its usable rows, their labels, every rejected row by
+    line); DataEntryError when no row is usable."""
+    table = read_metadata(csv_path)
+    metadata, labels, problem_rows = usable_rows(table.frame, str(csv_path))
+    rejected = by_line(table.rejected + problem_rows)
+    if metadata.empty:
+        example = f", e.g. {format_rejected_row(rejected[0])}" if rejected else ""
+        raise DataEntryError(f"{csv_path}: none of its {len(table.frame) + len(table.rejected)} rows is "
+                             f"usable{example}")
+    return table, metadata, labels, rejected
+
+
+def files_without_rows(scan, listed: set[str], rejected: list[dict]) -> tuple[list[str], list[dict]]:
+    """(image names on disk that no usable row lists, every file ingest leaves
+    unused with its reason: the scan's own and those, their row rejected or absent)."""
+    rejected_ids = {row["image_id"] for row in rejected}
+    unlisted = sorted(key for key in scan.images if key not in listed)
+    return unlisted, scan.unused + [
+        {"file": scan.images[key], "reason": ROW_REJECTED if key in rejected_ids else NOT_IN_CSV} for key in unlisted
+    ]
+
+
 def build_nih_manifest(
     root: Path,
     split: dict,
@@ -124,20 +147,10 @@ def build_nih_manifest(
     if not root.is_dir():
         raise DataEntryError(f"{root}: data root is not a directory")
     csv_path = find_metadata_csv(root, source)
-    table = read_metadata(csv_path)
-    metadata, labels, problem_rows = usable_rows(table.frame, str(csv_path))
-    rejected = by_line(table.rejected + problem_rows)
+    table, metadata, labels, rejected = read_usable_metadata(csv_path)
     rows_in_csv = len(table.frame) + len(table.rejected)
-    if metadata.empty:
-        example = f", e.g. {format_rejected_row(rejected[0])}" if rejected else ""
-        raise DataEntryError(f"{csv_path}: none of its {rows_in_csv} rows is usable{example}")
     scan = scan_image_folders(root, source)
-    listed = set(metadata["image_id"])
-    rejected_ids = {row["image_id"] for row in rejected}
-    unlisted = sorted(key for key in scan.images if key not in listed)
-    unused = scan.unused + [
-        {"file": scan.images[key], "reason": ROW_REJECTED if key in rejected_ids else NOT_IN_CSV} for key in unlisted
-    ]
+    unlisted, unused = files_without_rows(scan, set(metadata["image_id"]), rejected)
     on_disk = metadata["image_id"].isin(scan.images.keys())
     missing = int((~on_disk).sum())
     if require_all_images and (missing or unlisted):
@@ -172,19 +185,6 @@ def build_nih_manifest(
         "split_images": {s: int(n) for s, n in manifest["split"].value_counts().sort_index().items()},
     }
     return manifest, rejected, report
-
-
-def build_manifest(
-    root: Path,
-    split: dict,
-    seed: int,
-    require_all_images: bool = False,
-    source: str = "nih",
-) -> tuple[pd.DataFrame, dict]:
-    """build_nih_manifest without the list of rejected rows (the report counts
-    them and shows the first 50)."""
-    manifest, _, report = build_nih_manifest(root, split, seed, require_all_images, source)
-    return manifest, report
 
 
 def read_boxes(root: Path, image_ids: set[str]) -> pd.DataFrame:

@@ -232,11 +232,6 @@ def scan_image_folders(root: Path, source: str = "nih") -> ImageScan:
     return ImageScan(found, unused, not_files)
 
 
-def index_images(root: Path, source: str = "nih") -> dict[str, Path]:
-    """Map Image Index -> file for every PNG in the layout's folders (the first
-    folder wins for a name found twice; extensions in any case)."""
-    return scan_image_folders(root, source).images
-
 def read_image_list(path: Path) -> list[str]:
     """NIH's test_list.txt / train_val_list.txt: one Image Index a line."""
     names = []

@@ -177,69 +177,67 @@ def contract_suite(contract: ManifestContract,
     CRITICAL is reported as "error" (fails the stage), WARNING as "warning".
     Missing ages (<NA>) pass the age checks."""
     gx = _gx()
-    from great_expectations.expectations.metadata_types import FailureSeverity
-    from great_expectations.expectations.row_conditions import Column
-
-    E = gx.expectations
-    warning = FailureSeverity.WARNING
     # Collected first and handed to the constructor: ExpectationSuite.add_expectation
     # on a new suite whose name is already stored in the current context writes the
     # expectation into that stored suite (GX 1.24.1 looks suites up by name).
-    expectations: list = []
-    add = expectations.append
+    expectations = [*column_expectations(gx.expectations, contract), *label_expectations(gx.expectations),
+                    *split_expectations(gx.expectations, min_split_patients)]
+    return gx.ExpectationSuite(name=f"{SUITE_NAME}_{contract.name}", expectations=expectations)
 
-    add(E.ExpectTableColumnsToMatchOrderedList(
+
+def column_expectations(E, contract: ManifestContract) -> list:
+    """The manifest's columns, its image ids (by the source's contract) and patient fields."""
+    expectations = [
         # the validated frame carries the derived helper columns after the manifest's
-        column_list=[*MANIFEST_COLUMNS, *HELPER_COLUMNS],
-        description="the columns are exactly the manifest's, in order",
-    ))
-    add(E.ExpectTableRowCountToBeBetween(
-        min_value=1, description="the manifest has at least one image row",
-    ))
-    add(E.ExpectColumnValuesToNotBeNull(column="image_id", description="every row has an image_id"))
-    add(E.ExpectColumnValuesToMatchRegex(
-        column="image_id", regex=contract.image_id_regex, description=contract.image_id_description,
-    ))
-    add(E.ExpectColumnValuesToBeUnique(column="image_id", description="no image_id appears twice"))
-    for column in ("path", "sex", "view", "finding_labels", "split"):
-        add(E.ExpectColumnValuesToNotBeNull(column=column, description=f"every row has a {column}"))
-    for column in ("patient_id", "follow_up", "age"):
-        add(E.ExpectColumnValuesToBeInTypeList(
-            column=column, type_list=INTEGER_TYPES, description=f"{column} is an integer column",
-        ))
-    add(E.ExpectColumnValuesToBeBetween(
-        column="follow_up", min_value=0, description="follow_up is 0 or more",
-    ))
-    add(E.ExpectColumnValuesToBeBetween(
-        column="age", min_value=MIN_AGE, max_value=MAX_AGE,
-        description=f"age is between {MIN_AGE} and {MAX_AGE} years (or missing)",
-    ))
+        E.ExpectTableColumnsToMatchOrderedList(column_list=[*MANIFEST_COLUMNS, *HELPER_COLUMNS],
+                                               description="the columns are exactly the manifest's, in order"),
+        E.ExpectTableRowCountToBeBetween(min_value=1, description="the manifest has at least one image row"),
+        E.ExpectColumnValuesToNotBeNull(column="image_id", description="every row has an image_id"),
+        E.ExpectColumnValuesToMatchRegex(column="image_id", regex=contract.image_id_regex,
+                                         description=contract.image_id_description),
+        E.ExpectColumnValuesToBeUnique(column="image_id", description="no image_id appears twice"),
+    ]
+    expectations += [E.ExpectColumnValuesToNotBeNull(column=column, description=f"every row has a {column}")
+                     for column in ("path", "sex", "view", "finding_labels", "split")]
+    expectations += [E.ExpectColumnValuesToBeInTypeList(column=column, type_list=INTEGER_TYPES,
+                                                        description=f"{column} is an integer column")
+                     for column in ("patient_id", "follow_up", "age")]
+    expectations += [
+        E.ExpectColumnValuesToBeBetween(column="follow_up", min_value=0, description="follow_up is 0 or more"),
+        E.ExpectColumnValuesToBeBetween(column="age", min_value=MIN_AGE, max_value=MAX_AGE,
+                                        description=f"age is between {MIN_AGE} and {MAX_AGE} years (or missing)"),
+    ]
     for column, allowed in (("sex", SEXES), ("view", VIEWS), ("split", SPLITS)):
         unknown_allowed = column in contract.unknown_allowed
-        add(E.ExpectColumnValuesToBeInSet(
+        expectations.append(E.ExpectColumnValuesToBeInSet(
             column=column, value_set=[*allowed, ""] if unknown_allowed else list(allowed),
             description=f"{column} is one of {', '.join(allowed)}" + (" or empty (unknown)" if unknown_allowed else ""),
         ))
-    for finding in FINDINGS:
-        add(E.ExpectColumnValuesToBeInSet(
-            column=finding, value_set=[0, 1], description=f"{finding} is 0 or 1",
-        ))
-    add(E.ExpectColumnValuesToMatchRegex(
-        column="finding_labels", regex=FINDING_LABELS_REGEX,
-        description=(f"finding_labels is '|'-separated NIH finding names, "
-                     f"or exactly '{NO_FINDING}' on its own"),
-    ))
-    add(E.ExpectColumnValuesToBeNull(
-        column=MISMATCH_COLUMN,
-        description="the 14 finding columns agree with finding_labels",
-    ))
-    add(E.ExpectColumnValuesToBeBetween(
-        column=PATIENT_SPLITS_COLUMN, min_value=1, max_value=1,
-        description="no patient has images in more than one split",
-    ))
+    return expectations
+
+
+def label_expectations(E) -> list:
+    """The 14 finding columns, finding_labels and their agreement."""
+    expectations = [E.ExpectColumnValuesToBeInSet(column=finding, value_set=[0, 1],
+                                                  description=f"{finding} is 0 or 1") for finding in FINDINGS]
+    return [*expectations,
+            E.ExpectColumnValuesToMatchRegex(
+                column="finding_labels", regex=FINDING_LABELS_REGEX,
+                description=f"finding_labels is '|'-separated NIH finding names, or exactly '{NO_FINDING}' on its own"),
+            E.ExpectColumnValuesToBeNull(column=MISMATCH_COLUMN,
+                                         description="the 14 finding columns agree with finding_labels")]
+
+
+def split_expectations(E, min_split_patients: int) -> list:
+    """Patient-wise splits, each with enough patients, and a positive of every finding (a warning)."""
+    from great_expectations.expectations.metadata_types import FailureSeverity
+    from great_expectations.expectations.row_conditions import Column
+
+    expectations = [E.ExpectColumnValuesToBeBetween(column=PATIENT_SPLITS_COLUMN, min_value=1, max_value=1,
+                                                    description="no patient has images in more than one split")]
     for split in SPLITS:
         floor = split_floor(split, min_split_patients)
-        add(E.ExpectColumnUniqueValueCountToBeBetween(
+        expectations.append(E.ExpectColumnUniqueValueCountToBeBetween(
             column="patient_id", min_value=floor, row_condition=Column("split") == split,
             description=(f"split '{split}' has films of at least {floor} patient(s)"
                          + ("" if split == "train" else " (validate.min_split_patients)")),
@@ -247,13 +245,12 @@ def contract_suite(contract: ManifestContract,
         ))
     for split in SPLITS:
         for finding in FINDINGS:
-            add(E.ExpectColumnMaxToBeBetween(
-                column=finding, min_value=1, row_condition=Column("split") == split,
-                severity=warning,
+            expectations.append(E.ExpectColumnMaxToBeBetween(
+                column=finding, min_value=1, row_condition=Column("split") == split, severity=FailureSeverity.WARNING,
                 description=f"{finding} has at least one positive in split '{split}'",
                 meta={"split": split, "finding": finding},
             ))
-    return gx.ExpectationSuite(name=f"{SUITE_NAME}_{contract.name}", expectations=expectations)
+    return expectations
 
 
 # --------------------------------------------------------------------------

@@ -14,18 +14,15 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from pipeline.core.floors import MIN_PATIENTS
 from pipeline.core.labels import MAX_AGE, MIN_AGE
 from pipeline.core.recalibration import served_probabilities
 from pipeline.model.calibration import POOLED, calibration_report, fit_recalibration, reliability_rows
 from pipeline.model.subgroups import (  # noqa: F401 - evaluate reads the defaults here
-    DEFAULT_MIN_SLICE_PATIENTS,
-    DEFAULT_MIN_SLICE_POSITIVES,
     underdiagnosis_regression,
 )
 from pipeline.records.dataset import shard_files
 from pipeline.records.tfrecords import parse_example
-
-DEFAULT_CALIBRATION_BINS = 10
 
 
 def split_demographics(tfrecord_dir: Path, split: str, image_ids: list[str]) -> dict[str, np.ndarray]:
@@ -102,7 +99,7 @@ def calibration_mlflow_metrics(section: dict) -> dict[str, float]:
 def subgroup_promotion_check(
     labels: np.ndarray, champion: tuple[np.ndarray, dict], challenger: tuple[np.ndarray, dict],
     people: dict[str, np.ndarray], min_slice_positives: int, resamples: int, seed: int,
-    min_slice_patients: int = DEFAULT_MIN_SLICE_PATIENTS,
+    min_slice_patients: int = MIN_PATIENTS,
 ) -> dict:
     """underdiagnosis_regression of the challenger against the champion, each
     (probabilities, thresholds) on the same test images."""

@@ -77,10 +77,6 @@ def curve_ece(curve: Sequence[Mapping]) -> float | None:
                      for point in curve) / total)
 
 
-def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: int = DEFAULT_BINS) -> float | None:
-    return curve_ece(reliability_curve(labels, probs, n_bins))
-
-
 def calibration_report(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = DEFAULT_BINS) -> dict:
     """{"n_bins", "ece": {finding: value}, "mean_ece" (over the findings),
     "pooled_ece", "reliability": {finding: curve, POOLED: curve}}; the pooled

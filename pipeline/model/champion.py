@@ -18,11 +18,11 @@ import numpy as np
 
 from pipeline.core.faults import first_line
 from pipeline.core.labels import FINDINGS
+from pipeline.core.metrics import check_scores, mean_of_defined, operating_point_metrics, per_class_auc, share_films
 from pipeline.core.settings import EvaluateSettings
 from pipeline.model.audit import split_demographics, subgroup_promotion_check
 from pipeline.model.calibration import calibration_report
 from pipeline.model.leakage import FINGERPRINT_FILE, load_fingerprint, seen_hashes, unseen_films
-from pipeline.model.metrics import check_scores, mean_of_defined, operating_point_metrics, per_class_auc, share_films
 from pipeline.model.promotion import RULE_FIRST, RULE_LEAKAGE, RULE_NO_CHAMPION_SCORES, apply_rule
 from pipeline.model.registry import champion_version
 from pipeline.model.scoring import predict_split
@@ -52,7 +52,7 @@ class SplitScores:
 @dataclass(frozen=True)
 class ScoredChampion:
     version: int
-    model: object  # pipeline.serve.predict.XrayModel
+    model: object  # pipeline.serve.api.XrayModel
     scores: SplitScores  # the champion's, on the same films
     fingerprint: dict | None  # its training patients (pipeline.model.leakage), None when it has no record
 
@@ -63,7 +63,7 @@ def champion_decision(registered_name: str, tracking_store: str, tfrecord_dir: P
     {"promote", "rule", "reasons", "champion_version", "comparison", "subgroups", "leakage"}."""
     import mlflow
 
-    from pipeline.serve.predict import ModelLoadError
+    from pipeline.serve.api import ModelLoadError
 
     client = mlflow.MlflowClient(tracking_uri=tracking_store, registry_uri=tracking_store)
     version = champion_version(client, registered_name)
@@ -106,7 +106,7 @@ def score_champion(registered_name: str, version: int, tracking_store: str, tfre
     """The champion loaded from the registry and scored on the challenger's
     test films (its own recalibration applied). ValueError when its scores hold
     NaN or cover other films; what loading raises otherwise."""
-    from pipeline.serve.predict import load_model
+    from pipeline.serve.api import load_model
 
     champion = load_model(f"models:/{registered_name}/{version}", tracking_uri=tracking_store)
     probs, _, ids = predict_split(champion.keras_model, tfrecord_dir, "test", batch_size)

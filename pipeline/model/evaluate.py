@@ -5,12 +5,20 @@ register the model in MLflow with that decision, and write its model card."""
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import pandas as pd
 
 from pipeline.core.atomic import atomic_dir, write_csv_atomic, write_json_atomic, write_text_atomic
 from pipeline.core.labels import FINDINGS
+from pipeline.core.metrics import (
+    curves,
+    evaluation_metrics,
+    manifest_hash,
+    predictions_table,
+)
 from pipeline.core.model_io import load_keras_model, uses_patient_metadata
 from pipeline.core.patient import PATIENT_ENCODING
 from pipeline.core.settings import EvaluateSettings, MlflowSettings
@@ -25,12 +33,6 @@ from pipeline.model.audit import (
 )
 from pipeline.model.champion import SplitScores, champion_decision
 from pipeline.model.leakage import FINGERPRINT_FILE, fingerprint
-from pipeline.model.metrics import (
-    curves,
-    evaluation_metrics,
-    manifest_hash,
-    predictions_table,
-)
 from pipeline.model.model_card import CARD_FILE, model_card_html
 from pipeline.model.registry import register_decided, registry_model_metadata
 from pipeline.model.scoring import predict_split
@@ -162,6 +164,71 @@ def split_sizes(tfrecord_dir: Path) -> dict[str, int]:
     return {split: int(entry["records"]) for split, entry in read_shard_index(tfrecord_dir)["splits"].items()}
 
 
+@dataclass
+class Evaluation:
+    """The model's figures on the test split (thresholds from val) and what the reports draw."""
+
+    metrics: dict
+    scores: SplitScores  # test labels, (recalibrated) probabilities, ids, thresholds, patients
+    curves: dict
+    reliability: dict
+    recalibration: dict | None
+
+
+def measure_test_split(model: keras.Model, tfrecord_dir: Path, settings: EvaluateSettings,
+                       seed: int) -> Evaluation:
+    """Score val and test, recalibrate (evaluate.calibration, fitted on val),
+    and measure test: per-finding figures with intervals, subgroups, calibration."""
+    val_probs, val_labels, _ = predict_split(model, tfrecord_dir, "val", settings.batch_size)
+    raw_test_probs, test_labels, test_ids = predict_split(model, tfrecord_dir, "test", settings.batch_size)
+    recalibration, val_probs, test_probs = recalibrate(settings.calibration, (val_labels, val_probs), raw_test_probs)
+    people = split_demographics(tfrecord_dir, "test", test_ids)
+    floors = {"min_positives": settings.min_slice_positives, "min_patients": settings.min_slice_patients}
+    metrics = evaluation_metrics(
+        (val_labels, val_probs), (test_labels, test_probs), settings.threshold_method,
+        target_sensitivity=float(settings.target_sensitivity), resamples=settings.bootstrap, seed=seed,
+        test_patients=people["patient_id"], **floors,
+    )
+    metrics["test_manifest"] = manifest_hash(test_ids, test_labels)
+    metrics["subgroups"] = subgroup_report(
+        test_labels, test_probs, metrics["thresholds"], people["patient_id"], people["age"], people["sex"],
+        people["view"], min_slice_positives=settings.min_slice_positives, resamples=settings.bootstrap, seed=seed,
+        min_slice_patients=settings.min_slice_patients)
+    metrics["calibration"], reliability = calibration_section(
+        test_labels, raw_test_probs, test_probs, settings.calibration, settings.calibration_bins)
+    if recalibration:
+        metrics["calibration"]["fitted"] = recalibration
+    scores = SplitScores(test_labels, test_probs, test_ids, metrics["thresholds"], people)
+    return Evaluation(metrics, scores, curves(test_labels, test_probs), reliability, recalibration)
+
+
+def write_evaluation_files(evaluation: Evaluation, reports_dir: Path, plots_dir: Path) -> None:
+    """reports_dir's predictions, thresholds and reliability curves; plots_dir whole."""
+    metrics, scores = evaluation.metrics, evaluation.scores
+    write_csv_atomic(predictions_table(scores.ids, scores.labels, scores.probs), reports_dir / "test_predictions.csv")
+    write_json_atomic(reports_dir / "thresholds.json", metrics["thresholds"])
+    every_finding, pooled = reliability_tables(metrics["calibration"], evaluation.reliability)
+    write_csv_atomic(pd.DataFrame(every_finding), reports_dir / RELIABILITY_FILE)
+    # whole, so that no curve of a finding this run could not draw is left from an earlier one
+    with atomic_dir(plots_dir) as folder:
+        write_curves(evaluation.curves, folder)
+        write_csv_atomic(auc_table(metrics), folder / AUC_PLOT_FILE)
+        write_csv_atomic(pd.DataFrame(pooled).drop(columns="finding"), folder / RELIABILITY_PLOT_FILE)
+
+
+def model_description(model: keras.Model, tfrecord_dir: Path, training: dict, test_manifest: str) -> tuple[dict, dict]:
+    """(the model card's summary, the registered model's preprocessing contract)."""
+    with_patient = uses_patient_metadata(model)
+    summary = {"split_sizes": split_sizes(tfrecord_dir), "data_hash": data_hash(tfrecord_dir),
+               "git_commit": git_commit(), "test_manifest": test_manifest, "backbone": training["backbone"],
+               "image_size": training["image_size"], "fit": training["fit"], "data_source": training.get("data_source"),
+               "inputs": "image and patient metadata (age, sex, view)" if with_patient else "image only"}
+    preprocessing = {"image_size": training["image_size"], "fit": training["fit"], "input": IMAGE_INPUT_DESCRIPTION}
+    if with_patient:
+        preprocessing["input"] = {"image": IMAGE_INPUT_DESCRIPTION, "metadata": PATIENT_ENCODING}
+    return summary, preprocessing
+
+
 def evaluate_model(
     model_file: Path, tfrecord_dir: Path, reports_dir: Path, plots_dir: Path, run_file: Path,
     settings: EvaluateSettings, mlflow_settings: MlflowSettings, training: dict, seed: int,
@@ -172,74 +239,25 @@ def evaluate_model(
     Writes reports_dir (test_predictions.csv, thresholds.json, model card)
     and replaces plots_dir whole (the curves `dvc plots` draws); returns the
     metrics, with the registry's decision."""
-    batch = settings.batch_size
     model = load_keras_model(model_file)
-    val_probs, val_labels, _ = predict_split(model, tfrecord_dir, "val", batch)
-    raw_test_probs, test_labels, test_ids = predict_split(model, tfrecord_dir, "test", batch)
-    method = settings.calibration
-    recalibration, val_probs, test_probs = recalibrate(method, (val_labels, val_probs), raw_test_probs)
-    resamples, min_positives, min_patients = (settings.bootstrap, settings.min_slice_positives,
-                                              settings.min_slice_patients)
-    people = split_demographics(tfrecord_dir, "test", test_ids)
-    metrics = evaluation_metrics(
-        (val_labels, val_probs), (test_labels, test_probs), settings.threshold_method,
-        target_sensitivity=float(settings.target_sensitivity), resamples=resamples, seed=seed,
-        test_patients=people["patient_id"], min_positives=min_positives, min_patients=min_patients,
-    )
-    test_manifest = manifest_hash(test_ids, test_labels)
-    metrics["test_manifest"] = test_manifest
-    metrics["subgroups"] = subgroup_report(
-        test_labels, test_probs, metrics["thresholds"], people["patient_id"], people["age"], people["sex"],
-        people["view"], min_slice_positives=min_positives, resamples=resamples, seed=seed,
-        min_slice_patients=min_patients)
-    metrics["calibration"], reliability = calibration_section(
-        test_labels, raw_test_probs, test_probs, method, settings.calibration_bins)
-    if recalibration:
-        metrics["calibration"]["fitted"] = recalibration
-    test_curves = curves(test_labels, test_probs)
-    write_csv_atomic(predictions_table(test_ids, test_labels, test_probs), reports_dir / "test_predictions.csv")
-    write_json_atomic(reports_dir / "thresholds.json", metrics["thresholds"])
-    every_finding, pooled = reliability_tables(metrics["calibration"], reliability)
-    write_csv_atomic(pd.DataFrame(every_finding), reports_dir / RELIABILITY_FILE)
-    # whole, so that no curve of a finding this run could not draw is left from an earlier one
-    with atomic_dir(plots_dir) as folder:
-        write_curves(test_curves, folder)
-        write_csv_atomic(auc_table(metrics), folder / AUC_PLOT_FILE)
-        write_csv_atomic(pd.DataFrame(pooled).drop(columns="finding"), folder / RELIABILITY_PLOT_FILE)
-
-    with_patient = uses_patient_metadata(model)
-    summary = {"split_sizes": split_sizes(tfrecord_dir), "data_hash": data_hash(tfrecord_dir),
-               "git_commit": git_commit(), "test_manifest": test_manifest, "backbone": training["backbone"],
-               "image_size": training["image_size"], "fit": training["fit"], "data_source": training.get("data_source"),
-               "inputs": "image and patient metadata (age, sex, view)" if with_patient else "image only"}
-    preprocessing = {"image_size": training["image_size"], "fit": training["fit"], "input": IMAGE_INPUT_DESCRIPTION}
-    if with_patient:
-        preprocessing["input"] = {"image": IMAGE_INPUT_DESCRIPTION, "metadata": PATIENT_ENCODING}
+    evaluation = measure_test_split(model, tfrecord_dir, settings, seed)
+    write_evaluation_files(evaluation, reports_dir, plots_dir)
+    metrics = evaluation.metrics
+    summary, preprocessing = model_description(model, tfrecord_dir, training, metrics["test_manifest"])
     name = mlflow_settings.registered_model
     mlflow = configure_mlflow(mlflow_settings.experiment, mlflow_settings.timeout_s)
 
-    challenger = SplitScores(test_labels, test_probs, test_ids, metrics["thresholds"], people)
-
     def decide() -> dict:
-        return champion_decision(name, mlflow.get_tracking_uri(), tfrecord_dir, challenger, settings, seed)
+        return champion_decision(name, mlflow.get_tracking_uri(), tfrecord_dir, evaluation.scores, settings, seed)
 
     with resume_run(mlflow, run_file):
-        mlflow.log_metrics(rounded({**mlflow_metrics(metrics), **subgroup_mlflow_metrics(metrics["subgroups"]),
-                                    **calibration_mlflow_metrics(metrics["calibration"])}))
-        log_evaluate_params(mlflow, dataclasses.asdict(settings))
-        log_tables(mlflow, metrics)
-        mlflow.log_artifact(str(reports_dir / "thresholds.json"))
-        # before registering: a later challenger reads it to leave these patients out (pipeline.model.leakage)
-        mlflow.log_dict(fingerprint(split_patient_ids(tfrecord_dir, "train"), split_patient_ids(tfrecord_dir, "val")),
-                        FINGERPRINT_FILE)
-        mlflow.set_tag("ci_method", metrics["ci_method"])
-        mlflow.log_artifacts(str(plots_dir), "plots")
+        log_evaluation(mlflow, metrics, settings, tfrecord_dir, reports_dir, plots_dir)
         # Decided and registered in one step (pipeline.model.registry.register_decided),
         # so that two evaluations at once cannot both take the champion alias.
         registry = register_decided(
             mlflow, model, name,
-            registry_model_metadata(metrics["thresholds"], preprocessing, metrics, test_manifest, recalibration,
-                                    data_source=training.get("data_source")),
+            registry_model_metadata(metrics["thresholds"], preprocessing, metrics, metrics["test_manifest"],
+                                    evaluation.recalibration, data_source=training.get("data_source")),
             {"data_hash": summary["data_hash"], "git_commit": summary["git_commit"], "backbone": training["backbone"]},
             decide, params=training["params"], card_artifact=CARD_FILE,
         )
@@ -248,14 +266,30 @@ def evaluate_model(
             mlflow.log_metrics(rounded(comparison_metrics(decision["comparison"])))
         registry["comparison"] = decision["comparison"]
         write_text_atomic(reports_dir / CARD_FILE,
-                          model_card_html(name, summary, metrics, test_curves["roc"], registry,
-                                          reliability=reliability))
+                          model_card_html(name, summary, metrics, evaluation.curves["roc"], registry,
+                                          reliability=evaluation.reliability))
         mlflow.log_artifact(str(reports_dir / CARD_FILE))
     metrics["registered_model"] = {"name": name, "version": registry["version"]}
     metrics["registry"] = {"version": registry["version"], "champion": registry["champion"],
                            "rule": registry["rule"], "reasons": registry["reasons"],
                            "comparison": _comparison_record(decision), "subgroup_check": decision.get("subgroups")}
     return metrics
+
+
+def log_evaluation(mlflow, metrics: dict, settings: EvaluateSettings, tfrecord_dir: Path, reports_dir: Path,
+                   plots_dir: Path) -> None:
+    """The test figures, params, tables, thresholds, plots and the patient
+    fingerprint, logged to the training run before the model is registered."""
+    mlflow.log_metrics(rounded({**mlflow_metrics(metrics), **subgroup_mlflow_metrics(metrics["subgroups"]),
+                                **calibration_mlflow_metrics(metrics["calibration"])}))
+    log_evaluate_params(mlflow, dataclasses.asdict(settings))
+    log_tables(mlflow, metrics)
+    mlflow.log_artifact(str(reports_dir / "thresholds.json"))
+    # before registering: a later challenger reads it to leave these patients out (pipeline.model.leakage)
+    mlflow.log_dict(fingerprint(split_patient_ids(tfrecord_dir, "train"), split_patient_ids(tfrecord_dir, "val")),
+                    FINGERPRINT_FILE)
+    mlflow.set_tag("ci_method", metrics["ci_method"])
+    mlflow.log_artifacts(str(plots_dir), "plots")
 
 
 def _comparison_record(decision: dict) -> dict | None:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.core.bootstrap import RESAMPLE_BLOCK, mean_over, weighted_aucs, weighted_share
 from pipeline.core.labels import NUM_FINDINGS
-from pipeline.model.bootstrap import RESAMPLE_BLOCK, mean_over, weighted_aucs, weighted_share
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pipeline.core.html import escape, html_page
 from pipeline.core.labels import FINDINGS
-from pipeline.model.metrics import SHARE_OF, share_films
+from pipeline.core.metrics import SHARE_OF, share_films
 from pipeline.model.model_card_sections import SECTIONS_STYLE, calibration_section, subgroups_section
 
 CARD_FILE = "model_card.html"

@@ -1,4 +1,4 @@
-"""The MLflow model registry: every evaluated model becomes a version of `chestxray`.
+"""The MLflow model registry: every evaluated model becomes a version of mlflow.registered_model (`chestxray`).
 
 Each new version gets the alias `challenger`; it takes `champion` when the
 evaluate stage's decision (pipeline.model.selection: the champion re-scored on
@@ -63,13 +63,9 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # project installed: the label order, patient-metadata encoding, the model's
 # input contract, image decoding (to preprocess a film the way training did)
 # and the pyfunc itself. Not ingest, validation, training or the phantom.
-SERVING_MODULES = (
-    "__init__.py",
-    "core/__init__.py", "core/labels.py", "core/patient.py", "core/model_io.py", "core/quiet.py",
-    "core/recalibration.py",
-    "records/__init__.py", "records/imaging.py", "records/image_file.py", "records/dicom.py",
-    "serve/__init__.py", "serve/pyfunc.py",
-)
+# The module a registered model's pyfunc is; it and what it imports travel with
+# the model (serving_modules), so that it loads without the project installed.
+SERVING_ENTRY = "serve/pyfunc.py"
 
 
 def serving_requirements() -> list[str]:
@@ -77,10 +73,35 @@ def serving_requirements() -> list[str]:
     return [f"{name}=={package_version(name)}" for name in SERVING_PACKAGES]
 
 
+def serving_modules(entry: str = SERVING_ENTRY) -> list[str]:
+    """`entry` and every module of this package it imports, at any depth and
+    inside functions too, with their packages' __init__.py: paths relative to
+    the package, found by reading the imports rather than kept by hand."""
+    import ast
+
+    found, pending = set(), [entry, "__init__.py"]
+    while pending:
+        module = pending.pop()
+        if module in found:
+            continue
+        found.add(module)
+        parts = module.split("/")[:-1]
+        pending += ["/".join([*parts[:depth], "__init__.py"]) for depth in range(len(parts) + 1)]
+        for node in ast.walk(ast.parse((PACKAGE_DIR / module).read_text())):
+            names = ([node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+                     if isinstance(node, ast.ImportFrom) and node.module else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                path = name.removeprefix("pipeline.").replace(".", "/") + ".py"
+                if name.startswith("pipeline.") and (PACKAGE_DIR / path).is_file():
+                    pending.append(path)
+    return sorted(found)
+
+
 def serving_package(folder: Path) -> Path:
-    """A copy of the SERVING_MODULES of this package under folder/pipeline."""
+    """A copy of the serving_modules of this package under folder/pipeline."""
     target = folder / "pipeline"
-    for module in SERVING_MODULES:
+    for module in serving_modules():
         (target / module).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(PACKAGE_DIR / module, target / module)
     return target
@@ -184,7 +205,7 @@ def register_model(
     signature (pipeline.serve.pyfunc, model_signature), register it as a new
     version tagged with its rounded scores (mean_auc, auc_<finding>,
     threshold_<finding>: pipeline.model.version_notes), test manifest, `tags`
-    and the champion `decision` (from pipeline.model.selection: {"promote",
+    and the champion `decision` (from pipeline.model.champion: {"promote",
     "rule", "reasons", "champion_version", "comparison"}), describe it in
     markdown, give it the challenger alias, and the champion alias if the
     decision promotes it. `params` (the training params) go to the run as
@@ -198,36 +219,13 @@ def register_model(
     Returns {"version", "champion": bool, "rule", "reasons", "compared_with", "decision"}.
     """
     from pipeline.core.model_io import image_size_of, uses_patient_metadata
-    from pipeline.serve.pyfunc import ChestXrayPyfunc  # MLflow warns once, when the class is defined
 
     if params is not None:
         mlflow.log_dict(params, "params.json")  # on the run, not a JSON tag
     metadata = dict(metadata)
-    image_size = image_size_of(model)
     if uses_patient_metadata(model):
-        metadata["input_schema"] = patient_model_input_schema(image_size)
-    with tempfile.TemporaryDirectory(prefix="cxr-register-") as folder:
-        keras_file = Path(folder) / "model.keras"
-        model.save(keras_file)
-        # Logged on the run first, so that the MLmodel's artifact `uri` names the
-        # run's copy (runs:/...) rather than this temporary folder.
-        mlflow.log_artifact(str(keras_file), KERAS_ARTIFACT)
-        keras_uri = f"runs:/{mlflow.active_run().info.run_id}/{KERAS_ARTIFACT}/{keras_file.name}"
-        with mlflow_event_lines_off():
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=ChestXrayPyfunc(),
-                artifacts={KERAS_ARTIFACT: keras_uri},
-                code_paths=[str(serving_package(Path(folder)))],
-                registered_model_name=registered_name,
-                pip_requirements=serving_requirements(),
-                signature=model_signature(model, image_size),
-                metadata=metadata,
-                # the pyfunc applies it too (its load_context reads model_config)
-                model_config={"recalibration": metadata.get("recalibration")},
-                await_registration_for=60,
-            )
-    version = int(info.registered_model_version)
+        metadata["input_schema"] = patient_model_input_schema(image_size_of(model))
+    version = log_and_register(mlflow, model, registered_name, metadata)
     client = mlflow.MlflowClient()
     if redecide is not None:
         decision = current_decision(client, registered_name, decision, redecide)
@@ -251,6 +249,36 @@ def register_model(
     return {"version": version, "champion": bool(decision["promote"]), "rule": decision["rule"],
             "reasons": list(decision["reasons"]), "compared_with": decision.get("champion_version"),
             "decision": decision}
+
+
+def log_and_register(mlflow, model: keras.Model, registered_name: str, metadata: dict) -> int:
+    """`model` logged to the active run as a pyfunc (with the Keras file, the
+    serving code and its pinned packages) and registered: the new version's number."""
+    from pipeline.core.model_io import image_size_of
+    from pipeline.serve.api import pyfunc_model
+
+    with tempfile.TemporaryDirectory(prefix="cxr-register-") as folder:
+        keras_file = Path(folder) / "model.keras"
+        model.save(keras_file)
+        # Logged on the run first, so that the MLmodel's artifact `uri` names the
+        # run's copy (runs:/...) rather than this temporary folder.
+        mlflow.log_artifact(str(keras_file), KERAS_ARTIFACT)
+        keras_uri = f"runs:/{mlflow.active_run().info.run_id}/{KERAS_ARTIFACT}/{keras_file.name}"
+        with mlflow_event_lines_off():
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=pyfunc_model(),
+                artifacts={KERAS_ARTIFACT: keras_uri},
+                code_paths=[str(serving_package(Path(folder)))],
+                registered_model_name=registered_name,
+                pip_requirements=serving_requirements(),
+                signature=model_signature(model, image_size_of(model)),
+                metadata=metadata,
+                # the pyfunc applies it too (its load_context reads model_config)
+                model_config={"recalibration": metadata.get("recalibration")},
+                await_registration_for=60,
+            )
+    return int(info.registered_model_version)
 
 
 def champion_changes(mlflow, client, registered_name: str, champion: int | None, params: dict | None,
@@ -417,18 +445,22 @@ def promote_version(client, registered_name: str, version: int, reason: str, use
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m pipeline.model.registry promote VERSION --reason TEXT`."""
+    from pipeline.core.config import project_registered_model
+
     parser = argparse.ArgumentParser(prog="python -m pipeline.model.registry",
                                      description="Move the champion alias by hand (logged on the version).")
     commands = parser.add_subparsers(dest="command", required=True)
     promote = commands.add_parser("promote", help="give VERSION the champion alias")
     promote.add_argument("version", type=int)
     promote.add_argument("--reason", required=True, help="why, recorded on the version")
-    promote.add_argument("--model", default="chestxray", help="registered model name (default: chestxray)")
+    default = project_registered_model()
+    promote.add_argument("--model", default=default,
+                         help=f"registered model name (default: mlflow.registered_model of ./params.yaml, {default})")
     promote.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or mlruns/mlflow.db")
     args = parser.parse_args(argv)
 
     from pipeline.core.tracking import disable_telemetry, tracking_uri
-    from pipeline.serve.predict import ModelLoadError, load_model
+    from pipeline.serve.api import ModelLoadError, load_model
 
     disable_telemetry()
     store = args.tracking_uri or tracking_uri()

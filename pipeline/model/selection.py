@@ -11,14 +11,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from pipeline.core.bootstrap import mean_over, patient_resample_counts, percentile_interval, weighted_aucs
+from pipeline.core.floors import MIN_POSITIVES
 from pipeline.core.labels import FINDINGS
-from pipeline.model.bootstrap import mean_over, patient_resample_counts, percentile_interval, weighted_aucs
-from pipeline.model.metrics import DEFAULT_MIN_POSITIVES, auc_floor_reasons, check_scores, per_class_auc
+from pipeline.core.metrics import auc_floor_reasons, check_scores, per_class_auc
 
 
 def paired_auc_comparison(
     labels: np.ndarray, challenger: np.ndarray, champion: np.ndarray, patient_ids, resamples: int, seed: int,
-    min_positives: int = DEFAULT_MIN_POSITIVES,
+    min_positives: int = MIN_POSITIVES,
 ) -> dict:
     """Challenger minus champion, per finding and for the mean AUC, on the same
     images, with 95% paired-bootstrap intervals. The mean is over the findings

@@ -56,8 +56,7 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from pipeline.core.labels import FINDINGS, MAX_AGE, NUM_FINDINGS, SEXES, VIEWS
-from pipeline.model.bootstrap import (
+from pipeline.core.bootstrap import (
     CONFIDENCE,
     RESAMPLE_BLOCK,
     mean_over,
@@ -65,14 +64,14 @@ from pipeline.model.bootstrap import (
     weighted_aucs,
     weighted_share,
 )
-from pipeline.model.gap_test import AttributeFilms, min_p_adjusted, permutation_p, shuffled_gaps
-from pipeline.model.metrics import (
-    DEFAULT_MIN_PATIENTS,
-    DEFAULT_MIN_POSITIVES,
+from pipeline.core.floors import MIN_PATIENTS, MIN_POSITIVES
+from pipeline.core.labels import FINDINGS, MAX_AGE, NUM_FINDINGS, SEXES, VIEWS
+from pipeline.core.metrics import (
     mean_of_defined,
     operating_point_metrics,
     too_few,
 )
+from pipeline.model.gap_test import AttributeFilms, min_p_adjusted, permutation_p, shuffled_gaps
 
 # (name, lowest age in the band, first age above it); the lower bound belongs to the band.
 AGE_BANDS: tuple[tuple[str, float, float], ...] = (
@@ -83,8 +82,6 @@ ATTRIBUTES = ("sex", "age", "view", "sex_age")
 # The attributes whose underdiagnosis a challenger may not worsen (promotion check).
 PROMOTION_ATTRIBUTES = ("sex", "age")
 GAP_METRICS = ("underdiagnosis_rate", "mean_auc")
-DEFAULT_MIN_SLICE_POSITIVES = DEFAULT_MIN_POSITIVES
-DEFAULT_MIN_SLICE_PATIENTS = DEFAULT_MIN_PATIENTS
 DEFAULT_RESAMPLES = 1000
 # A gap is flagged when its family-wise permutation p-value is at most this.
 FLAG_LEVEL = 1 - CONFIDENCE
@@ -216,7 +213,7 @@ def _patients_reason(patients: int) -> str:
 
 def evaluate_slice(
     labels: np.ndarray, probs: np.ndarray, cutoffs: np.ndarray, patients: Sequence, min_slice_positives: int,
-    resamples: int, seed: int, min_slice_patients: int = DEFAULT_MIN_SLICE_PATIENTS,
+    resamples: int, seed: int, min_slice_patients: int = MIN_PATIENTS,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """(figures, bootstrap draws) of one slice's images. The figures' keys:
     n, patients, ill_images, positives, mean_auc, mean_auc_ci, auc, auc_ci,
@@ -351,8 +348,8 @@ def _checked(y_true, y_prob, patient_ids, *per_image: Sequence) -> tuple[np.ndar
 def subgroup_report(
     y_true: np.ndarray, y_prob: np.ndarray, thresholds: Mapping[str, float] | Sequence[float],
     patient_ids: Sequence, ages: Sequence, sexes: Sequence, views: Sequence,
-    min_slice_positives: int = DEFAULT_MIN_SLICE_POSITIVES, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-    min_slice_patients: int = DEFAULT_MIN_SLICE_PATIENTS, permutations: int | None = None,
+    min_slice_positives: int = MIN_POSITIVES, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+    min_slice_patients: int = MIN_PATIENTS, permutations: int | None = None,
     attributes: Sequence[str] = ATTRIBUTES,
 ) -> dict:
     """The subgroup evaluation of one model's test predictions, JSON-ready
@@ -430,8 +427,8 @@ def subgroup_table(report: dict) -> list[dict]:
 def underdiagnosis_regression(
     y_true: np.ndarray, champion_prob: np.ndarray, champion_thresholds, challenger_prob: np.ndarray,
     challenger_thresholds, patient_ids: Sequence, ages: Sequence, sexes: Sequence,
-    min_slice_positives: int = DEFAULT_MIN_SLICE_POSITIVES, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-    familywise: bool = True, min_slice_patients: int = DEFAULT_MIN_SLICE_PATIENTS,
+    min_slice_positives: int = MIN_POSITIVES, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+    familywise: bool = True, min_slice_patients: int = MIN_PATIENTS,
 ) -> dict:
     """Whether the challenger underdiagnoses any sex or age slice significantly
     more than the champion, on the same test images, each at its own thresholds.
@@ -472,7 +469,7 @@ def underdiagnosis_regression(
 def _paired_rate_difference(
     missed_champion: np.ndarray, missed_challenger: np.ndarray, ill: np.ndarray, patients: np.ndarray,
     min_slice_positives: int, resamples: int, seed: int, confidence: float,
-    min_slice_patients: int = DEFAULT_MIN_SLICE_PATIENTS,
+    min_slice_patients: int = MIN_PATIENTS,
 ) -> dict:
     ill_images = int(ill.sum())
     ill_patients = int(pd.Series(list(patients[ill]), dtype=object).nunique())

@@ -98,6 +98,10 @@ def focal_loss(pos_weight: np.ndarray, gamma: float):
     return loss
 
 
+# The figure that chooses the best epoch (and early stopping's): the val split's mean AUC.
+MONITOR = "val_auc"
+
+
 def make_loss(settings: TrainSettings, pos_weight: np.ndarray):
     """train.loss: weighted_bce or focal (with train.focal_gamma)."""
     if settings.loss == "weighted_bce":
@@ -218,6 +222,47 @@ class EpochLogger(keras.callbacks.Callback):
                 self.model.stop_training = True
 
 
+def require_train_and_val(index: dict, tfrecord_dir: Path) -> None:
+    """val chooses the best epoch, and evaluate its thresholds: without it a run
+    would train for nothing (validate's floor stops this earlier, unless
+    preprocess quarantined every film of the split)."""
+    for split in ("train", "val"):
+        if index["splits"][split]["records"] == 0:
+            raise ValueError(f"{tfrecord_dir}: the {split} split has no records ({index.get('quarantined', 0)} "
+                             f"film(s) quarantined by preprocess: reports/quarantine.csv); nothing was trained")
+
+
+def training_datasets(tfrecord_dir: Path, index: dict, settings: TrainSettings, seed: int, metadata: bool,
+                      strategy: tf.distribute.Strategy) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """The train split (shuffled, augmented) and the val split, each worker's share."""
+    train_files = shard_files(tfrecord_dir, "train")
+    workers, position = strategy_workers(strategy), worker_index(strategy)
+    if workers > 1:
+        print(sharding_line("train", len(train_files), workers), file=sys.stderr, flush=True)
+    train_data = make_dataset(
+        train_files, settings.batch_size, training=True, augmentation=dataclasses.asdict(settings.augment),
+        seed=seed, cache=settings.cache, records=index["splits"]["train"]["records"],
+        metadata=metadata, workers=workers, worker_index=position,
+    )
+    val_data = make_dataset(shard_files(tfrecord_dir, "val"), settings.batch_size, cache=True,
+                            records=index["splits"]["val"]["records"], metadata=metadata, workers=workers,
+                            worker_index=position)
+    return train_data, val_data
+
+
+def compile_phase(model: keras.Model, strategy: tf.distribute.Strategy, settings: TrainSettings, loss,
+                  steps: int) -> None:
+    """Recompile after (un)freezing: the trainable set is fixed at compile time,
+    and each phase gets a fresh optimizer and learning-rate schedule over its `steps`."""
+    with strategy.scope():
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate_schedule(settings.lr_schedule,
+                                                                   float(settings.learning_rate), steps)),
+            loss=loss,
+            metrics=[keras.metrics.AUC(multi_label=True, num_labels=len(FINDINGS), name="auc")],
+        )
+
+
 def train_model(
     model: keras.Model,
     tfrecord_dir: Path,
@@ -237,57 +282,29 @@ def train_model(
     """
     strategy = strategy or tf.distribute.get_strategy()
     index = read_shard_index(tfrecord_dir)
-    train_files = shard_files(tfrecord_dir, "train")
-    val_files = shard_files(tfrecord_dir, "val")
-    for split in ("train", "val"):
-        # val chooses the best epoch, and evaluate its thresholds: without it a
-        # run would train for nothing (validate's floor stops this earlier,
-        # unless preprocess quarantined every film of the split)
-        if index["splits"][split]["records"] == 0:
-            raise ValueError(f"{tfrecord_dir}: the {split} split has no records ({index.get('quarantined', 0)} "
-                             f"film(s) quarantined by preprocess: reports/quarantine.csv); nothing was trained")
-    batch_size, epochs = settings.batch_size, settings.epochs
+    require_train_and_val(index, tfrecord_dir)
     metadata = uses_patient_metadata(model)
-    workers, position = strategy_workers(strategy), worker_index(strategy)
-    if workers > 1:
-        print(sharding_line("train", len(train_files), workers), file=sys.stderr, flush=True)
-    train_data = make_dataset(
-        train_files, batch_size, training=True, augmentation=dataclasses.asdict(settings.augment),
-        seed=seed, cache=settings.cache, records=index["splits"]["train"]["records"],
-        metadata=metadata, workers=workers, worker_index=position,
-    )
-    val_data = make_dataset(val_files, batch_size, cache=True, records=index["splits"]["val"]["records"],
-                            metadata=metadata, workers=workers, worker_index=position)
-    steps_per_epoch = math.ceil(index["splits"]["train"]["records"] / batch_size)
+    train_data, val_data = training_datasets(tfrecord_dir, index, settings, seed, metadata, strategy)
+    steps_per_epoch = math.ceil(index["splits"]["train"]["records"] / settings.batch_size)
     loss = make_loss(settings, positive_weights(index))
-    monitor = "val_auc"
-    checkpoint = keras.callbacks.ModelCheckpoint(str(checkpoint_path), monitor=monitor, mode="max",
+    checkpoint = keras.callbacks.ModelCheckpoint(str(checkpoint_path), monitor=MONITOR, mode="max",
                                                  save_best_only=True)
-    logger = EpochLogger(epochs, mlflow_module)
+    logger = EpochLogger(settings.epochs, mlflow_module)
     patience = settings.early_stopping_patience
-    stopper = (keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience)
+    stopper = (keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=patience)
                if patience > 0 else None)
-    phases = training_phases(epochs, settings.warmup_epochs, settings.pretrained)
+    phases = training_phases(settings.epochs, settings.warmup_epochs, settings.pretrained)
     history: dict[str, list[float]] = {}
     trainable_weights = []
     started = time.monotonic()
     for first, end, backbone_trainable in phases:
         trainable_weights.append(set_backbone_trainable(model, backbone_trainable))
-        # Recompile after (un)freezing: the trainable set is fixed at compile
-        # time, and each phase gets a fresh optimizer and learning-rate schedule.
-        with strategy.scope():
-            model.compile(
-                optimizer=keras.optimizers.Adam(learning_rate_schedule(
-                    settings.lr_schedule, float(settings.learning_rate),
-                    steps_per_epoch * (end - first))),
-                loss=loss,
-                metrics=[keras.metrics.AUC(multi_label=True, num_labels=len(FINDINGS), name="auc")],
-            )
+        compile_phase(model, strategy, settings, loss, steps_per_epoch * (end - first))
         # Early stopping only in the last phase: stopping in the warm-up would
         # skip fine-tuning altogether. The checkpoint keeps the best of all phases.
-        last_phase = end == epochs
+        last_phase = end == settings.epochs
         phase_callbacks = [checkpoint, logger, *([stopper] if stopper and last_phase else []), *(callbacks or []),
-                           *([StopTogether(strategy)] if workers > 1 else [])]
+                           *([StopTogether(strategy)] if strategy_workers(strategy) > 1 else [])]
         with warnings.catch_warnings():
             # Across workers an epoch's length is unknown (make_dataset): Keras
             # warns "Your input ran out of data" at each epoch's normal end.
@@ -298,26 +315,49 @@ def train_model(
             history.setdefault(key, []).extend(float(v) for v in values)
         if logger.tracking_failure is not None:
             break
-    seconds = time.monotonic() - started
-    monitored = history[monitor]
+    summary = run_summary(history, settings.epochs, phases, trainable_weights, index, metadata,
+                          time.monotonic() - started)
+    return {"history": history, "summary": summary, "trainable_weights_per_phase": trainable_weights,
+            "tracking_failure": logger.tracking_failure}
+
+
+def run_summary(history: dict, epochs: int, phases: list, trainable_weights: list[int], index: dict,
+                metadata: bool, seconds: float) -> dict:
+    """The train stage's summary: epochs run, the best one by val mean AUC, and the cost."""
+    monitored = history[MONITOR]
     best = int(np.nanargmax(monitored)) if np.isfinite(monitored).any() else len(monitored) - 1
     return {
-        "history": history,
-        "summary": {
-            "epochs": len(monitored),
-            "stopped_early": len(monitored) < epochs,
-            "best_epoch": best + 1,
-            "best_val_auc": float(monitored[best]),
-            "warmup_epochs": phases[0][1] if not phases[0][2] else 0,
-            "trainable_weights": trainable_weights[-1],
-            "train_images": int(index["splits"]["train"]["records"]),
-            "uses_metadata": metadata,
-            "seconds": round(seconds, 1),
-            "train_images_per_second": round(index["splits"]["train"]["records"] * len(monitored) / seconds, 2),
-        },
-        "trainable_weights_per_phase": trainable_weights,
-        "tracking_failure": logger.tracking_failure,
+        "epochs": len(monitored),
+        "stopped_early": len(monitored) < epochs,
+        "best_epoch": best + 1,
+        "best_val_auc": float(monitored[best]),
+        "warmup_epochs": phases[0][1] if not phases[0][2] else 0,
+        "trainable_weights": trainable_weights[-1],
+        "train_images": int(index["splits"]["train"]["records"]),
+        "uses_metadata": metadata,
+        "seconds": round(seconds, 1),
+        "train_images_per_second": round(index["splits"]["train"]["records"] * len(monitored) / seconds, 2),
     }
+
+
+def model_in_strategy(settings: TrainSettings, image_size: int, seed: int) -> tuple[tf.distribute.Strategy,
+                                                                                     keras.Model]:
+    """The distribution strategy (first: MultiWorkerMirroredStrategy must exist
+    before other TF ops), seeds and precision set, and the model built in it."""
+    from pipeline.model.architectures import build_model
+
+    strategy = distribution_strategy()
+    deterministic = seed_everything(seed, settings.deterministic)
+    mixed = configure_mixed_precision(settings.mixed_precision)
+    print(f"train: {type(strategy).__name__} over {strategy.num_replicas_in_sync} replica(s), "
+          f"mixed precision {'on' if mixed else 'off'}, op determinism {'on' if deterministic else 'off'}",
+          file=sys.stderr)
+    with strategy.scope():
+        model = build_model(
+            settings.backbone, image_size, str(settings.weights), dropout=float(settings.dropout),
+            batchnorm_momentum=settings.batchnorm_momentum, use_metadata=settings.use_metadata,
+        )
+    return strategy, model
 
 
 class TrackingLost(StageError):
@@ -342,22 +382,9 @@ def train_and_track(
     from pipeline.core.atomic import atomic_path
     from pipeline.core.faults import disk_full_error
     from pipeline.core.tracking import configure_mlflow, data_hash, flatten_params, git_commit, run_name
-    from pipeline.model.architectures import build_model
 
-    # The strategy first: MultiWorkerMirroredStrategy must exist before other TF ops.
-    strategy = distribution_strategy()
-    chief = is_chief(strategy)
-    deterministic = seed_everything(seed, settings.deterministic)
-    mixed = configure_mixed_precision(settings.mixed_precision)
-    print(f"train: {type(strategy).__name__} over {strategy.num_replicas_in_sync} replica(s), "
-          f"mixed precision {'on' if mixed else 'off'}, op determinism {'on' if deterministic else 'off'}",
-          file=sys.stderr)
-    with strategy.scope():
-        model = build_model(
-            settings.backbone, image_size, str(settings.weights), dropout=float(settings.dropout),
-            batchnorm_momentum=settings.batchnorm_momentum, use_metadata=settings.use_metadata,
-        )
-    if not chief:
+    strategy, model = model_in_strategy(settings, image_size, seed)
+    if not is_chief(strategy):
         return train_as_worker(model, tfrecord_dir, model_file, settings, seed, strategy)
     mlflow = configure_mlflow(experiment, mlflow_timeout_s)
     tags = {"git_commit": git_commit(), "data_hash": data_hash(tfrecord_dir), "backbone": settings.backbone}

@@ -10,7 +10,7 @@ the description are for reading.
 from __future__ import annotations
 
 from pipeline.core.labels import FINDINGS
-from pipeline.model.metrics import share_films
+from pipeline.core.metrics import share_films
 
 UNDEFINED = "undefined"
 TOO_FEW = "too few films"  # a sensitivity or specificity below the floor of films (evaluate.min_slice_positives)

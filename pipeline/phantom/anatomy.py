@@ -60,22 +60,13 @@ def faded(normal: float, abnormal: float, fade: float) -> float:
     return normal + (1.0 - fade) * (abnormal - normal)
 
 
-def build_anatomy(build: dict, rng: np.random.Generator, record: FilmRecord, fade: float = 0.0) -> Anatomy:
-    """Patient build + this film's positioning/exposure + structural findings.
-
-    `fade` (render.py's subgroup fade) shrinks each structural finding's
-    departure from the normal build by that fraction; it takes no draws of
-    its own from `rng` (0, the default, changes nothing at all).
-    """
-    has = set(record.findings)
-    ap = record.view == "AP"
-    pose = Pose(
-        dx=build["dx"] + rng.uniform(-0.01, 0.01), dy=build["dy"] + rng.uniform(-0.01, 0.01),
-        scale=build["size"] * rng.uniform(0.98, 1.02),
-        angle=build["angle"] + math.radians(rng.uniform(-1.0, 1.0)),
-    )
+def film_lungs(build: dict, rng: np.random.Generator, has: set[str], ap: bool,
+               fade: float) -> tuple[list[Lung], float]:
+    """Both lungs and the mediastinum's x for this film: the build, shaped by
+    inspiration (AP), hyperinflation (Emphysema) and volume loss (Atelectasis,
+    which draws from `rng`)."""
     ax, ay = build["lung_ax"], build["lung_ay"]
-    dome, dome_k, lung_air = build["dome"], build["dome_k"], build["lung_air"]
+    dome, dome_k = build["dome"], build["dome_k"]
     if ap:  # supine bedside films: poorer inspiration
         dome -= 0.02
     if "Emphysema" in has:  # hyperinflation: big lungs, low flat diaphragm
@@ -95,6 +86,24 @@ def build_anatomy(build: dict, rng: np.random.Generator, record: FilmRecord, fad
         raised = lungs[side].dome_y - rng.uniform(0.03, 0.05)
         lungs[side] = replace(lungs[side], dome_y=faded(lungs[side].dome_y, raised, fade))
         mid_x = faded(mid_x, mid_x + lungs[side].lateral * rng.uniform(0.008, 0.015), fade)
+    return lungs, mid_x
+
+
+def build_anatomy(build: dict, rng: np.random.Generator, record: FilmRecord, fade: float = 0.0) -> Anatomy:
+    """Patient build + this film's positioning/exposure + structural findings.
+
+    `fade` (render.py's subgroup fade) shrinks each structural finding's
+    departure from the normal build by that fraction; it takes no draws of
+    its own from `rng` (0, the default, changes nothing at all).
+    """
+    has = set(record.findings)
+    ap = record.view == "AP"
+    pose = Pose(
+        dx=build["dx"] + rng.uniform(-0.01, 0.01), dy=build["dy"] + rng.uniform(-0.01, 0.01),
+        scale=build["size"] * rng.uniform(0.98, 1.02),
+        angle=build["angle"] + math.radians(rng.uniform(-1.0, 1.0)),
+    )
+    lungs, mid_x = film_lungs(build, rng, has, ap, fade)
     thorax = (lungs[1].cx + lungs[1].ax) - (lungs[0].cx - lungs[0].ax)
     ctr = build["ctr"]
     if "Cardiomegaly" in has:
@@ -115,7 +124,7 @@ def build_anatomy(build: dict, rng: np.random.Generator, record: FilmRecord, fad
         hilum_y=build["lung_cy"] - 0.1,
         rib_top=build["rib_top"], rib_step=build["rib_step"], rib_bend=build["rib_bend"],
         clavicle_y=build["clavicle_y"] - (0.02 if ap else 0.0),
-        tissue=build["tissue"], lung_air=lung_air, heart_gain=0.17,
+        tissue=build["tissue"], lung_air=build["lung_air"], heart_gain=0.17,
         bone_gain=build["bone_gain"] * rng.uniform(0.92, 1.08),
         vessel_gain=build["vessel_gain"] * (faded(1.0, 0.35, fade) if "Emphysema" in has else 1.0),
         contrast=build["contrast"] * rng.uniform(0.96, 1.04) * (0.92 if ap else 1.0),

@@ -175,13 +175,7 @@ def make_dataset(
         # the files through the zip with the augmentation seeds.
         files = files[worker_index::workers]
     settings = check_augmentation(augmentation) if training else None
-    if training and not cache and len(files) > 1:
-        # Shard order shuffled each epoch, records read from several shards at once.
-        dataset = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed)
-        dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
-                                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    else:
-        dataset = tf.data.TFRecordDataset(files)
+    dataset = record_stream(files, shuffled=training and not cache, seed=seed)
     dataset = dataset.map(decode_record, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if cache:
         dataset = dataset.cache()
@@ -191,28 +185,46 @@ def make_dataset(
     keys = ("image", "labels", *((PATIENT_INPUT,) if metadata else ()), *(("image_id",) if with_ids else ()))
     dataset = dataset.map(lambda ex: tuple(ex[k] for k in keys), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if settings and any(settings.values()):
-        # One seed per batch from a stream that is new each epoch yet fixed by `seed`.
-        batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip((dataset, batch_seeds)).map(
-            lambda batch, s: (augment_batch(batch[0], s, settings), *batch[1:]),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
-        )
-    else:
-        dataset = dataset.map(lambda image, *rest: (tf.cast(image, tf.float32), *rest),
-                              num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = float_images(dataset, settings, seed)
     if metadata:
         dataset = dataset.map(lambda image, labels, vector, *ids: (
             {IMAGE_INPUT: image, PATIENT_INPUT: vector}, labels, *ids))
     if workers > 1:
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.OFF if policy == tf.data.experimental.AutoShardPolicy.FILE
-            else policy)
-        dataset = dataset.with_options(options)
+        dataset = dataset.with_options(worker_options(policy))
     elif records is not None:
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(math.ceil(records / batch_size)))
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def float_images(dataset: tf.data.Dataset, augmentation: dict | None, seed: int) -> tf.data.Dataset:
+    """Batches with their uint8 images as float32, augmented where `augmentation` turns any on."""
+    if augmentation and any(augmentation.values()):
+        # One seed per batch from a stream that is new each epoch yet fixed by `seed`.
+        batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        return tf.data.Dataset.zip((dataset, batch_seeds)).map(
+            lambda batch, s: (augment_batch(batch[0], s, augmentation), *batch[1:]),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+        )
+    return dataset.map(lambda image, *rest: (tf.cast(image, tf.float32), *rest), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def record_stream(files: list[str], shuffled: bool, seed: int) -> tf.data.Dataset:
+    """The shards' serialized records: with `shuffled` (and several shards) the
+    shard order is shuffled each epoch and records are read from several shards at once."""
+    if shuffled and len(files) > 1:
+        dataset = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed)
+        return dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return tf.data.TFRecordDataset(files)
+
+
+def worker_options(policy) -> tf.data.Options:
+    """The auto-shard policy a worker's dataset declares (files were already
+    picked by hand under FILE, so TF's own sharding is then off)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF if policy == tf.data.experimental.AutoShardPolicy.FILE else policy)
+    return options
 
 
 def worker_shard_policy(files: int, workers: int) -> tf.data.experimental.AutoShardPolicy:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from pipeline.core.config import project_registered_model
 from pipeline.core.floors import MIN_POSITIVES
 from pipeline.core.labels import SEXES, VIEWS
 from pipeline.core.patient import PatientMetadataError, encode_patient
@@ -47,7 +48,7 @@ from pipeline.serve.film_errors import error_reason
 if TYPE_CHECKING:  # the real import loads TensorFlow, so it waits until after argument parsing
     from pipeline.serve.predict import Film, XrayModel
 
-DEFAULT_MODEL = "models:/chestxray@champion"
+DEFAULT_MODEL = f"models:/{project_registered_model()}@champion"  # mlflow.registered_model of ./params.yaml
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # The film-shape limits are the preprocess stage's params, which imaging's messages
 # name; on the command line the same limits are these options.
@@ -199,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--json", action="store_true", help="print one JSON list, an object per image")
     add_film_checks(predict)
+    add_patient_options(predict)
+    add_evaluate_command(commands)
+    return parser
+
+
+def add_patient_options(predict: argparse.ArgumentParser) -> None:
     patient = predict.add_argument_group(
         "patient metadata",
         "needed by a model trained with train.use_metadata (a DICOM's own PatientAge, PatientSex and ViewPosition "
@@ -212,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-image age, sex and view: NIH's Data_Entry_2017.csv or a CSV with columns image_id, age, sex, "
              "view (e.g. data/ingest/manifest.csv), matched by file name",
     )
+
+
+def add_evaluate_command(commands) -> None:
     evaluate = commands.add_parser(
         "evaluate",
         help="external validation: score a model on your own labelled films",
@@ -239,7 +249,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     add_model_options(evaluate)
     add_film_checks(evaluate)
-    return parser
 
 
 class UsageError(ValueError):

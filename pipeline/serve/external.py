@@ -8,7 +8,7 @@ to ROOT; PNG, JPEG or DICOM), labels as NIH writes them ("Effusion|Mass",
 test row. Rows the reader refuses are listed, films that cannot be read or
 are refused by the film checks are quarantined with the reason, and the rest
 are predicted exactly as `cxr predict` would (same preprocessing, same
-checks). The figures are the evaluate stage's own (pipeline.model.metrics):
+checks). The figures are the evaluate stage's own (pipeline.core.metrics):
 per-finding ROC AUC where the finding has positives and negatives, the mean
 AUC with its bootstrap 95% CI, and sensitivity and specificity at the
 model's stored thresholds. Written to <out>/external.json (and the
@@ -24,19 +24,18 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.atomic import write_csv_atomic, write_json_atomic
+from pipeline.core.floors import MIN_PATIENTS, MIN_POSITIVES
 from pipeline.core.labels import FINDINGS
-from pipeline.core.patient import PatientMetadataError, encode_patient
-from pipeline.data.folder import build_folder_manifest
-from pipeline.data.row_problems import format_rejected_row
-from pipeline.model.metrics import (
-    DEFAULT_MIN_PATIENTS,
-    DEFAULT_MIN_POSITIVES,
+from pipeline.core.metrics import (
     auc_intervals,
     floored_aucs,
     mean_of_defined,
     operating_point_metrics,
     predictions_table,
 )
+from pipeline.core.patient import PatientMetadataError, encode_patient
+from pipeline.data.folder import build_folder_manifest
+from pipeline.data.row_problems import format_rejected_row
 from pipeline.records.imaging import ImageError
 from pipeline.serve.film_errors import error_reason
 from pipeline.serve.predict import Film, XrayModel
@@ -149,10 +148,10 @@ def finding_entries(labels: np.ndarray, probabilities: np.ndarray, thresholds: d
 
 def external_metrics(
     labels: np.ndarray, probabilities: np.ndarray, thresholds: dict[str, float], resamples: int, seed: int,
-    patient_ids=None, min_positives: int = DEFAULT_MIN_POSITIVES, min_patients: int = DEFAULT_MIN_PATIENTS,
+    patient_ids=None, min_positives: int = MIN_POSITIVES, min_patients: int = MIN_PATIENTS,
 ) -> dict:
     """The scores of an external set, with the evaluate stage's functions and
-    floors (pipeline.model.metrics); intervals by the patient bootstrap."""
+    floors (pipeline.core.metrics); intervals by the patient bootstrap."""
     patients = list(range(len(labels))) if patient_ids is None else list(patient_ids)
     auc, reasons = floored_aucs(labels, probabilities, min_positives)
     intervals = auc_intervals(labels, probabilities, patients, resamples, seed, min_positives, min_patients)
@@ -173,7 +172,7 @@ def external_metrics(
 
 def evaluate_external(
     model: XrayModel, root: Path, labels_csv: Path, out_dir: Path, batch_size: int = 16,
-    resamples: int = 1000, seed: int = 0, min_positives: int = DEFAULT_MIN_POSITIVES,
+    resamples: int = 1000, seed: int = 0, min_positives: int = MIN_POSITIVES,
 ) -> dict:
     """Score `model` on ROOT's labelled films, write <out_dir>/external.json and predictions.csv, return the report.
     ExternalSetError when no film could be scored."""

@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from pipeline.core.labels import FINDINGS
-from pipeline.data.ingest import build_manifest, build_nih_manifest, read_boxes
+from pipeline.data.ingest import build_nih_manifest, read_boxes
 from pipeline.data.manifest import MANIFEST_COLUMNS, read_manifest
-from pipeline.data.nih import DataEntryError, index_images, read_data_entry
+from pipeline.data.nih import DataEntryError, read_data_entry, scan_image_folders
 from pipeline.records.imaging import ImageError, load_xray
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, build_manifest
 
 RATIOS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -193,7 +193,7 @@ def test_symlinked_data_root_and_image_files(small_nih_root, tmp_path):
     link.symlink_to(small_nih_root)
     linked, _ = build_manifest(link, RATIOS, seed=0)
     pd.testing.assert_frame_equal(without_root(linked, link), without_root(real, small_nih_root))
-    assert index_images(link)["00000001_000.png"].read_bytes() == outside.read_bytes()
+    assert scan_image_folders(link).images["00000001_000.png"].read_bytes() == outside.read_bytes()
 
 
 def test_dangling_link_is_kept_for_preprocess_to_quarantine(small_nih_root):

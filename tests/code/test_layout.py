@@ -85,11 +85,38 @@ def test_the_package_is_in_sub_packages_by_stage():
 def test_core_depends_on_no_stage():
     # core is what every stage shares; a core module reaching into a stage would
     # drag that stage's dependencies (TensorFlow, Great Expectations) everywhere.
-    # stage.py only names the stages' error classes, lazily, to print them as one line.
     for name, imports in import_graph().items():
-        if name.startswith("pipeline.core.") and name != "pipeline.core.stage":
+        if name.startswith("pipeline.core."):
             outside = sorted(i for i in imports if not i.startswith("pipeline.core"))
             assert not outside, f"{name} imports {outside}"
+
+
+def test_serving_and_the_model_meet_at_one_door():
+    # serving loads and runs a registered model without the training code; the
+    # evaluate stage scores the champion as it is served through pipeline.serve.api only
+    for name, imports in import_graph().items():
+        if name.startswith("pipeline.serve."):
+            assert not [i for i in imports if i.startswith("pipeline.model")], f"{name} imports the model package"
+        if name.startswith("pipeline.model."):
+            doors = {i for i in imports if i.startswith("pipeline.serve")}
+            assert doors <= {"pipeline.serve.api"}, f"{name} imports {sorted(doors)} of serving"
+
+
+def sub_package_graph() -> dict[str, set[str]]:
+    """Which sub-packages each sub-package imports."""
+    graph: dict[str, set[str]] = {}
+    for name, imports in import_graph().items():
+        if name.count(".") < 2:  # pipeline/__init__.py, a sub-package's __init__.py
+            continue
+        package = name.split(".")[1]
+        graph.setdefault(package, set()).update(
+            i.split(".")[1] for i in imports if i.count(".") >= 2 and i.split(".")[1] != package)
+    return graph
+
+
+def test_sub_packages_import_in_one_direction():
+    cycle = find_cycle(sub_package_graph())
+    assert cycle is None, "sub-packages import each other: " + " -> ".join(cycle)
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PROJECT_ROOT)))

@@ -7,10 +7,10 @@ import pytest
 import tensorflow as tf
 
 from pipeline.core.patient import AGE_SCALE, IMPUTED_AGE
-from pipeline.data.ingest import build_manifest
 from pipeline.records.dataset import affine_transforms, augment_batch, check_augmentation, make_dataset
 from pipeline.records.preprocess import write_tfrecord_shards
 from pipeline.records.tfrecords import MISSING_AGE, parse_example
+from tests.conftest import build_manifest
 
 RATIOS = {"train": 0.5, "val": 0.25, "test": 0.25}
 OFF = check_augmentation({})

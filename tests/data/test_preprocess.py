@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from pipeline.core.labels import FINDINGS
-from pipeline.data.ingest import build_manifest
 from pipeline.records.dataset import make_dataset
 from pipeline.records.imaging import load_xray
 from pipeline.records.preprocess import write_tfrecord_shards
+from tests.conftest import build_manifest
 
 RATIOS = {"train": 0.5, "val": 0.25, "test": 0.25}
 

@@ -130,7 +130,7 @@ def test_four_bad_rows_named_in_one_run_then_dropped(nih_subset, tmp_path):
 
 @pytest.mark.parametrize("link", ["images folder", "data root"])
 def test_symlinked_download_gives_the_same_manifest(nih_subset, tmp_path, link):
-    from pipeline.data.ingest import build_manifest
+    from tests.conftest import build_manifest
 
     root, rows = kaggle_download(nih_subset, tmp_path / "kaggle")
     write_data_entry_2017(root, rows)

@@ -16,9 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.data.ingest import build_manifest
 from pipeline.data.split import assign_hash_splits, assign_patient_splits
-from tests.conftest import NIH_SUBSET, require_shared
+from tests.conftest import NIH_SUBSET, build_manifest, require_shared
 
 RATIOS = {"train": 0.7, "val": 0.15, "test": 0.15}
 FULL_CSV = NIH_SUBSET / "Data_Entry_2017_v2020.csv.gz"

@@ -331,7 +331,7 @@ def test_failure_summary_stays_on_one_screen_when_everything_fails():
 
 
 def test_real_nih_subset_manifest_passes(nih_subset):
-    from pipeline.data.ingest import build_manifest
+    from tests.conftest import build_manifest
 
     manifest, _ = build_manifest(nih_subset, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=0)
     result = validate_manifest(manifest)

@@ -177,8 +177,8 @@ def image_ids(dataset: tf.data.Dataset) -> list[str]:
 
 
 def test_train_shards_split_by_file_or_by_record(small_nih_root, tmp_path):
-    from pipeline.data.ingest import build_manifest
     from pipeline.records.preprocess import write_tfrecord_shards
+    from tests.conftest import build_manifest
 
     manifest, _ = build_manifest(small_nih_root, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=0)
     out = tmp_path / "tfrecords"

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from pipeline.core.labels import FINDINGS
+from pipeline.core.metrics import ABOVE_EVERY_SCORE
 from pipeline.model.leakage import patient_hash
-from pipeline.model.metrics import ABOVE_EVERY_SCORE
 from pipeline.model.promotion import RULE_LEAKAGE
 from tests.e2e.project import TINY, dvc, experiment_revisions, make_project, pipeline_env, queue_env, run, run_queue
 

@@ -45,12 +45,12 @@ def train_phantom_model(workdir: Path, seed: int = 0):
     """Phantom -> manifest -> 64 px shards -> small_cnn; returns (XrayModel, train summary)."""
     import keras
 
-    from pipeline.data.ingest import build_manifest
     from pipeline.model.architectures import build_model
     from pipeline.model.train import train_model
     from pipeline.phantom.generate import generate_phantom
     from pipeline.records.preprocess import write_tfrecord_shards
     from pipeline.serve.predict import load_model
+    from tests.conftest import build_manifest
 
     root = workdir / "phantom"
     generate_phantom(root, n_images=TRAIN_IMAGES, seed=TRAIN_PHANTOM_SEED, image_size=FILM_SIZE, progress=False)

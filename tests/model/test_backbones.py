@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 
 from pipeline.core.config import ConfigError
-from pipeline.data.ingest import build_manifest
 from pipeline.model import backbones
 from pipeline.model.backbones import BACKBONES, Backbone, backbone_table, check_backbone_settings
 from pipeline.records.preprocess import write_tfrecord_shards
-from tests.conftest import NO_AUGMENT, PROJECT_ROOT, section_settings
+from tests.conftest import NO_AUGMENT, PROJECT_ROOT, build_manifest, section_settings
 
 DOCS = PROJECT_ROOT / "docs" / "training.md"
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from pipeline.core.labels import FINDINGS
-from pipeline.model.metrics import per_class_auc
+from pipeline.core.metrics import per_class_auc
 from tests.model.phantom_model import (
     TEST_PHANTOM_SEED,
     brighten,

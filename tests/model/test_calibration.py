@@ -13,8 +13,8 @@ from pipeline.model.calibration import (
     POOLED,
     apply_recalibration,
     calibration_report,
+    curve_ece,
     equal_mass_bins,
-    expected_calibration_error,
     fit_recalibration,
     reliability_curve,
     reliability_rows,
@@ -23,6 +23,11 @@ from pipeline.model.calibration import (
 
 N_FINDINGS = len(FINDINGS)
 SVG = "{http://www.w3.org/2000/svg}"
+
+
+def expected_calibration_error(labels, probs, n_bins: int = 10):
+    """One finding's ECE, as calibration_report computes each."""
+    return curve_ece(reliability_curve(labels, probs, n_bins))
 
 
 def calibrated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

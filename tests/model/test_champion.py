@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 
 from pipeline.core.labels import FINDINGS
-from pipeline.data.ingest import build_manifest
 from pipeline.model.architectures import build_model
 from pipeline.model.champion import SplitScores, champion_decision
 from pipeline.model.promotion import RULE_FIRST, RULE_NO_CHAMPION_SCORES, RULE_PROMOTED
 from pipeline.model.registry import register_model, registry_model_metadata
 from pipeline.model.scoring import predict_split
 from pipeline.records.preprocess import write_tfrecord_shards
-from tests.conftest import mlflow_store, section_settings
+from tests.conftest import build_manifest, mlflow_store, section_settings
 
 NAME = "chestxray"
 FIRST = {"promote": True, "rule": RULE_FIRST, "reasons": ["first"], "champion_version": None, "comparison": None}

@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from pipeline.core.labels import FINDINGS
-from pipeline.model.metrics import (
+from pipeline.core.metrics import (
     FALLBACK_THRESHOLD,
     choose_threshold,
     evaluation_metrics,
@@ -59,8 +59,8 @@ def test_thresholds_from_val_applied_to_test():
 
 
 def test_bootstrap_aucs_equal_sklearn_on_the_same_patient_resamples():
-    from pipeline.model.bootstrap import patient_resample_counts
-    from pipeline.model.metrics import bootstrap_aucs
+    from pipeline.core.bootstrap import patient_resample_counts
+    from pipeline.core.metrics import bootstrap_aucs
 
     labels, probs = random_split(n=60, seed=3)
     probs = np.round(probs, 1)  # ties, which the rank formula counts as one half
@@ -78,7 +78,7 @@ def test_bootstrap_aucs_equal_sklearn_on_the_same_patient_resamples():
 
 
 def test_auc_interval_contains_the_estimate_and_shrinks_with_n():
-    from pipeline.model.metrics import auc_intervals
+    from pipeline.core.metrics import auc_intervals
 
     widths = []
     for n in (200, 3200):
@@ -98,7 +98,7 @@ def test_films_of_one_patient_widen_the_interval():
     """The same films as 60 patients of 5 or as 300 patients of 1: resampling
     patients keeps their films together, and a patient's films are alike here,
     so the interval must be wider than one that treats every film as independent."""
-    from pipeline.model.metrics import auc_intervals
+    from pipeline.core.metrics import auc_intervals
 
     rng = np.random.default_rng(11)
     patients = np.repeat(np.arange(60), 5)
@@ -127,7 +127,7 @@ def test_a_finding_below_the_floor_is_not_a_figure_anywhere():
 
 
 def test_nan_scores_are_an_error_naming_the_finding_and_split():
-    from pipeline.model.metrics import ScoreError
+    from pipeline.core.metrics import ScoreError
 
     labels, probs = random_split(seed=9)
     val = probs.copy()
@@ -154,7 +154,7 @@ def test_youden_call_nothing_lies_above_every_score():
 def test_auprc_equals_sklearn_average_precision():
     from sklearn.metrics import average_precision_score
 
-    from pipeline.model.metrics import per_class_auprc
+    from pipeline.core.metrics import per_class_auprc
 
     labels, probs = random_split(seed=5)
     auprc = per_class_auprc(labels, probs)
@@ -178,7 +178,7 @@ def test_threshold_methods_on_a_hand_case():
 
 
 def test_operating_point_metrics_on_a_hand_case():
-    from pipeline.model.metrics import operating_point_metrics
+    from pipeline.core.metrics import operating_point_metrics
 
     labels = np.zeros((6, 14), int)
     probs = np.zeros((6, 14))
@@ -197,7 +197,7 @@ def test_operating_point_metrics_on_a_hand_case():
 
 
 def test_curves_and_manifest_hash():
-    from pipeline.model.metrics import curves, manifest_hash
+    from pipeline.core.metrics import curves, manifest_hash
 
     labels, probs = random_split(seed=6)
     drawn = curves(labels, probs)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.core.labels import FINDINGS
-from pipeline.model.metrics import auc_intervals, per_class_auc
+from pipeline.core.metrics import auc_intervals, per_class_auc
 
 pytestmark = pytest.mark.slow
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from pipeline.core.labels import FINDINGS
+from pipeline.core.metrics import curves, evaluation_metrics
 from pipeline.core.recalibration import apply_recalibration
 from pipeline.model.calibration import calibration_report, fit_recalibration
 from pipeline.model.champion import operating_comparison
-from pipeline.model.metrics import curves, evaluation_metrics
 from pipeline.model.model_card import intended_use_section, model_card_html
 from pipeline.model.model_card_sections import calibration_section, gap_sentence, subgroups_section
 from pipeline.model.subgroups import subgroup_report

@@ -411,3 +411,21 @@ def test_the_description_table_shows_no_sensitivity_on_too_few_films():
     rows = {row[0]: row for row in finding_rows(metadata)}
     assert rows["Hernia"][1:] == ["2", "too few positives (n=2)", "–", "0.500", TOO_FEW, "0.90"]
     assert rows["Mass"][5:] == ["1.00", "0.90"]
+
+
+def test_the_serving_copy_imports_without_the_project(tmp_path):
+    """What travels with a registered model (code_paths) is found from the
+    pyfunc's imports, not kept by hand: the copy alone imports the pyfunc."""
+    import subprocess
+    import sys
+
+    from pipeline.model.registry import serving_modules, serving_package
+
+    copy = serving_package(tmp_path)
+    assert "serve/pyfunc.py" in serving_modules() and "core/recalibration.py" in serving_modules()
+    probe = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import pipeline.serve.pyfunc as p; "
+             f"assert p.__file__.startswith({str(copy)!r}), p.__file__; "
+             f"assert all(m.__file__.startswith({str(copy)!r}) for n, m in sys.modules.items() "
+             f"if n.startswith('pipeline') and getattr(m, '__file__', None))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -45,7 +45,7 @@ def test_bootstrap_differences_match_a_direct_computation():
     finding = 4
     expected = (roc_auc_score(labels[rows, finding], scores[rows, finding])
                 - roc_auc_score(labels[rows, finding], other[rows, finding]))
-    from pipeline.model.metrics import weighted_aucs
+    from pipeline.core.metrics import weighted_aucs
 
     got = (weighted_aucs(labels[:, finding], scores[:, finding], counts[None])
            - weighted_aucs(labels[:, finding], other[:, finding], counts[None]))[0]

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from pipeline.core.labels import FINDINGS
+from pipeline.core.metrics import operating_point_metrics
 from pipeline.data.manifest import MANIFEST_COLUMNS
-from pipeline.model.metrics import operating_point_metrics
 from pipeline.records.preprocess import write_tfrecord_shards
 from tests.conftest import project_settings, write_png
 

@@ -167,8 +167,8 @@ def shards(small_nih_root, tmp_path):
     """12 small real PNGs at 32 px, in train, val and test shards."""
     import json
 
-    from pipeline.data.ingest import build_manifest
     from pipeline.records.preprocess import write_tfrecord_shards
+    from tests.conftest import build_manifest
 
     manifest, _ = build_manifest(small_nih_root, {"method": "random", "train": 0.4, "val": 0.3, "test": 0.3}, seed=1)
     out = tmp_path / "tfrecords"

@@ -257,8 +257,8 @@ TRAINING_STAGE = textwrap.dedent("""
 
 @pytest.fixture
 def shards(small_nih_root, tmp_path):
-    from pipeline.data.ingest import build_manifest
     from pipeline.records.preprocess import write_tfrecord_shards
+    from tests.conftest import build_manifest
 
     manifest, _ = build_manifest(small_nih_root, {"method": "random", "train": 0.6, "val": 0.2, "test": 0.2}, seed=1)
     out = tmp_path / "tfrecords"

@@ -6,7 +6,6 @@ import tensorflow as tf
 
 from pipeline.core.labels import FINDINGS
 from pipeline.core.model_io import load_keras_model
-from pipeline.data.ingest import build_manifest
 from pipeline.explain.gradcam import last_feature_map_layer
 from pipeline.model.architectures import build_model
 from pipeline.model.backbones import BACKBONES
@@ -18,7 +17,7 @@ from pipeline.model.train import (
 )
 from pipeline.records.imaging import load_xray
 from pipeline.records.preprocess import write_tfrecord_shards
-from tests.conftest import NO_AUGMENT, section_settings
+from tests.conftest import NO_AUGMENT, build_manifest, section_settings
 
 
 def index_with(train_positives: dict, records: int) -> dict:

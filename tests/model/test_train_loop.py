@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.data.ingest import build_manifest
 from pipeline.model.architectures import build_model, set_backbone_trainable
 from pipeline.model.train import (
     configure_mixed_precision,
@@ -20,7 +19,7 @@ from pipeline.model.train import (
     weighted_binary_crossentropy,
 )
 from pipeline.records.preprocess import write_tfrecord_shards
-from tests.conftest import NO_AUGMENT, section_settings
+from tests.conftest import NO_AUGMENT, build_manifest, section_settings
 
 
 @pytest.fixture

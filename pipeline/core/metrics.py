@@ -16,16 +16,16 @@ import math
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from pipeline.core.floors import MIN_PATIENTS, MIN_POSITIVES, MIN_THRESHOLD_FILMS
-from pipeline.core.labels import FINDINGS
-from pipeline.core.settings import THRESHOLD_METHODS
-from pipeline.model.bootstrap import (
+from pipeline.core.bootstrap import (
     describe,
     mean_over,
     patient_resample_counts,
     percentile_interval,
     weighted_aucs,
 )
+from pipeline.core.floors import MIN_PATIENTS, MIN_POSITIVES, MIN_THRESHOLD_FILMS
+from pipeline.core.labels import FINDINGS
+from pipeline.core.settings import THRESHOLD_METHODS
 
 # Used when a split has too few positives or negatives of a finding
 # (MIN_THRESHOLD_FILMS), so no threshold can be chosen from data; reported as such in the metrics.
@@ -33,7 +33,6 @@ FALLBACK_THRESHOLD = 0.5
 # Youden's "call nothing": the best cut is above every score. Probabilities lie
 # in [0, 1], so the next float above 1 calls no film, a saturated 1.0 included.
 ABOVE_EVERY_SCORE = math.nextafter(1.0, math.inf)
-DEFAULT_MIN_POSITIVES, DEFAULT_MIN_PATIENTS = MIN_POSITIVES, MIN_PATIENTS
 # Points kept per ROC/PR curve file, so that plots of 25,000 images stay small.
 MAX_CURVE_POINTS = 400
 
@@ -124,9 +123,9 @@ def bootstrap_aucs(labels: np.ndarray, probs: np.ndarray, patient_ids, resamples
 
 
 def auc_intervals(labels: np.ndarray, probs: np.ndarray, patient_ids, resamples: int, seed: int,
-                  min_positives: int = DEFAULT_MIN_POSITIVES, min_patients: int = DEFAULT_MIN_PATIENTS) -> dict:
+                  min_positives: int = MIN_POSITIVES, min_patients: int = MIN_PATIENTS) -> dict:
     """95% intervals of each finding's AUC and of the mean AUC, by the patient
-    bootstrap (pipeline.model.bootstrap). Only the findings whose AUC the floor
+    bootstrap (pipeline.core.bootstrap). Only the findings whose AUC the floor
     gives get one; each resample's mean averages those findings, as the point
     estimate does. With fewer than `min_patients` patients no interval is given."""
     patients = len(set(patient_ids))
@@ -236,8 +235,8 @@ def evaluation_metrics(
     resamples: int = 1000,
     seed: int = 0,
     test_patients=None,
-    min_positives: int = DEFAULT_MIN_POSITIVES,
-    min_patients: int = DEFAULT_MIN_PATIENTS,
+    min_positives: int = MIN_POSITIVES,
+    min_patients: int = MIN_PATIENTS,
 ) -> dict:
     """The content of reports/evaluate/evaluate.json's test figures.
     `test_patients`: each test film's patient id, the bootstrap's unit (every

@@ -7,7 +7,7 @@ than it does (intervals too narrow: on simulated test sets of about 5 films a
 patient, a film-level mean-AUC interval covered the truth 89% of the time
 instead of 95%). Each resample here draws the test set's patients with
 replacement and keeps all their films; a film weighs as often as its patient
-was drawn. The test-set intervals (pipeline.model.metrics), the paired
+was drawn. The test-set intervals (pipeline.core.metrics), the paired
 champion comparison (pipeline.model.selection) and the subgroup figures
 (pipeline.model.subgroups) all draw through patient_resample_counts, and
 AUCs of weighted resamples come from weighted_aucs, exact and vectorised.

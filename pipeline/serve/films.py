@@ -1,0 +1,102 @@
+"""A film for serving: read and checked exactly as training's are
+(pipeline.records.film), preprocessed to the model's input, with what its
+DICOM header says about the patient; and patient metadata for a batch, from
+arguments or a CSV (NIH's Data_Entry_2017.csv or the manifest)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core.labels import FINDINGS, NUM_FINDINGS
+from pipeline.core.patient import encode_patient_input
+from pipeline.records.film import DEFAULT_CHECKS, FilmChecks, read_checked_film
+from pipeline.records.imaging import resize_square
+
+DEFAULT_FIT = "crop"
+
+
+@dataclass
+class Film:
+    """One checked, preprocessed film, and what its DICOM header says about the patient."""
+
+    pixels: np.ndarray  # float32 (size, size, 1) grey values 0..255
+    # {"age", "sex", "view"} from a DICOM header (each None when absent); None for PNG/JPEG.
+    patient: dict | None = None
+
+
+def read_film(path: Path | str, image_size: int, fit: str = DEFAULT_FIT, checks: FilmChecks = DEFAULT_CHECKS) -> Film:
+    """A PNG, JPEG or DICOM file -> Film, after the checks training's films pass
+    (pipeline.records.film.read_checked_film: ImageError naming the file); the
+    pixels are training's convention (load_xray)."""
+    gray, patient = read_checked_film(path, checks)
+    return Film(resize_square(gray, image_size, fit).astype(np.float32)[..., None], patient)
+
+
+def preprocess_xray(
+    path: Path | str, image_size: int = 320, fit: str = DEFAULT_FIT, checks: FilmChecks = DEFAULT_CHECKS
+) -> np.ndarray:
+    """Any PNG/JPEG/DICOM X-ray -> float32 (size, size, 1) grey values 0..255, exactly as in training;
+    ImageError for a film that `checks` refuse (see read_film)."""
+    return read_film(path, image_size, fit, checks).pixels
+
+
+def image_batch(images: np.ndarray, image_size: int) -> tuple[np.ndarray, bool]:
+    """(H, W), (H, W, 1) or (n, H, W, 1) -> float32 (n, H, W, 1), and whether it was one image."""
+    array = np.asarray(images, dtype=np.float32)
+    single = array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 1)
+    if array.ndim == 2:
+        array = array[..., None]
+    if single:
+        array = array[None]
+    if array.ndim != 4 or array.shape[1:] != (image_size, image_size, 1):
+        raise ValueError(
+            f"expected ({image_size}, {image_size}, 1) images or a batch of them (preprocess_xray's "
+            f"output), got shape {np.shape(images)}"
+        )
+    return array, single
+
+
+def patient_batch(metadata, count: int) -> np.ndarray | None:
+    """None, or metadata in any form encode_patient_input takes -> float32 (count, 3)."""
+    return None if metadata is None else encode_patient_input(metadata, count)
+
+
+def read_patient_metadata(path: Path | str) -> dict[str, dict]:
+    """{image file name: {"age", "sex", "view"}} from NIH's Data_Entry_2017.csv
+    (or the Kaggle sample's CSV) or any CSV with columns image_id, age, sex and
+    view, such as the ingest stage's manifest.csv."""
+    import pandas as pd
+
+    from pipeline.data.csv_file import encoding_message
+    from pipeline.data.nih import REQUIRED_COLUMNS, DataEntryError, read_data_entry
+
+    path = Path(path)
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+        if REQUIRED_COLUMNS[0] in header:
+            frame = read_data_entry(path)
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            missing = [c for c in ("image_id", "age", "sex", "view") if c not in frame.columns]
+            if missing:
+                raise ValueError(f"{path}: no column {', '.join(missing)} (expected NIH's Data_Entry_2017.csv "
+                                 f"or columns image_id, age, sex, view)")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"cannot read patient metadata: {encoding_message(path)}") from exc
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, DataEntryError) as exc:
+        raise ValueError(f"{path}: cannot read patient metadata: {exc}") from exc
+    return {str(row.image_id): {"age": row.age, "sex": row.sex, "view": row.view}
+            for row in frame.itertuples(index=False)}
+
+
+def finding_index(finding: str | int) -> int:
+    """A finding's position in the model output, by name or index."""
+    if isinstance(finding, str):
+        if finding not in FINDINGS:
+            raise ValueError(f"unknown finding {finding!r}; one of {', '.join(FINDINGS)}")
+        return FINDINGS.index(finding)
+    if not 0 <= int(finding) < NUM_FINDINGS:
+        raise ValueError(f"finding index must be 0..{NUM_FINDINGS - 1}, got {finding}")
+    return int(finding)

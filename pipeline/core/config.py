@@ -1,4 +1,5 @@
-"""Params and paths: the one place that reads params.yaml.
+"""The one place that reads params.yaml (pipeline.core.settings checks it),
+and the few values the command-line tools take from a project folder's copy.
 
 params.yaml holds every knob, including the `paths` section that dvc.yaml
 also reads through its `${paths.*}` templating, so a path is spelled once.
@@ -60,22 +61,6 @@ def project_registered_model() -> str:
     return value if isinstance(value, str) and value.strip() else DEFAULT_REGISTERED_MODEL
 
 
-def section(params: dict[str, Any], name: str) -> dict[str, Any]:
-    """A top-level section of params, with a clear error when it is absent."""
-    value = params.get(name)
-    if not isinstance(value, dict):
-        raise ConfigError(f"params.yaml: section '{name}' is missing or not a mapping")
-    return value
-
-
-def path_of(params: dict[str, Any], key: str) -> Path:
-    """A path from the `paths` section of params.yaml."""
-    paths = section(params, "paths")
-    if key not in paths:
-        raise ConfigError(f"params.yaml: paths.{key} is missing")
-    return Path(paths[key])
-
-
 def worker_count(requested: int | None) -> int:
     """0 or None means all cores this process may use."""
     if requested and int(requested) > 0:
@@ -84,15 +69,3 @@ def worker_count(requested: int | None) -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def phantom_root(params: dict) -> Path:
-    """paths.phantom, where the phantom stage writes the synthetic data set;
-    with ingest.source phantom, ingest.root must name this same folder."""
-    ingest, phantom_dir = section(params, "ingest"), path_of(params, "phantom")
-    if ingest["source"] == "phantom" and Path(ingest["root"]).absolute() != phantom_dir.absolute():
-        raise ConfigError(
-            f"ingest.root is {ingest['root']} but must be {phantom_dir} (paths.phantom) when "
-            f"ingest.source is phantom"
-        )
-    return phantom_dir

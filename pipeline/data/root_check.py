@@ -53,9 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv:
         root = Path(argv[0])
     else:
-        from pipeline.core.config import load_params, section
+        from pipeline.core.config import ConfigError
+        from pipeline.core.settings import load_settings
 
-        root = Path(section(load_params(), "ingest")["root"])
+        try:  # params.yaml checked here too: `make run` stops on a bad param before DVC starts
+            root = Path(load_settings().ingest.root)
+        except ConfigError as exc:
+            print(f"root_check: error: {exc}", file=sys.stderr)
+            return 1
     line = check_root(root)
     if line:
         print(f"root_check: error: {line}", file=sys.stderr)

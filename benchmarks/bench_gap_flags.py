@@ -97,7 +97,7 @@ def one_run(job: tuple[int, int, int, int]) -> dict[str, tuple[bool, bool]]:
     labels, scores, patient_ids, ages, sexes = null_test_set(patients, seed)
     cutoffs = np.full(N_FINDINGS, THRESHOLD)
     missed, ill = missed_and_ill(labels, scores, cutoffs)
-    masks = slice_masks(ages, sexes, [""] * len(labels))["sex_age"]
+    masks = slice_masks({"age": ages, "sex": sexes}, ["sex_age"])["sex_age"]
     figures, draws = {}, {}
     slice_of = np.full(len(labels), "", dtype=object)
     for name, mask in masks.items():

@@ -77,8 +77,8 @@ def main() -> None:
     real = not args.synthetic and (NIH_SUBSET / "test_list.txt").is_file()
     split = real_test_split() if real else synthetic_test_split()
     labels, scores = split["labels"], simulated_scores(split["labels"])
-    inputs = (labels, scores, [THRESHOLD] * len(FINDINGS), split["patients"], split["ages"], split["sexes"],
-              split["views"])
+    people = {"patient_id": split["patients"], "age": split["ages"], "sex": split["sexes"], "view": split["views"]}
+    inputs = (labels, scores, [THRESHOLD] * len(FINDINGS), people)
     seconds = []
     for _ in range(args.repeat):
         result, took = timed(subgroup_report, *inputs, resamples=args.resamples, seed=0)

@@ -106,7 +106,6 @@ def subgroup_promotion_check(
     (champion_probs, champion_thresholds), (challenger_probs, challenger_thresholds) = champion, challenger
     return underdiagnosis_regression(
         labels, champion_probs, champion_thresholds, challenger_probs, challenger_thresholds,
-        people["patient_id"], people["age"], people["sex"],
-        min_slice_positives=min_slice_positives, resamples=resamples, seed=seed,
+        people, min_slice_positives=min_slice_positives, resamples=resamples, seed=seed,
         min_slice_patients=min_slice_patients,
     )

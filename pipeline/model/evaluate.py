@@ -191,8 +191,8 @@ def measure_test_split(model: keras.Model, tfrecord_dir: Path, settings: Evaluat
     )
     metrics["test_manifest"] = manifest_hash(test_ids, test_labels)
     metrics["subgroups"] = subgroup_report(
-        test_labels, test_probs, metrics["thresholds"], people["patient_id"], people["age"], people["sex"],
-        people["view"], min_slice_positives=settings.min_slice_positives, resamples=settings.bootstrap, seed=seed,
+        test_labels, test_probs, metrics["thresholds"], people,
+        min_slice_positives=settings.min_slice_positives, resamples=settings.bootstrap, seed=seed,
         min_slice_patients=settings.min_slice_patients)
     metrics["calibration"], reliability = calibration_section(
         test_labels, raw_test_probs, test_probs, settings.calibration, settings.calibration_bins)

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pipeline.core.html import escape
 from pipeline.core.labels import FINDINGS
 from pipeline.model.calibration import POOLED, reliability_svg
+from pipeline.model.subgroups import ATTRIBUTES
 
 SECTIONS_STYLE = """
 h3 { font-size: 1em; margin: 1.2em 0 .4em; }
@@ -25,7 +26,7 @@ ul.gaps li { margin: .25em 0; } ul.gaps li.flagged { background: #fdecea; font-w
 details { margin: .4em 0 1em; } summary { cursor: pointer; font-size: .9em; }
 .note { font-size: .88em; color: #444; max-width: 60em; }
 """
-ATTRIBUTE_LABELS = {"sex": "sex", "age": "age band", "view": "view", "sex_age": "sex × age band"}
+
 METRIC_LABELS = {"underdiagnosis_rate": "Underdiagnosis rate", "mean_auc": "Mean AUC"}
 TOO_SMALL = "too small"
 NO_IMAGES = "no test images in the slice"
@@ -61,15 +62,16 @@ SLICE_COLUMNS = ("slice", "images (patients)", "ill images", "findings with AUC"
                  "underdiagnosis rate", "95% CI")
 
 
-# The attributes whose slices leave out images without an age.
-AGE_ATTRIBUTES = ("age", "sex_age")
+def attribute_label(name: str, unknown: str | None = None) -> str:
+    """How the model card names a declared attribute ("age band"); `unknown` (else the name) for another."""
+    return ATTRIBUTES[name].label if name in ATTRIBUTES else (name if unknown is None else unknown)
 
 
 def age_unknown_note(attribute: str, report: Mapping) -> str:
     """"Age unknown: N images, left out of age slices." under an age table; "" elsewhere
     or for a report written before the count."""
     unknown = report.get("age_unknown")
-    if attribute not in AGE_ATTRIBUTES or not unknown:
+    if attribute not in ATTRIBUTES or not ATTRIBUTES[attribute].needs_age or not unknown:
         return ""
     return f'<p class="note age-unknown">{escape(unknown["note"].capitalize())}.</p>'
 
@@ -97,7 +99,7 @@ def slice_table(attribute: str, slices: Mapping[str, Mapping], extra_note: str =
         rows.append(f"<tr>{''.join(cells)}</tr>")
     head = "".join(f"<th>{c}</th>" for c in SLICE_COLUMNS)
     note = (f'<p class="note">{TOO_SMALL.capitalize()}: {", ".join(notes)}.</p>' if notes else "")
-    return (f"<h3>By {escape(ATTRIBUTE_LABELS.get(attribute, attribute))}</h3>"
+    return (f"<h3>By {escape(attribute_label(attribute))}</h3>"
             f'<table class="slices" id="slices-{escape(attribute)}"><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>{note}{extra_note}{per_finding_details(attribute, slices)}")
 
@@ -120,7 +122,7 @@ def per_finding_details(attribute: str, slices: Mapping[str, Mapping]) -> str:
                          f"<td>{_num(sens) if sens is not None else TOO_SMALL} / "
                          f"{_num(spec) if spec is not None else TOO_SMALL}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
-    label = escape(ATTRIBUTE_LABELS.get(attribute, attribute))
+    label = escape(attribute_label(attribute))
     return (f"<details><summary>Per finding, by {label}: AUC, sensitivity and specificity</summary>"
             f"<table><thead><tr>{head}</tr><tr>{sub}</tr></thead><tbody>{''.join(rows)}</tbody></table></details>")
 
@@ -134,7 +136,7 @@ def _confidence(gap: Mapping) -> str:
 
 def gap_sentence(gap: Mapping) -> str:
     """E.g. "Underdiagnosis rate by sex: F is higher than M by 0.210 (95% CI 0.050 to 0.370): flagged."."""
-    label = f"{METRIC_LABELS.get(gap['metric'], gap['metric'])} by {ATTRIBUTE_LABELS.get(gap['attribute'], '')}"
+    label = f"{METRIC_LABELS.get(gap['metric'], gap['metric'])} by {attribute_label(gap['attribute'], '')}"
     if gap.get("difference") is None:
         return f"{escape(label)}: not compared ({escape(gap.get('reason', 'fewer than two slices'))})."
     verdict = "flagged" if gap["flagged"] else "not significant"
@@ -156,7 +158,7 @@ def gaps_list(gaps: Sequence[Mapping], attributes: Sequence[str]) -> str:
         rest = [g for g in own if not g.get("flagged")]
         if not rest:
             continue
-        label = escape(ATTRIBUTE_LABELS.get(attribute, attribute))
+        label = escape(attribute_label(attribute))
         compared = any(g.get("difference") is not None for g in rest)
         lead = f"No gap between {label} slices is significant. " if compared and len(rest) == len(own) else ""
         items.append(f"<li>{lead}{' '.join(gap_sentence(g) for g in rest)}</li>")
@@ -167,7 +169,7 @@ def subgroups_section(report: Mapping | None) -> str:
     """The "Subgroups" section of a subgroup_report; "" without one."""
     if not report:
         return ""
-    attributes = [a for a in ATTRIBUTE_LABELS if a in report]
+    attributes = [a for a in ATTRIBUTES if a in report]
     settings = report.get("settings") or {}
     minimum = settings.get("min_slice_positives", "the minimum")
     intro = (

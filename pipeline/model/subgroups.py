@@ -50,7 +50,8 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
@@ -78,9 +79,6 @@ AGE_BANDS: tuple[tuple[str, float, float], ...] = (
     ("0-20", 0, 20), ("20-40", 20, 40), ("40-60", 40, 60), ("60-80", 60, 80), ("80+", 80, math.inf),
 )
 SEX_SLICES = tuple(sorted(SEXES))  # F, M
-ATTRIBUTES = ("sex", "age", "view", "sex_age")
-# The attributes whose underdiagnosis a challenger may not worsen (promotion check).
-PROMOTION_ATTRIBUTES = ("sex", "age")
 GAP_METRICS = ("underdiagnosis_rate", "mean_auc")
 DEFAULT_RESAMPLES = 1000
 # A gap is flagged when its family-wise permutation p-value is at most this.
@@ -114,17 +112,60 @@ def _categories(values: Sequence, allowed: Sequence[str]) -> np.ndarray:
     return np.where(np.isin(text, list(allowed)), text, "")
 
 
-def slice_masks(ages: Sequence, sexes: Sequence, views: Sequence) -> dict[str, dict[str, np.ndarray]]:
-    """{attribute: {slice name: boolean mask over the images}}; an image with a
-    missing value is in no slice of that attribute."""
-    sex, view, band = _categories(sexes, SEXES), _categories(views, VIEWS), age_bands(ages)
-    band_names = [name for name, _, _ in AGE_BANDS]
-    return {
-        "sex": {s: sex == s for s in SEX_SLICES},
-        "age": {b: band == b for b in band_names},
-        "view": {v: view == v for v in VIEWS},
-        "sex_age": {f"{s}/{b}": (sex == s) & (band == b) for s in SEX_SLICES for b in band_names},
-    }
+People = Mapping[str, Sequence]  # the test films' patients, a column each: patient_id, age, sex, view
+
+
+@dataclass(frozen=True)
+class SliceAttribute:
+    """A patient attribute the subgroup report slices by: its slices from the
+    people's columns ({slice name: boolean mask over the images}; an image with a
+    missing value is in no slice), how the model card names it, whether a slice
+    needs an age, and whether a challenger may not worsen its underdiagnosis
+    (evaluate.promotion.subgroups)."""
+
+    name: str
+    label: str
+    slices: Callable[[People], dict[str, np.ndarray]]
+    needs_age: bool = False
+    promotion: bool = False
+
+
+ATTRIBUTES: dict[str, SliceAttribute] = {}
+
+
+def declare(attribute: SliceAttribute) -> SliceAttribute:
+    """A new attribute, declared once: the report, its table and MLflow metrics, the model card and
+    (with promotion) the promotion check take it from here."""
+    ATTRIBUTES[attribute.name] = attribute
+    return attribute
+
+
+def sexes_of(people: People) -> np.ndarray:
+    return _categories(people["sex"], SEXES)
+
+
+def bands_of(people: People) -> np.ndarray:
+    return age_bands(people["age"])
+
+
+BAND_NAMES = tuple(name for name, _, _ in AGE_BANDS)
+declare(SliceAttribute("sex", "sex", lambda p: {s: sexes_of(p) == s for s in SEX_SLICES}, promotion=True))
+declare(SliceAttribute("age", "age band", lambda p: {b: bands_of(p) == b for b in BAND_NAMES}, needs_age=True,
+                       promotion=True))
+declare(SliceAttribute("view", "view", lambda p: {v: _categories(p["view"], VIEWS) == v for v in VIEWS}))
+declare(SliceAttribute("sex_age", "sex × age band", lambda p: {
+    f"{s}/{b}": (sexes_of(p) == s) & (bands_of(p) == b) for s in SEX_SLICES for b in BAND_NAMES}, needs_age=True))
+
+
+def slice_masks(people: People, attributes: Sequence[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """{attribute: {slice name: boolean mask over the images}}, for every declared attribute (or those named)."""
+    return {name: attribute.slices(people) for name, attribute in ATTRIBUTES.items()
+            if attributes is None or name in attributes}
+
+
+def promotion_attributes() -> list[str]:
+    """The attributes whose underdiagnosis a challenger may not worsen (promotion check)."""
+    return [name for name, attribute in ATTRIBUTES.items() if attribute.promotion]
 
 
 def threshold_array(thresholds: Mapping[str, float] | Sequence[float]) -> np.ndarray:
@@ -334,23 +375,22 @@ def rounded(value, digits: int = DIGITS):
     return value
 
 
-def _checked(y_true, y_prob, patient_ids, *per_image: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _checked(y_true, y_prob, people: People) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     labels, probs = np.asarray(y_true), np.asarray(y_prob, dtype=float)
-    patients = np.asarray(list(patient_ids), dtype=object)
+    patients = np.asarray(list(people["patient_id"]), dtype=object)
     if labels.shape != probs.shape or labels.ndim != 2 or labels.shape[1] != NUM_FINDINGS:
         raise ValueError(f"y_true and y_prob must both be (images, {NUM_FINDINGS}), got {labels.shape} and "
                          f"{probs.shape}")
-    if any(len(values) != len(labels) for values in (patients, *per_image)):
-        raise ValueError("patient ids, ages, sexes and views need one value per test image")
+    if any(len(people[column]) != len(labels) for column in people.keys()):
+        raise ValueError(f"the people's columns ({', '.join(people.keys())}) need one value per test image")
     return labels, probs, patients
 
 
 def subgroup_report(
     y_true: np.ndarray, y_prob: np.ndarray, thresholds: Mapping[str, float] | Sequence[float],
-    patient_ids: Sequence, ages: Sequence, sexes: Sequence, views: Sequence,
-    min_slice_positives: int = MIN_POSITIVES, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+    people: People, min_slice_positives: int = MIN_POSITIVES, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
     min_slice_patients: int = MIN_PATIENTS, permutations: int | None = None,
-    attributes: Sequence[str] = ATTRIBUTES,
+    attributes: Sequence[str] | None = None,
 ) -> dict:
     """The subgroup evaluation of one model's test predictions, JSON-ready
     (floats to DIGITS decimals): {"sex": {"F": figures, "M": ...}, "age":
@@ -359,15 +399,13 @@ def subgroup_report(
     figures as evaluate_slice's, gaps as attribute_gaps' and age_unknown as
     age_unknown's. thresholds: {finding: value} (as evaluate's) or 14 values.
     The gap test shuffles `permutations` times (default: `resamples`)."""
-    labels, probs, patients = _checked(y_true, y_prob, patient_ids, ages, sexes, views)
+    labels, probs, patients = _checked(y_true, y_prob, people)
     cutoffs = threshold_array(thresholds)
     missed, ill = missed_and_ill(labels, probs, cutoffs)
     permutations = resamples if permutations is None else permutations
     report: dict = {}
     gaps = []
-    for attribute, masks in slice_masks(ages, sexes, views).items():
-        if attribute not in attributes:
-            continue
+    for attribute, masks in slice_masks(people, attributes).items():
         figures, draws = {}, {}
         slice_of = np.full(len(labels), "", dtype=object)
         for name, mask in masks.items():
@@ -379,7 +417,7 @@ def subgroup_report(
         films = AttributeFilms(labels, probs, missed, ill, slice_of, patients)
         gaps.extend(attribute_gaps(attribute, figures, draws, films, permutations, seed))
     report["gaps"] = gaps
-    report["age_unknown"] = age_unknown(ages)
+    report["age_unknown"] = age_unknown(people["age"])
     report["settings"] = {"min_slice_positives": min_slice_positives, "min_slice_patients": min_slice_patients,
                           "resamples": resamples, "permutations": permutations, "seed": seed,
                           "flag_level": FLAG_LEVEL, "images": len(labels),
@@ -408,7 +446,7 @@ def subgroup_table(report: dict) -> list[dict]:
     patients, ill images, mean AUC and underdiagnosis rate with their 95% CIs,
     and why a figure is missing (a slice too small to score says so)."""
     rows = []
-    for attribute in ATTRIBUTES:
+    for attribute in [a for a in ATTRIBUTES if a in report]:
         for name, figures in report[attribute].items():
             row = {"attribute": attribute, "slice": name, "images": figures.get("n"),
                    "patients": figures.get("patients"), "ill_images": figures.get("ill_images")}
@@ -426,9 +464,8 @@ def subgroup_table(report: dict) -> list[dict]:
 
 def underdiagnosis_regression(
     y_true: np.ndarray, champion_prob: np.ndarray, champion_thresholds, challenger_prob: np.ndarray,
-    challenger_thresholds, patient_ids: Sequence, ages: Sequence, sexes: Sequence,
-    min_slice_positives: int = MIN_POSITIVES, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-    familywise: bool = True, min_slice_patients: int = MIN_PATIENTS,
+    challenger_thresholds, people: People, min_slice_positives: int = MIN_POSITIVES,
+    resamples: int = DEFAULT_RESAMPLES, seed: int = 0, familywise: bool = True, min_slice_patients: int = MIN_PATIENTS,
 ) -> dict:
     """Whether the challenger underdiagnoses any sex or age slice significantly
     more than the champion, on the same test images, each at its own thresholds.
@@ -443,17 +480,17 @@ def underdiagnosis_regression(
     entry: n, ill_images, champion_rate, challenger_rate, difference, ci, worse,
     and reason where the slice has fewer than min_slice_positives ill images
     (then rates, difference and ci None)."""
-    labels, champion, patients = _checked(y_true, champion_prob, patient_ids, ages, sexes)
+    labels, champion, patients = _checked(y_true, champion_prob, people)
     challenger = np.asarray(challenger_prob, dtype=float)
     if challenger.shape != champion.shape:
         raise ValueError("the champion's and the challenger's predictions must cover the same images")
     missed_champion, ill = missed_and_ill(labels, champion, threshold_array(champion_thresholds))
     missed_challenger, _ = missed_and_ill(labels, challenger, threshold_array(challenger_thresholds))
-    masks = slice_masks(ages, sexes, [""] * len(labels))
-    checked = sum(len(masks[a]) for a in PROMOTION_ATTRIBUTES)
+    masks = slice_masks(people, promotion_attributes())
+    checked = sum(len(slices) for slices in masks.values())
     confidence = 1 - (1 - CONFIDENCE) / checked if familywise else CONFIDENCE
-    result: dict = {"worse_slices": [], "confidence": confidence, "age_unknown": age_unknown(ages)}
-    for attribute in PROMOTION_ATTRIBUTES:
+    result: dict = {"worse_slices": [], "confidence": confidence, "age_unknown": age_unknown(people["age"])}
+    for attribute in masks:
         result[attribute] = {}
         for name, mask in masks[attribute].items():
             entry = _paired_rate_difference(

@@ -41,7 +41,8 @@ def synthetic(rng):
 def audit(labels, probs, people, thresholds):
     """metrics["subgroups"], metrics["calibration"] and the reliability curves, as
     the evaluate stage builds them (Platt recalibration, fitted here on the same images)."""
-    subgroups = subgroup_report(labels, probs, thresholds, *people, resamples=200, seed=0)
+    subgroups = subgroup_report(labels, probs, thresholds, dict(zip(("patient_id", "age", "sex", "view"), people)),
+                                resamples=200, seed=0)
     description = fit_recalibration("platt", labels, probs)
     after = calibration_report(labels, apply_recalibration(description, probs), n_bins=10)
     before = calibration_report(labels, probs, n_bins=10)

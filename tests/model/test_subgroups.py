@@ -13,6 +13,7 @@ from pipeline.core.labels import FINDINGS
 from pipeline.model.model_card_sections import subgroups_section
 from pipeline.model.subgroups import (
     ATTRIBUTES,
+    SliceAttribute,
     age_bands,
     age_unknown,
     slice_masks,
@@ -47,10 +48,16 @@ def cohort(patients: int = 1200, films: int = 2, seed: int = 0, weak_slice: bool
     return labels, scores, patient_ids, ages, sexes, views
 
 
+def people(patient_ids, ages, sexes, views=None) -> dict:
+    """The test films' patients as the evaluate stage passes them: a column each."""
+    columns = {"patient_id": list(patient_ids), "age": list(ages), "sex": list(sexes)}
+    return columns if views is None else {**columns, "view": list(views)}
+
+
 def report_of(data, **kwargs):
     labels, scores, patients, ages, sexes, views = data
     kwargs.setdefault("resamples", 200)
-    return subgroup_report(labels, scores, CUTOFFS, patients, ages, sexes, views, **kwargs)
+    return subgroup_report(labels, scores, CUTOFFS, people(patients, ages, sexes, views), **kwargs)
 
 
 def test_age_band_edges_and_missing_ages():
@@ -60,7 +67,7 @@ def test_age_band_edges_and_missing_ages():
 
 
 def test_slices_leave_out_missing_or_other_values():
-    masks = slice_masks([25, np.nan, 85, 5], ["F", "M", "O", None], ["PA", "AP", "", "LL"])
+    masks = slice_masks(people(range(4), [25, np.nan, 85, 5], ["F", "M", "O", None], ["PA", "AP", "", "LL"]))
     assert list(masks) == ["sex", "age", "view", "sex_age"]
     assert masks["sex"]["F"].tolist() == [True, False, False, False]
     assert masks["sex"]["M"].tolist() == [False, True, False, False]
@@ -81,7 +88,7 @@ def test_images_without_an_age_are_in_no_age_slice_and_counted():
                                  "note": f"age unknown: {unknown.sum()} images, left out of age slices"}
     assert age_unknown([-1])["note"] == "age unknown: 1 image, left out of age slices"
 
-    report = subgroup_report(labels, scores, CUTOFFS, patients, ages, sexes, views, resamples=20)
+    report = subgroup_report(labels, scores, CUTOFFS, people(patients, ages, sexes, views), resamples=20)
     assert report["age_unknown"]["images"] == unknown.sum() > 0
     in_bands = sum(s["n"] for s in report["age"].values())
     assert in_bands == len(ages) - unknown.sum()
@@ -91,7 +98,8 @@ def test_images_without_an_age_are_in_no_age_slice_and_counted():
     assert report["age"]["0-20"]["n"] == int(((ages == 10.0) & ~unknown).sum())
     assert subgroup_mlflow_metrics(report)["test_images_age_unknown"] == float(unknown.sum())
 
-    check = underdiagnosis_regression(labels, scores, CUTOFFS, scores, CUTOFFS, patients, ages, sexes, resamples=20)
+    check = underdiagnosis_regression(labels, scores, CUTOFFS, scores, CUTOFFS, people(patients, ages, sexes),
+                                      resamples=20)
     assert check["age_unknown"] == report["age_unknown"]
     assert sum(s["n"] for s in check["age"].values()) == in_bands
 
@@ -108,7 +116,7 @@ def test_underdiagnosis_rate_by_hand():
     scores = np.full((6, N_FINDINGS), 0.1)
     scores[0, 0], scores[2, 4], scores[3, 0] = 0.9, 0.7, 0.5
     scores[5, 1] = 0.8  # a healthy film called ill: not underdiagnosis
-    report = subgroup_report(labels, scores, CUTOFFS, [1, 1, 2, 2, 3, 3], [30] * 6, ["F"] * 6, ["PA"] * 6,
+    report = subgroup_report(labels, scores, CUTOFFS, people([1, 1, 2, 2, 3, 3], [30] * 6, ["F"] * 6, ["PA"] * 6),
                              min_slice_positives=1, min_slice_patients=1, resamples=50)
     female = report["sex"]["F"]
     assert female["n"] == 6 and female["patients"] == 3 and female["ill_images"] == 4
@@ -227,7 +235,7 @@ def test_mlflow_metrics_are_the_gaps_and_every_slice_is_a_table_row():
 
 def test_promotion_check_finds_a_slice_the_challenger_underdiagnoses():
     labels, scores, patients, ages, sexes, views = cohort(patients=1000, seed=8)
-    same = underdiagnosis_regression(labels, scores, CUTOFFS, scores.copy(), CUTOFFS, patients, ages, sexes,
+    same = underdiagnosis_regression(labels, scores, CUTOFFS, scores.copy(), CUTOFFS, people(patients, ages, sexes),
                                      resamples=100)
     assert same["worse_slices"] == [] and list(same) == ["worse_slices", "confidence", "age_unknown", "sex", "age"]
     # identical calls: every resample's difference is 0, which tests nothing (no interval, never worse)
@@ -237,7 +245,7 @@ def test_promotion_check_finds_a_slice_the_challenger_underdiagnoses():
     challenger = scores.copy()
     older = ages >= 80
     challenger[older] *= 0.5  # quieter on the oldest patients: more of their ill films called "no finding"
-    check = underdiagnosis_regression(labels, scores, CUTOFFS, challenger, CUTOFFS, patients, ages, sexes,
+    check = underdiagnosis_regression(labels, scores, CUTOFFS, challenger, CUTOFFS, people(patients, ages, sexes),
                                       resamples=200)
     oldest = check["age"]["80+"]
     assert oldest["worse"] and oldest["difference"] > 0 and oldest["ci"][0] > 0
@@ -250,9 +258,9 @@ def test_promotion_check_finds_a_slice_the_challenger_underdiagnoses():
 def test_inputs_must_line_up():
     labels, scores, patients, ages, sexes, views = cohort(patients=20, seed=9)
     with pytest.raises(ValueError, match="one value per test image"):
-        subgroup_report(labels, scores, CUTOFFS, patients[:-1], ages, sexes, views)
+        subgroup_report(labels, scores, CUTOFFS, people(patients[:-1], ages, sexes, views))
     with pytest.raises(ValueError, match="thresholds"):
-        subgroup_report(labels, scores, [0.5] * 3, patients, ages, sexes, views)
+        subgroup_report(labels, scores, [0.5] * 3, people(patients, ages, sexes, views))
 
 
 def one_patients_slice():
@@ -282,11 +290,11 @@ def test_a_one_patient_slice_is_too_little_data_and_never_blocks_a_promotion():
     # a challenger that misses all 12 of her films: one patient's films cannot refuse it
     challenger = scores.copy()
     challenger[girl] = 0.1
-    check = underdiagnosis_regression(labels, scores, CUTOFFS, challenger, CUTOFFS, patients, ages, sexes,
+    check = underdiagnosis_regression(labels, scores, CUTOFFS, challenger, CUTOFFS, people(patients, ages, sexes),
                                       resamples=200)
     assert check["age"]["0-20"]["reason"] == "too few patients (n=1)" and check["worse_slices"] == []
     # with a floor of one patient the slice is scored, but a bootstrap over one patient has no spread
-    lenient = underdiagnosis_regression(labels, scores, CUTOFFS, challenger, CUTOFFS, patients, ages, sexes,
+    lenient = underdiagnosis_regression(labels, scores, CUTOFFS, challenger, CUTOFFS, people(patients, ages, sexes),
                                         resamples=200, min_slice_patients=1)
     assert lenient["age"]["0-20"]["difference"] == 1.0 and lenient["age"]["0-20"]["ci"] is None
     assert lenient["worse_slices"] == []
@@ -307,3 +315,22 @@ def test_the_permutation_p_value_by_hand():
     assert permutation_p(0.3, np.array([0.1, 0.2, 0.3, 0.4])) == 3 / 5  # 0.3 and 0.4 at least as large, +1
     assert permutation_p(0.5, np.array([0.1] * 99)) == 1 / 100
     assert permutation_p(0.0, np.zeros(10)) == 1.0
+
+
+def test_an_attribute_declared_once_appears_in_the_report_its_table_and_the_card(monkeypatch):
+    """A new patient attribute is one declaration (pipeline.model.subgroups.declare):
+    here the view crossed with sex, made from the people's columns."""
+    from pipeline.model import subgroups
+    from pipeline.model.model_card_sections import subgroups_section
+
+    def sex_view(people):
+        sexes, views = np.asarray(people["sex"]), np.asarray(people["view"])
+        return {f"{s}/{v}": (sexes == s) & (views == v) for s in ("F", "M") for v in ("AP", "PA")}
+
+    monkeypatch.setitem(subgroups.ATTRIBUTES, "sex_view", SliceAttribute("sex_view", "sex × view", sex_view))
+    report = report_of(cohort(patients=60, seed=4), resamples=50)
+    assert set(report["sex_view"]) == {"F/AP", "F/PA", "M/AP", "M/PA"}
+    assert sum(figures["n"] for figures in report["sex_view"].values()) == len(cohort(patients=60, seed=4)[0])
+    assert {row["slice"] for row in subgroup_table(report) if row["attribute"] == "sex_view"} == set(report["sex_view"])
+    assert any(g["attribute"] == "sex_view" for g in report["gaps"])
+    assert "By sex × view" in subgroups_section(report)

@@ -257,6 +257,9 @@ def log_and_register(mlflow, model: keras.Model, registered_name: str, metadata:
     from pipeline.core.model_io import image_size_of
     from pipeline.serve.api import pyfunc_model
 
+    # Made before MLflow's event lines are turned off: importing the pyfunc's
+    # module (mlflow.pyfunc) sets MLflow's logging up again, lines back on.
+    python_model = pyfunc_model()
     with tempfile.TemporaryDirectory(prefix="cxr-register-") as folder:
         keras_file = Path(folder) / "model.keras"
         model.save(keras_file)
@@ -267,7 +270,7 @@ def log_and_register(mlflow, model: keras.Model, registered_name: str, metadata:
         with mlflow_event_lines_off():
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=pyfunc_model(),
+                python_model=python_model,
                 artifacts={KERAS_ARTIFACT: keras_uri},
                 code_paths=[str(serving_package(Path(folder)))],
                 registered_model_name=registered_name,

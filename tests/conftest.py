@@ -159,3 +159,18 @@ def small_nih_root(tmp_path: Path) -> Path:
             rows.append((f"{patient:08d}_{follow_up:03d}.png", labels[patient - 1], follow_up, patient,
                          30 + patient, "MF"[patient % 2], ("PA", "AP")[follow_up]))
     return make_nih_root(tmp_path / "nih", rows)
+
+
+@pytest.fixture
+def tiny_shards(small_nih_root: Path, tmp_path: Path) -> Path:
+    """TFRecord shards of 12 small real PNGs at 32 px (train 0.6, val 0.2, test 0.2 of the patients)."""
+    import json
+
+    from pipeline.records.preprocess import write_tfrecord_shards
+
+    manifest, _ = build_manifest(small_nih_root, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=0)
+    out = tmp_path / "tfrecords"
+    out.mkdir()
+    index, _ = write_tfrecord_shards(manifest, out, image_size=32, shard_size=100)
+    (out / "index.json").write_text(json.dumps(index))
+    return out

@@ -3,7 +3,6 @@ makes it trainable, explainable, checked at a stage's start and listed in the
 docs' table, with no other change."""
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
@@ -12,8 +11,7 @@ import pytest
 from pipeline.core.config import ConfigError
 from pipeline.model import backbones
 from pipeline.model.backbones import BACKBONES, Backbone, backbone_table, check_backbone_settings
-from pipeline.records.preprocess import write_tfrecord_shards
-from tests.conftest import NO_AUGMENT, PROJECT_ROOT, build_manifest, section_settings
+from tests.conftest import NO_AUGMENT, PROJECT_ROOT, section_settings
 
 DOCS = PROJECT_ROOT / "docs" / "training.md"
 
@@ -32,16 +30,6 @@ def toy_backbone(monkeypatch):
     record = Backbone("toy_cnn", toy_features, "toy_relu", "a test's", min_image_size=16)
     monkeypatch.setitem(BACKBONES, record.name, record)  # what backbones.register does, undone after the test
     return record
-
-
-@pytest.fixture
-def tiny_shards(small_nih_root, tmp_path):
-    manifest, _ = build_manifest(small_nih_root, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=0)
-    out = tmp_path / "tfrecords"
-    out.mkdir()
-    index, _ = write_tfrecord_shards(manifest, out, image_size=32, shard_size=100)
-    (out / "index.json").write_text(json.dumps(index))
-    return out
 
 
 def test_a_toy_backbone_registered_in_one_record_trains_and_explains(toy_backbone, tiny_shards, tmp_path):

@@ -18,19 +18,7 @@ from pipeline.model.train import (
     training_phases,
     weighted_binary_crossentropy,
 )
-from pipeline.records.preprocess import write_tfrecord_shards
-from tests.conftest import NO_AUGMENT, build_manifest, section_settings
-
-
-@pytest.fixture
-def tiny_shards(small_nih_root, tmp_path):
-    """TFRecord shards of 12 small real PNGs at 32 px."""
-    manifest, _ = build_manifest(small_nih_root, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=0)
-    out = tmp_path / "tfrecords"
-    out.mkdir()
-    index, _ = write_tfrecord_shards(manifest, out, image_size=32, shard_size=100)
-    (out / "index.json").write_text(json.dumps(index))
-    return out
+from tests.conftest import NO_AUGMENT, section_settings
 
 
 def test_focal_loss_matches_a_hand_computation():

@@ -107,6 +107,20 @@ def fractions(value):
     return [number(0, 1, high_open=True)(v) for v in value]
 
 
+def refused(param: str, value, allowed: str) -> ConfigError:
+    """The one-line error every refused param gets: what it is and what is allowed."""
+    return ConfigError(f"params.yaml: {param} is {shown(value)}; allowed: {allowed}")
+
+
+def registered(param: str, name: str, records: Mapping):
+    """records[name] for a param that names a registered record (a backbone, a data source)."""
+    try:
+        one_of(*records)(name)
+    except BadValue as exc:
+        raise refused(param, name, str(exc)) from None
+    return records[name]
+
+
 def param(check: Check, about: str = "") -> Any:
     """A dataclass field checked by `check`; `about` is added to its error line."""
     return field(metadata={"check": check, "about": about})
@@ -140,8 +154,7 @@ def build(cls, values: Any, prefix: str):
             built[spec.name] = spec.metadata["check"](value)
         except BadValue as exc:
             about = spec.metadata.get("about")
-            raise ConfigError(f"params.yaml: {name} is {shown(value)}; allowed: {exc}"
-                              + (f" ({about})" if about else "")) from None
+            raise refused(name, value, f"{exc} ({about})" if about else str(exc)) from None
     return cls(**built)
 
 
@@ -303,7 +316,7 @@ def check_paths(values: Any) -> dict[str, Path]:
         raise ConfigError(f"params.yaml: paths must be a mapping of names to paths, got {shown(values)}")
     for key, value in values.items():
         if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"params.yaml: paths.{key} is {shown(value)}; allowed: a non-empty path")
+            raise refused(f"paths.{key}", value, "a non-empty path")
     return {key: Path(value) for key, value in values.items()}
 
 
@@ -326,7 +339,7 @@ def settings_from(params: Mapping) -> Settings:
     try:
         seed = whole(0)(params["seed"])
     except BadValue as exc:
-        raise ConfigError(f"params.yaml: seed is {shown(params['seed'])}; allowed: {exc}") from None
+        raise refused("seed", params["seed"], str(exc)) from None
     sections = {name: build(cls, params[name], name) for name, cls in SECTIONS.items()}
     settings = Settings(paths=check_paths(params["paths"]), seed=seed, params=dict(params), **sections)
     check_together(settings)

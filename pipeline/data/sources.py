@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.core.config import ConfigError
+from pipeline.core.settings import registered
 
 SYNTHETIC_WARNING = "synthetic phantom: these figures say nothing about clinical performance"
 
@@ -86,9 +87,7 @@ def register(source: DataSource) -> DataSource:
 
 
 def source_named(name: str) -> DataSource:
-    if name not in SOURCES:
-        raise ConfigError(f"params.yaml: ingest.source is {name!r}; allowed: one of {' | '.join(SOURCES)}")
-    return SOURCES[name]
+    return registered("ingest.source", name, SOURCES)
 
 
 def check_source_settings(name: str, root: str | Path, phantom_dir: Path) -> DataSource:

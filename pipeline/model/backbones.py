@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.core.config import ConfigError
+from pipeline.core.settings import refused, registered
 from pipeline.model import pretrained
 from pipeline.model.pretrained import WeightsSource
 
@@ -59,17 +60,15 @@ def register(backbone: Backbone) -> Backbone:
 
 
 def backbone_named(name: str) -> Backbone:
-    if name not in BACKBONES:
-        raise ConfigError(f"params.yaml: train.backbone is {name!r}; allowed: one of {' | '.join(BACKBONES)}")
-    return BACKBONES[name]
+    return registered("train.backbone", name, BACKBONES)
 
 
 def check_backbone_settings(name: str, image_size: int, weights: str) -> Backbone:
     """train.backbone, train.weights and preprocess.image_size together, before any work."""
     backbone = backbone_named(name)
     if image_size < backbone.min_image_size:
-        raise ConfigError(f"params.yaml: preprocess.image_size is {image_size}; allowed: at least "
-                          f"{backbone.min_image_size} px for train.backbone {name}")
+        raise refused("preprocess.image_size", image_size,
+                      f"at least {backbone.min_image_size} px for train.backbone {name}")
     if weights == "imagenet" and not backbone.has_imagenet:
         with_weights = [b.name for b in BACKBONES.values() if b.has_imagenet]
         raise ConfigError(f"params.yaml: train.weights is 'imagenet' but train.backbone {name} has no ImageNet "

@@ -140,21 +140,25 @@ def declare(attribute: SliceAttribute) -> SliceAttribute:
     return attribute
 
 
-def sexes_of(people: People) -> np.ndarray:
-    return _categories(people["sex"], SEXES)
-
-
-def bands_of(people: People) -> np.ndarray:
-    return age_bands(people["age"])
-
-
 BAND_NAMES = tuple(name for name, _, _ in AGE_BANDS)
-declare(SliceAttribute("sex", "sex", lambda p: {s: sexes_of(p) == s for s in SEX_SLICES}, promotion=True))
-declare(SliceAttribute("age", "age band", lambda p: {b: bands_of(p) == b for b in BAND_NAMES}, needs_age=True,
+
+
+def masks_by_value(values: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """{name: values == name}: one slice per value, each column read and normalised once."""
+    return {name: values == name for name in names}
+
+
+def sex_age_slices(people: People) -> dict[str, np.ndarray]:
+    sexes, bands = _categories(people["sex"], SEXES), age_bands(people["age"])
+    return {f"{s}/{b}": (sexes == s) & (bands == b) for s in SEX_SLICES for b in BAND_NAMES}
+
+
+declare(SliceAttribute("sex", "sex", lambda p: masks_by_value(_categories(p["sex"], SEXES), SEX_SLICES),
                        promotion=True))
-declare(SliceAttribute("view", "view", lambda p: {v: _categories(p["view"], VIEWS) == v for v in VIEWS}))
-declare(SliceAttribute("sex_age", "sex × age band", lambda p: {
-    f"{s}/{b}": (sexes_of(p) == s) & (bands_of(p) == b) for s in SEX_SLICES for b in BAND_NAMES}, needs_age=True))
+declare(SliceAttribute("age", "age band", lambda p: masks_by_value(age_bands(p["age"]), BAND_NAMES), needs_age=True,
+                       promotion=True))
+declare(SliceAttribute("view", "view", lambda p: masks_by_value(_categories(p["view"], VIEWS), VIEWS)))
+declare(SliceAttribute("sex_age", "sex × age band", sex_age_slices, needs_age=True))
 
 
 def slice_masks(people: People, attributes: Sequence[str] | None = None) -> dict[str, dict[str, np.ndarray]]:

@@ -18,7 +18,7 @@ export DO_NOT_TRACK := true
 export GX_ANALYTICS_ENABLED := False
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run retrain test test-quick setup mlflow-ui clean bench worker
+.PHONY: run retrain test test-quick setup mlflow-ui serve clean bench worker
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -94,6 +94,12 @@ bench: $(STAMP)
 mlflow-ui: $(STAMP)
 	-@python -m pipeline.core.tracking http://127.0.0.1:$(MLFLOW_UI_PORT)
 	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(MLFLOW_UI_PORT)
+
+# The champion behind MLflow's model server on 127.0.0.1 (docs/predict.md#model-server):
+# raw films in (base64 in dataframe_split JSON), one answer per film.
+SERVE_PORT ?= 5001
+serve: $(STAMP)
+	cxr serve --port $(SERVE_PORT)
 
 clean:
 	rm -rf data/ingest data/validated data/tfrecords models reports metrics

@@ -12,6 +12,10 @@ from pipeline.core.patient import IMAGE_INPUT, PATIENT_INPUT
 
 # The name of the registered pyfunc's .keras artifact (pipeline.serve.pyfunc).
 KERAS_ARTIFACT = "keras_model"
+# Written beside a registered pyfunc's MLmodel once its version exists
+# (pipeline.model.registry): {"name", "version"}, which a model cannot know
+# when it is logged; its server names the version in every answer.
+REGISTRATION_FILE = "registered_version.json"
 
 
 def load_keras_model(path: Path | str):

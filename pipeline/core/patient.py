@@ -124,3 +124,14 @@ def encode_patient_input(metadata, count: int | None = None) -> np.ndarray:
         raise PatientMetadataError(f"{count} image(s) but metadata for {len(encoded)}")
     return encoded
 
+
+def decode_patient_rows(encoded: np.ndarray) -> list[dict]:
+    """encode_patient_input's float32 (n, 3) back to rows of age, sex and view
+    (an imputed age comes back as IMPUTED_AGE): for callers that hold encoded
+    metadata and an API that takes rows."""
+    other_sex = next(code for code in SEXES if code != MALE)
+    other_view = next(code for code in VIEWS if code != ANTERO_POSTERIOR)
+    # rounded: float32 keeps age / 100 to about 1e-7, so 120 would come back as 120.0000048 (refused)
+    return [{"age": round(float(age) * AGE_SCALE, 4), "sex": MALE if male >= 0.5 else other_sex,
+             "view": ANTERO_POSTERIOR if ap >= 0.5 else other_view}
+            for age, male, ap in np.asarray(encoded, dtype=np.float32).reshape(-1, NUM_PATIENT_FEATURES)]

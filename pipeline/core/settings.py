@@ -249,6 +249,15 @@ class PromotionSettings:
 
 
 @dataclass(frozen=True)
+class ServingSettings:
+    """What the registered model's server accepts (written into the version's model_config)."""
+
+    max_films_per_request: int = param(whole(1), "a request with more films is refused whole")
+    # No stage reads a film over 206 MiB (pipeline.records.image_file.MAX_FILE_BYTES), whatever this says.
+    max_film_mb: float = param(number(0, low_open=True), "MiB")
+
+
+@dataclass(frozen=True)
 class EvaluateSettings:
     threshold_method: str = param(one_of(*THRESHOLD_METHODS))
     target_sensitivity: float = param(number(0, 1, low_open=True))
@@ -258,6 +267,7 @@ class EvaluateSettings:
     calibration: str = param(one_of(*RECALIBRATION_METHODS))
     calibration_bins: int = param(whole(2))
     promotion: PromotionSettings
+    serving: ServingSettings
     batch_size: int = param(whole(1))
 
 

@@ -257,7 +257,8 @@ def evaluate_model(
         registry = register_decided(
             mlflow, model, name,
             registry_model_metadata(metrics["thresholds"], preprocessing, metrics, metrics["test_manifest"],
-                                    evaluation.recalibration, data_source=training.get("data_source")),
+                                    evaluation.recalibration, data_source=training.get("data_source"),
+                                    serving=dataclasses.asdict(settings.serving)),
             {"data_hash": summary["data_hash"], "git_commit": summary["git_commit"], "backbone": training["backbone"]},
             decide, params=training["params"], card_artifact=CARD_FILE,
         )

@@ -6,12 +6,18 @@ the same test images, a paired comparison) promotes it. A person can move the
 champion by hand, which is tagged with who and why:
 
     python -m pipeline.model.registry promote 3 --reason "reviewed by radiology"
+
+Every move of an alias is recorded (pipeline.model.alias_history), and read with
+
+    python -m pipeline.model.registry history [--at "2026-12-04 10:30"] [--json]
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import getpass
+import json
+import os
 import shutil
 import sys
 import tempfile
@@ -22,10 +28,12 @@ from pathlib import Path
 
 import keras
 
+from pipeline.core.faults import first_line
 from pipeline.core.labels import FINDINGS
-from pipeline.core.model_io import KERAS_ARTIFACT
+from pipeline.core.model_io import KERAS_ARTIFACT, REGISTRATION_FILE
 from pipeline.core.quiet import mlflow_event_lines_off
 from pipeline.core.store_lock import DEFAULT_LOCK_TIMEOUT_S, registry_lock, sqlite_path
+from pipeline.model.alias_history import HOW_AUTOMATIC, HOW_MANUAL, AliasMove, now_ms, record_move
 from pipeline.model.promotion import (
     CHALLENGER,
     CHAMPION,
@@ -109,7 +117,7 @@ def serving_package(folder: Path) -> Path:
 
 def registry_model_metadata(
     thresholds: dict[str, float], preprocessing: dict, metrics: dict, test_manifest: str | None = None,
-    recalibration: dict | None = None, data_source: str | None = None,
+    recalibration: dict | None = None, data_source: str | None = None, serving: dict | None = None,
 ) -> dict:
     """What makes a registered model self-describing: label order, operating
     thresholds (on the recalibrated probabilities, when it has a
@@ -137,6 +145,8 @@ def registry_model_metadata(
         "threshold_method": metrics.get("threshold_method"),
         "min_positives": metrics.get("min_positives"),
         "data_source": data_source,
+        # what its server accepts (evaluate.serving); None: no count limit, MAX_FILE_BYTES a film
+        "serving": serving,
     }
 
 
@@ -144,36 +154,26 @@ def _interval(bounds) -> list | None:
     return None if bounds is None else [None if b is None else float(b) for b in bounds]
 
 
-def model_signature(model: keras.Model, image_size: int):
-    """The pyfunc's signature: the image tensor in, one probability column per
-    finding out. A model with patient metadata gets the signature's outputs only
-    (its inputs are in the metadata's `preprocessing.input`): MLflow enforces an
-    input schema before the pyfunc sees the input, and a tensor schema would
-    refuse the metadata as rows of age/sex/view (a DataFrame or a list of
-    dicts), which the pyfunc accepts."""
-    import numpy as np
+def model_signature():
+    """The pyfunc's signature (pipeline.serve.pyfunc): a DataFrame of films in
+    (`image`, a film file's bytes, base64 in MLflow's REST JSON; optional
+    `age`, `sex`, `view`), and per film the 14 probabilities, the positive
+    findings, the answering version and the reason a film was not scored."""
     from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema, TensorSpec
+    from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
 
-    from pipeline.core.model_io import uses_patient_metadata
     from pipeline.core.patient import IMAGE_INPUT
 
-    outputs = Schema([ColSpec("double", finding) for finding in FINDINGS])
-    if uses_patient_metadata(model):
-        return ModelSignature(outputs=outputs)
-    image = TensorSpec(np.dtype(np.float32), (-1, image_size, image_size, 1), IMAGE_INPUT)
-    return ModelSignature(inputs=Schema([image]), outputs=outputs)
-
-
-def patient_model_input_schema(image_size: int) -> list[dict]:
-    """What a model with patient metadata takes, written as MLflow tensor specs
-    into its MLmodel metadata (`input_schema`): for reading, not enforced (see
-    model_signature)."""
-    from pipeline.core.patient import IMAGE_INPUT, PATIENT_INPUT
-
-    return [{"name": IMAGE_INPUT, "type": "tensor", "dtype": "float32", "shape": [-1, image_size, image_size, 1]},
-            {"name": PATIENT_INPUT, "type": "tensor", "dtype": "float32", "shape": [-1, 3],
-             "encoding": "pipeline.core.patient; or rows of age, sex, view"}]
+    # age as Any: MLflow refuses whole numbers in a double column ("cannot safely
+    # convert int64"), and clients send 61; the pyfunc checks it (pipeline.core.patient).
+    inputs = Schema([ColSpec(DataType.binary, IMAGE_INPUT), ColSpec(AnyType(), "age", required=False),
+                     ColSpec(DataType.string, "sex", required=False), ColSpec(DataType.string, "view", required=False)])
+    outputs = Schema([*(ColSpec(DataType.double, finding, required=False) for finding in FINDINGS),
+                      ColSpec(Array(DataType.string), "findings"),
+                      ColSpec(DataType.string, "model_name", required=False),
+                      ColSpec(DataType.string, "model_version", required=False),
+                      ColSpec(DataType.string, "error", required=False)])
+    return ModelSignature(inputs=inputs, outputs=outputs)
 
 
 def champion_version(client, registered_name: str) -> int | None:
@@ -218,14 +218,9 @@ def register_model(
 
     Returns {"version", "champion": bool, "rule", "reasons", "compared_with", "decision"}.
     """
-    from pipeline.core.model_io import image_size_of, uses_patient_metadata
-
     if params is not None:
         mlflow.log_dict(params, "params.json")  # on the run, not a JSON tag
-    metadata = dict(metadata)
-    if uses_patient_metadata(model):
-        metadata["input_schema"] = patient_model_input_schema(image_size_of(model))
-    version = log_and_register(mlflow, model, registered_name, metadata)
+    version = log_and_register(mlflow, model, registered_name, dict(metadata))
     client = mlflow.MlflowClient()
     if redecide is not None:
         decision = current_decision(client, registered_name, decision, redecide)
@@ -239,10 +234,13 @@ def register_model(
                  if card_artifact else None)
     client.update_model_version(registered_name, str(version),
                                 description=version_description(metadata, decision, params, changes, card_link))
+    held = client.get_registered_model(registered_name).aliases or {}
     client.set_registered_model_alias(registered_name, CHALLENGER, str(version))
+    record_decided_move(client, registered_name, CHALLENGER, held.get(CHALLENGER), version, decision, metadata)
     if decision["promote"]:
         client.set_registered_model_alias(registered_name, CHAMPION, str(version))
         previous = decision.get("champion_version")  # the alias's holder, checked by current_decision
+        record_decided_move(client, registered_name, CHAMPION, previous, version, decision, metadata)
         if previous is not None and int(previous) != version:
             retire_champion(client, registered_name, int(previous), version, decision["rule"])
     mlflow.set_tags({"registry_version": str(version), **decided})
@@ -251,10 +249,36 @@ def register_model(
             "decision": decision}
 
 
+def record_decided_move(client, registered_name: str, alias: str, previous, version: int, decision: dict,
+                        metadata: dict) -> None:
+    """The evaluate stage's move of `alias` onto `version`, in the alias history
+    (pipeline.model.alias_history), with the decision's rule, reasons and paired comparison."""
+    import mlflow
+
+    comparison = decision.get("comparison") or {}
+    ci = comparison.get("mean_auc_diff_ci")
+    active = mlflow.active_run()
+    record_move(client, registered_name, AliasMove(
+        time_ms=now_ms(), alias=alias, from_version=None if previous is None else int(previous), to_version=version,
+        actor=user_name(), how=HOW_AUTOMATIC, rule=decision["rule"], reasons="; ".join(decision["reasons"]),
+        mean_auc_difference=comparison.get("mean_auc_diff"),
+        mean_auc_difference_ci=None if not ci or None in ci else (float(ci[0]), float(ci[1])),
+        test_manifest=metadata.get("test_manifest"), decided_in_run=active.info.run_id if active else None))
+
+
+def user_name() -> str:
+    """Who ran the command, as the history and the promotion tags record it."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in a container without a passwd entry
+        return f"uid {os.getuid()}"
+
+
 def log_and_register(mlflow, model: keras.Model, registered_name: str, metadata: dict) -> int:
     """`model` logged to the active run as a pyfunc (with the Keras file, the
-    serving code and its pinned packages) and registered: the new version's number."""
-    from pipeline.core.model_io import image_size_of
+    serving code and its pinned packages) and registered: the new version's
+    number, also written into the model's artifacts (REGISTRATION_FILE) so
+    that its server names the version in every answer."""
     from pipeline.serve.api import pyfunc_model
 
     # Made before MLflow's event lines are turned off: importing the pyfunc's
@@ -275,13 +299,15 @@ def log_and_register(mlflow, model: keras.Model, registered_name: str, metadata:
                 code_paths=[str(serving_package(Path(folder)))],
                 registered_model_name=registered_name,
                 pip_requirements=serving_requirements(),
-                signature=model_signature(model, image_size_of(model)),
-                metadata=metadata,
-                # the pyfunc applies it too (its load_context reads model_config)
-                model_config={"recalibration": metadata.get("recalibration")},
+                signature=model_signature(),
+                metadata=metadata,  # what the pyfunc serves by: thresholds, fit, recalibration, limits
                 await_registration_for=60,
             )
-    return int(info.registered_model_version)
+        version = int(info.registered_model_version)
+        registration = Path(folder) / REGISTRATION_FILE
+        registration.write_text(json.dumps({"name": registered_name, "version": version}))
+        mlflow.MlflowClient().log_model_artifact(info.model_id, str(registration))
+    return version
 
 
 def champion_changes(mlflow, client, registered_name: str, champion: int | None, params: dict | None,
@@ -433,6 +459,9 @@ def promote_version(client, registered_name: str, version: int, reason: str, use
     tag_version_and_run(client, registered_name, version, tags)
     client.set_registered_model_alias(registered_name, CHAMPION, str(version))
     promoted = client.get_model_version(registered_name, str(version))
+    record_move(client, registered_name, AliasMove(
+        time_ms=now_ms(), alias=CHAMPION, from_version=previous, to_version=version, actor=user, how=HOW_MANUAL,
+        rule=MANUAL_RULE, reasons=reason, test_manifest=promoted.tags.get("test_manifest")))
     if CHAMPION_UNTIL_TAG in promoted.tags:  # a former champion back in office
         client.delete_model_version_tag(registered_name, str(version), CHAMPION_UNTIL_TAG)
         with contextlib.suppress(MlflowException):  # its run may be gone
@@ -446,27 +475,40 @@ def promote_version(client, registered_name: str, version: int, reason: str, use
     return previous
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m pipeline.model.registry promote VERSION --reason TEXT`."""
+def build_parser() -> argparse.ArgumentParser:
     from pipeline.core.config import project_registered_model
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.model.registry",
-                                     description="Move the champion alias by hand (logged on the version).")
+                                     description="Move the champion alias by hand (logged on the version), or read "
+                                                 "the history of the aliases.")
     commands = parser.add_subparsers(dest="command", required=True)
     promote = commands.add_parser("promote", help="give VERSION the champion alias")
     promote.add_argument("version", type=int)
-    promote.add_argument("--reason", required=True, help="why, recorded on the version")
+    promote.add_argument("--reason", required=True, help="why, recorded on the version and in the history")
+    history = commands.add_parser("history", help="every move of the champion and challenger aliases, oldest first")
+    history.add_argument("--at", metavar="TIME", nargs="+",
+                         help="say which version held each alias at each TIME (ISO 8601, UTC unless an offset is "
+                              "given, e.g. 2026-12-04T10:30:00Z)")
+    history.add_argument("--json", action="store_true", help="print the moves as one JSON list")
     default = project_registered_model()
-    promote.add_argument("--model", default=default,
-                         help=f"registered model name (default: mlflow.registered_model of ./params.yaml, {default})")
-    promote.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or mlruns/mlflow.db")
-    args = parser.parse_args(argv)
+    for command in (promote, history):
+        command.add_argument("--model", default=default, help=f"registered model name (default: "
+                             f"mlflow.registered_model of ./params.yaml, {default})")
+        command.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or mlruns/mlflow.db")
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.model.registry promote VERSION --reason TEXT` or `... history [--at TIME] [--json]`."""
+    args = build_parser().parse_args(argv)
     from pipeline.core.tracking import disable_telemetry, tracking_uri
-    from pipeline.serve.api import ModelLoadError, load_model
 
     disable_telemetry()
     store = args.tracking_uri or tracking_uri()
+    if args.command == "history":
+        return history_command(args, store)
+    from pipeline.serve.api import ModelLoadError, load_model
+
     uri = f"models:/{args.model}/{args.version}"
     try:
         load_model(uri, tracking_uri=store)  # refuse a version whose artifacts do not load
@@ -476,9 +518,49 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
-    previous = promote_version(client, args.model, args.version, args.reason, getpass.getuser())
+    with registry_lock(store, args.model):  # one alias move at a time, so the history's moves chain
+        previous = promote_version(client, args.model, args.version, args.reason, user_name())
     print(f"promote: {args.model} version {args.version} is champion (was {previous}); reason recorded",
           file=sys.stderr)
+    return 0
+
+
+def history_command(args: argparse.Namespace, store: str) -> int:
+    """Print the alias history (or who held each alias at --at); 1 when the store or the model cannot be read."""
+    from pipeline.model.alias_history import history_lines, holder_at, parse_time, read_history, unrecorded_holders
+
+    try:
+        times = [] if args.at is None else [(text, parse_time(text)) for text in args.at]
+    except ValueError as exc:
+        print(f"history: error: --at {exc}", file=sys.stderr)
+        return 2
+    from pipeline.serve.api import ModelLoadError, require_tracking_store
+
+    try:  # a missing SQLite store is said so, not created
+        require_tracking_store(f"{args.model} history", store)
+    except ModelLoadError as exc:
+        print(f"history: error: {exc}", file=sys.stderr)
+        return 1
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    try:
+        history = read_history(client, args.model)
+        aliases = client.get_registered_model(args.model).aliases or {}
+    except MlflowException as exc:
+        print(f"history: error: {args.model} in {store}: {first_line(exc)}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([move.as_json() for move in history], indent=2))
+    elif not times:
+        print("\n".join(history_lines(history)) or f"no alias of {args.model} has moved through the pipeline yet")
+    for text, when in times:
+        for alias in sorted({move.alias for move in history}) or [CHAMPION]:
+            holder = holder_at(history, alias, when)
+            print(f"{alias} at {text}: " + (f"version {holder}" if holder is not None else "no version"))
+    for note in unrecorded_holders(history, aliases):
+        print(f"history: note: {note}", file=sys.stderr)
     return 0
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.records.image_file import ImageError, read_image_bytes
+from pipeline.records.image_file import MAX_FILE_BYTES, ImageError, check_film_bytes, read_image_bytes
 from pipeline.records.imaging import (
     MAX_ASPECT,
     MIN_SIDE,
@@ -90,8 +90,15 @@ def check_not_blank(gray: np.ndarray, name: str, min_grey_range: int = MIN_GREY_
 def read_checked_film(path: Path | str, checks: FilmChecks = DEFAULT_CHECKS) -> tuple[np.ndarray, dict | None]:
     """A film's 2-D uint8 grey image and its DICOM patient fields (None for PNG/JPEG),
     after every check of the module docstring; ImageError naming the file otherwise."""
-    name = str(path)
-    data = read_image_bytes(path)
+    return checked_film(read_image_bytes(path), str(path), checks)
+
+
+def checked_film(data: bytes, name: str, checks: FilmChecks = DEFAULT_CHECKS,
+                 max_bytes: int = MAX_FILE_BYTES) -> tuple[np.ndarray, dict | None]:
+    """read_checked_film for a film's bytes however they arrived (a file, a
+    request to the model server): the same checks, in the same order, and
+    ImageError naming the film as `name`."""
+    check_film_bytes(data, name, max_bytes)
     width, height = image_dimensions(data, name)
     check_film_shape(width, height, name, checks.min_side, checks.max_aspect)
     patient = None

@@ -78,6 +78,27 @@ def not_an_image(name: str) -> ImageError:
                       f"signatures)")
 
 
+def empty_file(name: str) -> ImageError:
+    return ImageError(f"{name}: empty file (0 bytes)")
+
+
+def over_byte_limit(name: str, size: int, max_bytes: int) -> ImageError:
+    return ImageError(f"{name}: {size} bytes is over the limit of {max_bytes} for one film "
+                      f"(no film within {MAX_PIXELS} pixels is this large)")
+
+
+def check_film_bytes(data: bytes, name: str, max_bytes: int = MAX_FILE_BYTES) -> None:
+    """The checks read_image_bytes makes of a file, made of bytes that arrived
+    another way (a film posted to the model server): not empty, a PNG, JPEG or
+    DICOM signature, at most max_bytes; ImageError naming the film otherwise."""
+    if not data:
+        raise empty_file(name)
+    if signature_format(bytes(data[:SIGNATURE_BYTES]), name) is None:
+        raise not_an_image(name)
+    if len(data) > max_bytes:
+        raise over_byte_limit(name, len(data), max_bytes)
+
+
 def read_image_bytes(path: Path | str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     """A film's bytes, read as the module docstring says; ImageError naming the file otherwise."""
     path = Path(path)
@@ -93,13 +114,12 @@ def read_image_bytes(path: Path | str, max_bytes: int = MAX_FILE_BYTES) -> bytes
             info = os.fstat(descriptor)
             refuse_non_regular(info, name)
             if info.st_size == 0:
-                raise ImageError(f"{name}: empty file (0 bytes)")
+                raise empty_file(name)
             head = handle.read(SIGNATURE_BYTES)
             if signature_format(head, name) is None:
                 raise not_an_image(name)
             if info.st_size > max_bytes:
-                raise ImageError(f"{name}: {info.st_size} bytes is over the limit of {max_bytes} for one film "
-                                 f"(no film within {MAX_PIXELS} pixels is this large)")
+                raise over_byte_limit(name, info.st_size, max_bytes)
             chunks = [head]
             total = len(head)
             while chunk := handle.read(READ_CHUNK_BYTES):

@@ -4,9 +4,10 @@ class a model is registered as. Serving imports nothing from the model
 package; the model package imports only this module of serving."""
 from __future__ import annotations
 
+from pipeline.serve.model_store import require_tracking_store
 from pipeline.serve.predict import ModelLoadError, XrayModel, load_model
 
-__all__ = ["ModelLoadError", "XrayModel", "load_model", "pyfunc_model"]
+__all__ = ["ModelLoadError", "XrayModel", "load_model", "pyfunc_model", "require_tracking_store"]
 
 
 def pyfunc_model():

@@ -4,6 +4,7 @@
                 [--min-side PX] [--max-aspect RATIO] [--allow-lateral]
                 [--age YEARS --sex M|F --view PA|AP | --metadata CSV]
     cxr evaluate ROOT --labels CSV [--model URI] [--out DIR]   (pipeline.serve.external)
+    cxr serve [--model URI] [--port 5001] [--host 127.0.0.1]    (pipeline.serve.server)
 
 IMAGE is a PNG, JPEG or DICOM file. A film is refused, with the reason,
 before it is decoded when its shorter side is below --min-side, its aspect
@@ -42,8 +43,9 @@ from pipeline.core.floors import MIN_POSITIVES
 from pipeline.core.labels import SEXES, VIEWS
 from pipeline.core.patient import PatientMetadataError, encode_patient
 from pipeline.core.tracking import DEFAULT_TIMEOUT_S, DEFAULT_TRACKING_URI, HTTP_MAX_RETRIES, disable_telemetry
-from pipeline.records.imaging import MAX_ASPECT, MIN_SIDE, ImageError
-from pipeline.serve.film_errors import error_reason
+from pipeline.records.imaging import MAX_ASPECT, MIN_SIDE
+from pipeline.serve.film_scores import FilmScore, score_films
+from pipeline.serve.films import header_patient
 
 if TYPE_CHECKING:  # the real import loads TensorFlow, so it waits until after argument parsing
     from pipeline.serve.predict import Film, XrayModel
@@ -52,24 +54,23 @@ DEFAULT_MODEL = f"models:/{project_registered_model()}@champion"  # mlflow.regis
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # The film-shape limits are the preprocess stage's params, which imaging's messages
 # name; on the command line the same limits are these options.
-NO_PATIENT_METADATA = ("no age, sex or view for a PNG/JPEG (a DICOM carries them in its header): "
-                       "give --age, --sex and --view, or --metadata CSV")
+CLI_PATIENT_REMEDY = "give --age, --sex and --view, or --metadata CSV"
+NO_PATIENT_METADATA = f"no age, sex or view for a PNG/JPEG (a DICOM carries them in its header): {CLI_PATIENT_REMEDY}"
 
 
 @dataclass
-class ImageResult:
-    """One input image's outcome: probabilities and positive findings, or an error."""
+class ImageResult(FilmScore):
+    """One input image's outcome (FilmScore), its overlays, and how the command prints it."""
 
-    image: str
-    overlay_stem: str
-    probabilities: dict[str, float] = field(default_factory=dict)
-    findings: list[str] = field(default_factory=list)
+    overlay_stem: str = ""
     gradcam: dict[str, str] = field(default_factory=dict)
-    error: str | None = None  # the reason only: the file is `image`
-    metadata: np.ndarray | None = None  # encoded (pipeline.core.patient), for a model that takes it
+
+    @property
+    def image(self) -> str:
+        return self.name
 
     def fail(self, reason: str) -> None:
-        self.error = reason
+        super().fail(reason)
         print(f"cxr: error: {self.image}: {reason}", file=sys.stderr, flush=True)
 
     def as_json(self, with_gradcam: bool, model: dict) -> dict:
@@ -202,7 +203,44 @@ def build_parser() -> argparse.ArgumentParser:
     add_film_checks(predict)
     add_patient_options(predict)
     add_evaluate_command(commands)
+    add_serve_command(commands)
     return parser
+
+
+def add_serve_command(commands) -> None:
+    from pipeline.serve.server import DEFAULT_HOST, DEFAULT_PORT
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve a registered version with MLflow's model server (raw films in, one answer per film)",
+        description="Resolve --model to its version and run `mlflow models serve` for it in this environment. "
+                    "POST films to /invocations as base64 in dataframe_split JSON (docs/predict.md#model-server).",
+    )
+    serve.add_argument("--model", default=DEFAULT_MODEL, metavar="URI",
+                       help=f"models:/name@alias, models:/name/version or runs:/run_id/model (default {DEFAULT_MODEL})")
+    serve.add_argument("--tracking-uri", metavar="URI",
+                       help=f"MLflow tracking store (default $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})")
+    serve.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
+                       help="the most one call to a tracking server may wait while the model is resolved")
+    serve.add_argument("--host", default=DEFAULT_HOST,
+                       help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
+    serve.add_argument("--port", type=positive_int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    serve.add_argument("--workers", type=positive_int, default=1,
+                       help="server processes, each with its own copy of the model (default 1)")
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """`cxr serve`: 1 when the model or its store cannot be resolved; else it becomes the server."""
+    from pipeline.core.tracking import tracking_uri
+    from pipeline.serve.predict import ModelLoadError
+    from pipeline.serve.server import serve
+
+    try:
+        serve(args.model, args.tracking_uri or tracking_uri(), args.host, args.port, args.workers, args.timeout)
+    except ModelLoadError as exc:
+        print(f"cxr: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def add_patient_options(predict: argparse.ArgumentParser) -> None:
@@ -275,19 +313,10 @@ class PatientSource:
         if self.table is not None and name in self.table:
             return self.table[name]
         if film.patient is not None:
-            return dicom_patient(film.patient)
+            return header_patient(film.patient, CLI_PATIENT_REMEDY)
         if self.table is not None:
             raise PatientMetadataError(f"no row for {name} in {self.table_path}")
         raise PatientMetadataError(NO_PATIENT_METADATA)
-
-
-def dicom_patient(patient: dict) -> dict:
-    """A DICOM header's patient fields, or which tags it lacks (a missing age is imputed, sex and view are not)."""
-    missing = [tag for key, tag in (("sex", "PatientSex"), ("view", "ViewPosition")) if not patient.get(key)]
-    if missing:
-        raise PatientMetadataError(f"the DICOM header has no {' or '.join(missing)}: give --age, --sex and --view, "
-                                   "or --metadata CSV")
-    return patient
 
 
 def patient_source(args: argparse.Namespace) -> PatientSource:
@@ -330,38 +359,18 @@ def overlay_stems(images: list[str]) -> list[str]:
     return stems
 
 
-def read_result(model: XrayModel, result: ImageResult, patients: PatientSource | None) -> np.ndarray | None:
-    """The image's preprocessed pixels (and result.metadata when `patients`), or None after
-    recording why it cannot be predicted. Any failure stays this image's: the batch goes on."""
-    try:
-        film = model.read(result.image)
-        if patients is not None:
-            result.metadata = encode_patient(**patients.for_film(result.image, film))
-        return film.pixels
-    except (ImageError, PatientMetadataError) as exc:
-        result.fail(error_reason(exc, result.image))
-    except Exception as exc:  # noqa: BLE001 - a decoder bug on one hostile file must not sink the other images
-        result.fail(f"cannot read: {type(exc).__name__}: {exc}")
-    return None
-
-
 def predict_batch(
     model: XrayModel, results: list[ImageResult], gradcam_dir: Path | None, batch_size: int,
     patients: PatientSource | None = None,
 ) -> None:
-    """Fill in `results`: one model call for the batch's readable images (and
-    their metadata, when `patients` is given)."""
-    loaded = [(result, pixels) for result in results
-              if (pixels := read_result(model, result, patients)) is not None]
-    if not loaded:
-        return
-    images = np.stack([image for _, image in loaded])
-    encoded = np.stack([result.metadata for result, _ in loaded]) if patients is not None else None
-    for (result, _), probabilities in zip(loaded, model.predict(images, encoded, batch_size=batch_size)):
-        result.probabilities = {f: float(p) for f, p in zip(model.findings, probabilities)}
-        result.findings = model.positive_findings(probabilities)
-    if gradcam_dir is not None:
-        write_overlays(model, [result for result, _ in loaded], images, gradcam_dir, batch_size)
+    """Fill in `results` (pipeline.serve.film_scores: one model call for the
+    batch's readable images, and their metadata when `patients` is given)."""
+    readers = [lambda result=result: model.read(result.image) for result in results]
+    patient_of = None if patients is None else (
+        lambda i: lambda film: patients.for_film(results[i].image, film))
+    scored, images = score_films(model, results, readers, patient_of, batch_size)
+    if gradcam_dir is not None and scored:
+        write_overlays(model, scored, images, gradcam_dir, batch_size)
 
 
 def label_overlay(picture: np.ndarray, caption: str) -> np.ndarray:
@@ -471,7 +480,8 @@ def predict_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if not args.json:
         print(f"model: {model.identity()}", flush=True)
-    results = [ImageResult(image, stem) for image, stem in zip(args.images, overlay_stems(args.images))]
+    stems = overlay_stems(args.images)
+    results = [ImageResult(image, overlay_stem=stem) for image, stem in zip(args.images, stems)]
     try:
         for start in range(0, len(results), args.batch_size):
             batch = results[start : start + args.batch_size]
@@ -521,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "evaluate":
             quiet_environment()
             return evaluate_command(args)
+        if args.command == "serve":
+            quiet_environment()
+            return serve_command(args)
         return predict_command(args)
     except Exception as exc:
         from pipeline.core.faults import system_fault_line

@@ -1,7 +1,7 @@
 """A film for serving: read and checked exactly as training's are
-(pipeline.records.film), preprocessed to the model's input, with what its
-DICOM header says about the patient; and patient metadata for a batch, from
-arguments or a CSV (NIH's Data_Entry_2017.csv or the manifest)."""
+(pipeline.records.film), from a file or from bytes posted to the model
+server, preprocessed to the model's input, with what its DICOM header says
+about the patient; and patient metadata for a batch."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.labels import FINDINGS, NUM_FINDINGS
-from pipeline.core.patient import encode_patient_input
-from pipeline.records.film import DEFAULT_CHECKS, FilmChecks, read_checked_film
+from pipeline.core.patient import PatientMetadataError, encode_patient_input
+from pipeline.records.film import DEFAULT_CHECKS, FilmChecks, checked_film, read_checked_film
+from pipeline.records.image_file import MAX_FILE_BYTES
 from pipeline.records.imaging import resize_square
 
 DEFAULT_FIT = "crop"
@@ -30,8 +31,27 @@ def read_film(path: Path | str, image_size: int, fit: str = DEFAULT_FIT, checks:
     """A PNG, JPEG or DICOM file -> Film, after the checks training's films pass
     (pipeline.records.film.read_checked_film: ImageError naming the file); the
     pixels are training's convention (load_xray)."""
-    gray, patient = read_checked_film(path, checks)
+    return preprocessed(*read_checked_film(path, checks), image_size, fit)
+
+
+def film_from_bytes(data: bytes, name: str, image_size: int, fit: str = DEFAULT_FIT,
+                    checks: FilmChecks = DEFAULT_CHECKS, max_bytes: int = MAX_FILE_BYTES) -> Film:
+    """read_film for a film's bytes (a request to the model server): the same
+    checks and preprocessing, errors naming the film as `name`."""
+    return preprocessed(*checked_film(data, name, checks, max_bytes), image_size, fit)
+
+
+def preprocessed(gray: np.ndarray, patient: dict | None, image_size: int, fit: str) -> Film:
     return Film(resize_square(gray, image_size, fit).astype(np.float32)[..., None], patient)
+
+
+def header_patient(patient: dict, remedy: str) -> dict:
+    """A DICOM header's patient fields, or PatientMetadataError naming the tags
+    it lacks and `remedy` (a missing age is imputed; sex and view are not)."""
+    missing = [tag for key, tag in (("sex", "PatientSex"), ("view", "ViewPosition")) if not patient.get(key)]
+    if missing:
+        raise PatientMetadataError(f"the DICOM header has no {' or '.join(missing)}: {remedy}")
+    return patient
 
 
 def preprocess_xray(
@@ -61,34 +81,6 @@ def image_batch(images: np.ndarray, image_size: int) -> tuple[np.ndarray, bool]:
 def patient_batch(metadata, count: int) -> np.ndarray | None:
     """None, or metadata in any form encode_patient_input takes -> float32 (count, 3)."""
     return None if metadata is None else encode_patient_input(metadata, count)
-
-
-def read_patient_metadata(path: Path | str) -> dict[str, dict]:
-    """{image file name: {"age", "sex", "view"}} from NIH's Data_Entry_2017.csv
-    (or the Kaggle sample's CSV) or any CSV with columns image_id, age, sex and
-    view, such as the ingest stage's manifest.csv."""
-    import pandas as pd
-
-    from pipeline.data.csv_file import encoding_message
-    from pipeline.data.nih import REQUIRED_COLUMNS, DataEntryError, read_data_entry
-
-    path = Path(path)
-    try:
-        header = pd.read_csv(path, nrows=0).columns
-        if REQUIRED_COLUMNS[0] in header:
-            frame = read_data_entry(path)
-        else:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-            missing = [c for c in ("image_id", "age", "sex", "view") if c not in frame.columns]
-            if missing:
-                raise ValueError(f"{path}: no column {', '.join(missing)} (expected NIH's Data_Entry_2017.csv "
-                                 f"or columns image_id, age, sex, view)")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"cannot read patient metadata: {encoding_message(path)}") from exc
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, DataEntryError) as exc:
-        raise ValueError(f"{path}: cannot read patient metadata: {exc}") from exc
-    return {str(row.image_id): {"age": row.age, "sex": row.sex, "view": row.view}
-            for row in frame.itertuples(index=False)}
 
 
 def finding_index(finding: str | int) -> int:

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.core.labels import FINDINGS
-from pipeline.core.model_io import image_size_of
 from pipeline.core.store_lock import LEASE_SUFFIX, StoreError, check_sqlite_file, sqlite_path
 from pipeline.core.tracking import (
     ENV_REMEDY,
@@ -23,8 +21,7 @@ from pipeline.core.tracking import (
     disable_telemetry,
     redacted,
 )
-from pipeline.serve.films import DEFAULT_FIT
-from pipeline.serve.xray_model import ModelLoadError, ModelStoreError, XrayModel, read_thresholds
+from pipeline.serve.xray_model import ModelLoadError, ModelStoreError, XrayModel, model_from_registry_metadata
 
 if TYPE_CHECKING:
     import keras
@@ -196,31 +193,3 @@ def registered_keras_model(uri: str, local: Path, flavors: dict) -> keras.Model:
 
         return mlflow.keras.load_model(str(local), load_model_kwargs={"compile": False})
     raise ModelLoadError(f"{uri}: neither a chestxray pyfunc nor a Keras model (flavours: {', '.join(flavors)})")
-
-
-def model_from_registry_metadata(uri: str, keras_model: keras.Model, metadata: dict) -> XrayModel:
-    """Check a registered model's model card against this code's conventions."""
-    missing = [key for key in ("findings", "thresholds", "preprocessing") if key not in metadata]
-    if missing:
-        raise ModelLoadError(
-            f"{uri}: model metadata lacks {', '.join(missing)} (not registered by the evaluate stage?)"
-        )
-    if list(metadata["findings"]) != list(FINDINGS):
-        raise ModelLoadError(
-            f"{uri}: the model's findings {metadata['findings']} differ from "
-            f"pipeline.core.labels.FINDINGS {list(FINDINGS)}"
-        )
-    image_size = int(metadata["preprocessing"]["image_size"])
-    if image_size_of(keras_model) != image_size:
-        raise ModelLoadError(
-            f"{uri}: metadata says image size {image_size}, the model takes {image_size_of(keras_model)}"
-        )
-    return XrayModel(
-        keras_model,
-        thresholds=read_thresholds(metadata["thresholds"], f"{uri} metadata"),
-        image_size=image_size,
-        fit=metadata["preprocessing"].get("fit", DEFAULT_FIT),
-        source=uri,
-        thresholds_source=f"{uri} metadata",
-        recalibration=metadata.get("recalibration"),
-    )

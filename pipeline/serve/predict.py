@@ -42,9 +42,9 @@ from pipeline.serve.films import (  # noqa: F401 - re-exported: the prediction A
     patient_batch,
     preprocess_xray,
     read_film,
-    read_patient_metadata,
 )
 from pipeline.serve.model_store import MLFLOW_SCHEMES, MLFLOW_URI_FORMS, load_mlflow_model
+from pipeline.serve.patient_csv import read_patient_metadata  # noqa: F401 - re-exported
 from pipeline.serve.xray_model import (  # noqa: F401 - re-exported
     DEFAULT_THRESHOLD,
     ModelLoadError,

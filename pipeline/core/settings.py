@@ -170,10 +170,20 @@ class SplitSettings:
 
 
 @dataclass(frozen=True)
+class SecondSiteSettings:
+    share: float = param(number(0, 1), "0 = off")
+    exposure: float = param(number(0, low_open=True), "a gain on the grey levels; 1 = the first site's")
+    noise: float = param(number(0), "times the first site's quantum noise")
+    collimation: float = param(number(0, 0.25), "a fraction of each side")
+    marker: bool = param(flag)
+
+
+@dataclass(frozen=True)
 class PhantomSettings:
     n_images: int = param(whole(1))
     image_size: int = param(whole(64))
     subgroup_gap: float = param(number(0, 1, high_open=True))
+    second_site: SecondSiteSettings
 
 
 @dataclass(frozen=True)

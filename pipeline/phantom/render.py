@@ -15,8 +15,18 @@ films outside the slice (or without findings) come out byte-identical; in a
 slice film the boxes may move a little where a faded structural sign
 reshapes the lungs that findings are placed in. 0 (the default) takes
 exactly the code path there was before the gap existed.
+
+Second site (ingest.phantom.second_site): a film rendered with a SiteLook
+other than FIRST_SITE is exposed as another hospital's detector would show
+it: a different exposure (gain on the grey levels), more quantum noise, a
+collimator leaving each side's margin unexposed (white), and an "R" marker
+burned into a corner. Anatomy, findings, labels and boxes are the first
+site's; only the exposure differs, so a monitor has a known drift to find.
+FIRST_SITE takes exactly the code path there was before sites existed.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -35,6 +45,21 @@ WORK_RES_MAX = 512
 FINDING_GAIN = 1.6
 
 Box = tuple[str, float, float, float, float]  # finding, x, y, w, h in film pixels
+# The grey level of a collimated (unexposed) margin: near white, as on a detector.
+COLLIMATED_GREY = 235
+
+
+@dataclass(frozen=True)
+class SiteLook:
+    """How a site's detector shows a film (see the module docstring)."""
+
+    exposure: float = 1.0  # gain on the grey levels
+    noise: float = 1.0  # quantum noise, times the first site's
+    collimation: float = 0.0  # fraction of each side left unexposed
+    marker: bool = False  # a burned-in "R" in the top-left corner
+
+
+FIRST_SITE = SiteLook()
 
 
 def check_subgroup_gap(subgroup_gap: float) -> float:
@@ -44,10 +69,11 @@ def check_subgroup_gap(subgroup_gap: float) -> float:
     return gap
 
 
-def render_film(record: FilmRecord, seed: int, image_size: int,
-                subgroup_gap: float = 0.0) -> tuple[np.ndarray, list[Box]]:
+def render_film(record: FilmRecord, seed: int, image_size: int, subgroup_gap: float = 0.0,
+                site: SiteLook = FIRST_SITE) -> tuple[np.ndarray, list[Box]]:
     """The 8-bit film and its boxes (finding, x, y, w, h) in film pixels.
-    subgroup_gap fades the findings of films in plan.in_subgroup's slice (see above)."""
+    subgroup_gap fades the findings of films in plan.in_subgroup's slice;
+    `site` is the detector that shows it (see above)."""
     gap = check_subgroup_gap(subgroup_gap)
     fade = gap if gap and record.findings and in_subgroup(record) else 0.0
     patient_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2, record.patient_id)))
@@ -69,7 +95,8 @@ def render_film(record: FilmRecord, seed: int, image_size: int,
     for finding, finding_map in maps.items():
         x0, y0, x1, y1 = mask_box(finding_map, BOX_THRESHOLD[finding])
         boxes.append((finding, x0 * scale, y0 * scale, (x1 - x0) * scale, (y1 - y0) * scale))
-    return expose(film, density, image_size), boxes
+    pixels = expose(film, density, image_size, site)
+    return (pixels if site == FIRST_SITE else site_marks(pixels, site)), boxes
 
 
 def fade_hidden_markings(film: Film, vessel_keep: np.ndarray, bone_keep: np.ndarray, fade: float) -> None:
@@ -91,17 +118,33 @@ def compose(film: Film, tissue: np.ndarray) -> np.ndarray:
     return density
 
 
-def expose(film: Film, density: np.ndarray, image_size: int) -> np.ndarray:
+def expose(film: Film, density: np.ndarray, image_size: int, site: SiteLook = FIRST_SITE) -> np.ndarray:
     """Density -> detector grey levels: exposure curve, upsampling, quantum noise."""
     anatomy = film.anatomy
     grey = np.clip(F32(anatomy.offset) + F32(anatomy.contrast) * density, F32(0), F32(1)) ** F32(anatomy.gamma)
     grey *= F32(255)
+    if site.exposure != 1.0:
+        grey *= F32(site.exposure)
     if film.res != image_size:
         grey = cv2.resize(grey, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
     noise = film.rng.standard_normal((image_size, image_size), dtype=F32)
-    noise *= F32(anatomy.noise * 255)
+    noise *= F32(anatomy.noise * 255 * site.noise)
     # One saturating, rounding pass straight to 8 bits.
     return cv2.add(grey, noise, dtype=cv2.CV_8U)
+
+
+def site_marks(pixels: np.ndarray, site: SiteLook) -> np.ndarray:
+    """The collimator's unexposed margins and the burned-in marker of a second site."""
+    size = pixels.shape[0]
+    margin = round(site.collimation * size)
+    if margin:
+        for band in (pixels[:margin], pixels[-margin:], pixels[:, :margin], pixels[:, -margin:]):
+            band[...] = np.maximum(band, COLLIMATED_GREY)
+    if site.marker:
+        scale = size / 256
+        cv2.putText(pixels, "R", (margin + round(8 * scale), margin + round(28 * scale)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.9 * scale, 255, max(1, round(2 * scale)), cv2.LINE_AA)
+    return pixels
 
 
 def mask_box(mask: np.ndarray, frac: float) -> tuple[int, int, int, int]:

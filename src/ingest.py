@@ -16,6 +16,7 @@ def main(settings: Settings) -> None:
     check_source_settings(settings.ingest.source, settings.ingest.root, settings.path("phantom"))
     from pipeline.core.atomic import write_csv_atomic
     from pipeline.core.figures import write_stage_figures
+    from pipeline.data.data_change import change_lines, change_metrics, data_change, previous_manifest
     from pipeline.data.ingest import ingest_notes
     from pipeline.data.readers import ingest_data_root
     from pipeline.data.row_problems import write_rejected_rows
@@ -29,9 +30,12 @@ def main(settings: Settings) -> None:
     write_csv_atomic(manifest, settings.path("manifest"))
     write_csv_atomic(boxes, settings.path("boxes"))
     write_rejected_rows(rejected, rejected_file)
+    # Against the manifest the last ingest wrote (dvc.lock still names it while this stage runs).
+    earlier, source = previous_manifest(Path("dvc.lock"), settings.params["paths"]["manifest"])
+    report["data_change"] = data_change(earlier, manifest, source)
     # Every key here is a column of `dvc metrics show`: patients and unused files are in the report
     # only, rejected rows and missing ages in validate's summary (the stage that decides on them).
-    summary = {"images": report["manifest_rows"]}
+    summary = {"images": report["manifest_rows"], **change_metrics(report["data_change"])}
     write_stage_figures(summary, report, settings.path("metrics") / "ingest.json", report_file)
     without_image = report.get("rows_without_image")
     print(
@@ -40,7 +44,8 @@ def main(settings: Settings) -> None:
         + ("" if without_image is None else f"; {without_image} CSV rows without an image"),
         file=sys.stderr,
     )
-    for line in ingest_notes(report, len(rejected), rejected_file, report_file):
+    for line in [*change_lines(report["data_change"]), *ingest_notes(report, len(rejected), rejected_file,
+                                                                      report_file)]:
         print(f"ingest: {line}", file=sys.stderr)
 
 

@@ -304,6 +304,13 @@ def test_more_data_rescores_the_champion_on_the_new_test_split(repro):
     champion_before = int(client.get_model_version_by_alias("chestxray", "champion").version)
     result = run(["dvc", "exp", "run", "-S", "ingest.phantom.n_images=120", "-S", "train.epochs=1",
                   "-S", "train.backbone=small_cnn", "evaluate"], project)
+    # the ingest stage said what the grown download added, against the manifest of the run before
+    change = json.loads((project / "reports" / "ingest.json").read_text())["data_change"]
+    assert change["totals"] == {"images_added": 30, "images_removed": 0, "patients_added": change["totals"][
+        "patients_added"], "patients_removed": 0} and change["totals"]["patients_added"] > 0, change
+    assert (change["before"]["images"], change["after"]["images"]) == (90, 120)
+    assert json.loads((project / "metrics" / "ingest.json").read_text())["images_added"] == 30
+    assert "ingest: since the last ingest: 30 images added, 0 removed" in result.stderr
     metrics = json.loads((project / "reports" / "evaluate" / "evaluate.json").read_text())
     comparison = metrics["registry"]["comparison"]
     assert comparison is not None, result.stderr

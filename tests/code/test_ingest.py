@@ -385,7 +385,8 @@ def stage_params(tmp_path, **ingest):
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     params["seed"] = 3
     params["ingest"].update({"source": "phantom", "root": "data/ingest/phantom", "require_all_images": False,
-                             "phantom": {"n_images": 6, "image_size": 64, "subgroup_gap": 0},
+                             "phantom": {**params["ingest"]["phantom"], "n_images": 6, "image_size": 64,
+                                         "subgroup_gap": 0},
                              "split": {"method": "random", **RATIOS}, "workers": 1, **ingest})
     return params
 

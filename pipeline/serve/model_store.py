@@ -153,18 +153,14 @@ def load_mlflow_model(uri: str, store: str, timeout_s: float | None = None, reme
     return model
 
 
-def download_model(uri: str, store: str, download_dir: Path) -> tuple[ResolvedModel, Path]:
-    """Resolve the URI and download its files: ModelLoadError when the store has no such model,
-    ModelStoreError (one line naming the store) when the store itself fails."""
-    import mlflow
+@contextlib.contextmanager
+def store_failures(uri: str, store: str):
+    """What fails inside, as one line: ModelLoadError when the store has no such
+    model (alias, version, run), ModelStoreError naming the store when the store itself fails."""
     from mlflow.exceptions import MlflowException
 
     try:
-        client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
-        resolved = resolve_model_uri(client, uri)
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=resolved.location, dst_path=str(download_dir), tracking_uri=store
-        )
+        yield
     except MlflowException as exc:
         if exc.error_code in MODEL_ERROR_CODES:
             raise ModelLoadError(f"{uri}: {exc.message} (tracking store {redacted(store)})") from exc
@@ -174,6 +170,18 @@ def download_model(uri: str, store: str, download_dir: Path) -> tuple[ResolvedMo
         if line is None:
             raise
         raise ModelStoreError(line) from exc
+
+
+def download_model(uri: str, store: str, download_dir: Path) -> tuple[ResolvedModel, Path]:
+    """Resolve the URI and download its files (failures as store_failures says)."""
+    import mlflow
+
+    with store_failures(uri, store):
+        client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+        resolved = resolve_model_uri(client, uri)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=resolved.location, dst_path=str(download_dir), tracking_uri=store
+        )
     return resolved, Path(local)
 
 

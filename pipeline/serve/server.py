@@ -24,31 +24,23 @@ def served_uri(uri: str, store: str, timeout_s: float | None) -> tuple[str, str 
     """The models:/name/version a models:/ alias URI resolves to (other URIs as
     they are), and the version; ModelLoadError or ModelStoreError in one line."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     from pipeline.serve.model_store import (
         MLFLOW_SCHEMES,
-        MODEL_ERROR_CODES,
+        registered_name,
         require_tracking_store,
         resolve_model_uri,
-        store_failure_line,
+        store_failures,
     )
-    from pipeline.serve.xray_model import ModelLoadError, ModelStoreError
 
     if not uri.startswith(MLFLOW_SCHEMES):
         return uri, None  # a local model folder
     require_tracking_store(uri, store, timeout_s)
-    try:
-        client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
-        resolved = resolve_model_uri(client, uri)
-    except MlflowException as exc:
-        if exc.error_code in MODEL_ERROR_CODES:
-            raise ModelLoadError(f"{uri}: {exc.message}") from exc
-        raise ModelStoreError(store_failure_line(store, exc) or str(exc)) from exc
+    with store_failures(uri, store):
+        resolved = resolve_model_uri(mlflow.MlflowClient(tracking_uri=store, registry_uri=store), uri)
     if resolved.version is None:
         return uri, None
-    name = uri.removeprefix("models:/").split("@")[0].split("/")[0]
-    return f"models:/{name}/{resolved.version}", resolved.version
+    return f"models:/{registered_name(uri)}/{resolved.version}", resolved.version
 
 
 def takes_films(uri: str, store: str) -> bool:

@@ -18,7 +18,7 @@ def main(settings: Settings) -> None:
     metrics = evaluate_model(
         settings.path("model"), settings.path("tfrecords"), settings.path("evaluate_reports"),
         settings.path("evaluate_plots"), settings.path("mlflow_run"), settings.evaluate, settings.mlflow, training,
-        seed=settings.seed,
+        seed=settings.seed, manifest_file=settings.path("validated_manifest"),
     )
     write_stage_figures(evaluation_summary(metrics), metrics, settings.path("metrics") / "evaluate.json",
                         settings.path("evaluate_reports") / REPORT_FILE)

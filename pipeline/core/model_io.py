@@ -12,6 +12,9 @@ from pipeline.core.patient import IMAGE_INPUT, PATIENT_INPUT
 
 # The name of the registered pyfunc's .keras artifact (pipeline.serve.pyfunc).
 KERAS_ARTIFACT = "keras_model"
+# The name of its reference profile artifact (pipeline.monitor.reference): the
+# test films it was measured on, profiled, for `cxr monitor`.
+REFERENCE_ARTIFACT = "reference_profile"
 # Written beside a registered pyfunc's MLmodel once its version exists
 # (pipeline.model.registry): {"name", "version"}, which a model cannot know
 # when it is logged; its server names the version in every answer.

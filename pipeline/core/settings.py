@@ -278,6 +278,7 @@ class EvaluateSettings:
     calibration_bins: int = param(whole(2))
     promotion: PromotionSettings
     serving: ServingSettings
+    reference_films: int = param(whole(0), "test films profiled for `cxr monitor`; 0 = none")
     batch_size: int = param(whole(1))
 
 

@@ -48,6 +48,12 @@ def previous_manifest(lock_file: Path, manifest_path: str, cache: Path = DVC_CAC
         return None, f"the earlier manifest ({md5}) cannot be read: {exc}"
 
 
+def added_images(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, list[str]]:
+    """Per split, the image ids new to it, sorted (what `make retrain` monitors, its pull request names)."""
+    return {split: sorted(set(after.loc[after["split"] == split, "image_id"])
+                          - set(before.loc[before["split"] == split, "image_id"])) for split in SPLITS}
+
+
 def split_changes(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, dict[str, int]]:
     """Per split, images and patients added and removed."""
     changes = {}
@@ -77,7 +83,7 @@ def profile(manifest: pd.DataFrame) -> dict:
 
 
 def data_change(before: pd.DataFrame | None, after: pd.DataFrame, source: str) -> dict:
-    """The report: {"compared_with", "splits", "before", "after", "totals"}; without
+    """The report: {"compared_with", "splits", "before", "after", "totals", "added"}; without
     `before`, "compared_with" is None and "reason" says why (`source`)."""
     if before is None:
         return {"compared_with": None, "reason": source, "after": profile(after)}
@@ -85,7 +91,7 @@ def data_change(before: pd.DataFrame | None, after: pd.DataFrame, source: str) -
     totals = {key: sum(split[key] for split in splits.values())
               for key in ("images_added", "images_removed", "patients_added", "patients_removed")}
     return {"compared_with": source, "splits": splits, "totals": totals, "before": profile(before),
-            "after": profile(after)}
+            "after": profile(after), "added": added_images(before, after)}
 
 
 def change_metrics(report: dict) -> dict:

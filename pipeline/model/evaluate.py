@@ -19,7 +19,7 @@ from pipeline.core.metrics import (
     manifest_hash,
     predictions_table,
 )
-from pipeline.core.model_io import load_keras_model, uses_patient_metadata
+from pipeline.core.model_io import REFERENCE_ARTIFACT, load_keras_model, uses_patient_metadata
 from pipeline.core.patient import PATIENT_ENCODING
 from pipeline.core.settings import EvaluateSettings, MlflowSettings
 from pipeline.core.tracking import configure_mlflow, data_hash, git_commit, log_table, metric_name, resume_run
@@ -37,7 +37,9 @@ from pipeline.model.model_card import CARD_FILE, model_card_html
 from pipeline.model.registry import register_decided, registry_model_metadata
 from pipeline.model.scoring import predict_split
 from pipeline.model.subgroups import subgroup_mlflow_metrics, subgroup_report, subgroup_table
+from pipeline.monitor.reference import REFERENCE_FILE, write_reference
 from pipeline.records.dataset import read_shard_index
+from pipeline.serve.api import XrayModel
 
 # Figures logged to MLflow once per finding, as <prefix>_<finding>: the AUC
 # and the threshold, which runs are sorted and compared on. The rest of each
@@ -232,10 +234,13 @@ def model_description(model: keras.Model, tfrecord_dir: Path, training: dict, te
 def evaluate_model(
     model_file: Path, tfrecord_dir: Path, reports_dir: Path, plots_dir: Path, run_file: Path,
     settings: EvaluateSettings, mlflow_settings: MlflowSettings, training: dict, seed: int,
+    manifest_file: Path | None = None,
 ) -> dict:
     """The evaluate stage. `settings` is params.yaml's evaluate section,
     `mlflow_settings` its mlflow section, `training` the params the model
     was trained with ({"backbone", "image_size", "fit", "params": {...}}).
+    With `manifest_file` (the validated manifest: where the test films are),
+    the test films' reference profile is registered with the version.
     Writes reports_dir (test_predictions.csv, thresholds.json, model card)
     and replaces plots_dir whole (the curves `dvc plots` draws); returns the
     metrics, with the registry's decision."""
@@ -244,6 +249,14 @@ def evaluate_model(
     write_evaluation_files(evaluation, reports_dir, plots_dir)
     metrics = evaluation.metrics
     summary, preprocessing = model_description(model, tfrecord_dir, training, metrics["test_manifest"])
+    artifacts = {}
+    if manifest_file is not None and settings.reference_films > 0:
+        reference = test_reference_profile(model, evaluation, preprocessing, manifest_file, settings, seed,
+                                           training.get("data_source"))
+        artifacts[REFERENCE_ARTIFACT] = reports_dir / REFERENCE_FILE
+        write_reference(reference, artifacts[REFERENCE_ARTIFACT])
+        metrics["reference_profile"] = {"films": reference["films"], "split": reference["split"],
+                                        "not_profiled": len(reference["not_profiled"])}
     name = mlflow_settings.registered_model
     mlflow = configure_mlflow(mlflow_settings.experiment, mlflow_settings.timeout_s)
 
@@ -260,7 +273,7 @@ def evaluate_model(
                                     evaluation.recalibration, data_source=training.get("data_source"),
                                     serving=dataclasses.asdict(settings.serving)),
             {"data_hash": summary["data_hash"], "git_commit": summary["git_commit"], "backbone": training["backbone"]},
-            decide, params=training["params"], card_artifact=CARD_FILE,
+            decide, params=training["params"], card_artifact=CARD_FILE, artifacts=artifacts,
         )
         decision = registry["decision"]
         if decision["comparison"]:
@@ -275,6 +288,41 @@ def evaluate_model(
                            "rule": registry["rule"], "reasons": registry["reasons"],
                            "comparison": _comparison_record(decision), "subgroup_check": decision.get("subgroups")}
     return metrics
+
+
+def test_reference_profile(model: keras.Model, evaluation: Evaluation, preprocessing: dict, manifest_file: Path,
+                           settings: EvaluateSettings, seed: int, data_source: str | None) -> dict:
+    """The test films (a seeded sample of settings.reference_films when more)
+    profiled from their originals as `cxr monitor` profiles new films
+    (pipeline.monitor.profile), with the served (recalibrated) probabilities.
+    The test split: the films the reported figures were measured on, so that
+    drift from them says those figures may no longer hold."""
+    import numpy as np
+
+    from pipeline.core.progress import Progress
+    from pipeline.data.manifest import read_manifest
+    from pipeline.monitor.profile import profile_films
+    from pipeline.monitor.reference import build_reference
+
+    ids, people = evaluation.scores.ids, evaluation.scores.people
+    chosen = list(range(len(ids)))
+    if len(ids) > settings.reference_films:
+        chosen = sorted(np.random.default_rng(seed).choice(len(ids), settings.reference_films, replace=False))
+    paths = read_manifest(manifest_file).set_index("image_id")["path"]
+    served = XrayModel(model, evaluation.metrics["thresholds"], preprocessing["image_size"], preprocessing["fit"],
+                       recalibration=evaluation.recalibration)
+
+    def patient_of(j: int, _header) -> dict:
+        i = chosen[j]
+        age = people["age"][i]
+        return {"age": None if np.isnan(age) else int(age), "sex": people["sex"][i], "view": people["view"][i],
+                "patient_id": int(people["patient_id"][i])}
+
+    profiles = profile_films(served, [paths[ids[i]] for i in chosen], patient_of, settings.batch_size,
+                             progress=Progress(len(chosen), "evaluate: reference profile", lines=4))
+    return build_reference(profiles, list(FINDINGS), {"split": "test", "films_in_split": len(ids),
+                                                      "sampled": len(chosen) < len(ids), "seed": seed,
+                                                      "data_source": data_source})
 
 
 def log_evaluation(mlflow, metrics: dict, settings: EvaluateSettings, tfrecord_dir: Path, reports_dir: Path,

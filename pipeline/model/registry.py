@@ -200,6 +200,7 @@ def register_model(
     params: dict | None = None,
     redecide: Callable[[], dict] | None = None,
     card_artifact: str | None = None,
+    artifacts: dict[str, Path] | None = None,
 ) -> dict:
     """Log `model` to the active run as a pyfunc with named outputs and a
     signature (pipeline.serve.pyfunc, model_signature), register it as a new
@@ -215,12 +216,13 @@ def register_model(
     again against the new one (compare-and-set, for stores without a lock).
     A promotion retires the previous champion (retire_champion). With
     `card_artifact`, the description links to that artifact of the run (the model card).
+    `artifacts` ({name: file}) travel with the registered model (log_and_register).
 
     Returns {"version", "champion": bool, "rule", "reasons", "compared_with", "decision"}.
     """
     if params is not None:
         mlflow.log_dict(params, "params.json")  # on the run, not a JSON tag
-    version = log_and_register(mlflow, model, registered_name, dict(metadata))
+    version = log_and_register(mlflow, model, registered_name, dict(metadata), artifacts)
     client = mlflow.MlflowClient()
     if redecide is not None:
         decision = current_decision(client, registered_name, decision, redecide)
@@ -274,11 +276,13 @@ def user_name() -> str:
         return f"uid {os.getuid()}"
 
 
-def log_and_register(mlflow, model: keras.Model, registered_name: str, metadata: dict) -> int:
+def log_and_register(mlflow, model: keras.Model, registered_name: str, metadata: dict,
+                     artifacts: dict[str, Path] | None = None) -> int:
     """`model` logged to the active run as a pyfunc (with the Keras file, the
-    serving code and its pinned packages) and registered: the new version's
-    number, also written into the model's artifacts (REGISTRATION_FILE) so
-    that its server names the version in every answer."""
+    serving code and its pinned packages, and `artifacts`: {name: file}, e.g.
+    the reference profile) and registered: the new version's number, also
+    written into the model's artifacts (REGISTRATION_FILE) so that its server
+    names the version in every answer."""
     from pipeline.serve.api import pyfunc_model
 
     # Made before MLflow's event lines are turned off: importing the pyfunc's
@@ -290,12 +294,17 @@ def log_and_register(mlflow, model: keras.Model, registered_name: str, metadata:
         # Logged on the run first, so that the MLmodel's artifact `uri` names the
         # run's copy (runs:/...) rather than this temporary folder.
         mlflow.log_artifact(str(keras_file), KERAS_ARTIFACT)
-        keras_uri = f"runs:/{mlflow.active_run().info.run_id}/{KERAS_ARTIFACT}/{keras_file.name}"
+        run_id = mlflow.active_run().info.run_id
+        keras_uri = f"runs:/{run_id}/{KERAS_ARTIFACT}/{keras_file.name}"
+        pyfunc_artifacts = {KERAS_ARTIFACT: keras_uri}
+        for name, path in (artifacts or {}).items():
+            mlflow.log_artifact(str(path), name)
+            pyfunc_artifacts[name] = f"runs:/{run_id}/{name}/{Path(path).name}"
         with mlflow_event_lines_off():
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=python_model,
-                artifacts={KERAS_ARTIFACT: keras_uri},
+                artifacts=pyfunc_artifacts,
                 code_paths=[str(serving_package(Path(folder)))],
                 registered_model_name=registered_name,
                 pip_requirements=serving_requirements(),
@@ -423,6 +432,7 @@ def register_decided(
     params: dict | None = None,
     timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     card_artifact: str | None = None,
+    artifacts: dict[str, Path] | None = None,
 ) -> dict:
     """The champion decision and the registration as one step, under the
     store's registry lock (pipeline.core.store_lock.registry_lock: a file lock
@@ -442,7 +452,7 @@ def register_decided(
             print(f"registry: {registered_name} version {version} tagged {INCOMPLETE_TAG}: its registration was "
                   "interrupted before its decision", file=sys.stderr)
         registry = register_model(mlflow, model, registered_name, metadata, tags, decide(), params,
-                                  redecide=decide, card_artifact=card_artifact)
+                                  redecide=decide, card_artifact=card_artifact, artifacts=artifacts)
     return {**registry, "interrupted": marked}
 
 

@@ -5,14 +5,25 @@
 dvc.lock was written, says so, and runs `dvc repro`; with nothing changed it
 runs nothing. The evaluate stage then registers the new model under the
 registry's champion / challenger rule.
+
+When the data changed, ingest runs first, and the films it added are
+checked against the current champion's reference profile (`cxr monitor`'s
+test) before the new model can replace that champion. What changed, that
+verdict and the champion decision become reports/retrain/pull_request.md,
+the body of the workflow's pull request (pipeline.model.retrain_report).
 """
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 NOTHING_TO_DO = "retrain: data, params and code unchanged; nothing to do"
+REPORT_DIR = Path("reports") / "retrain"
+BODY_FILE = REPORT_DIR / "pull_request.md"
+DATA_STAGES = ("phantom", "ingest")
 
 
 class RetrainError(RuntimeError):
@@ -59,6 +70,50 @@ def describe(changes: dict) -> list[str]:
     ]
 
 
+def data_changed(changes: dict) -> bool:
+    """Whether ingest will run: its own stage or the phantom changed, or a tracked data set (.dvc)."""
+    return any(name in DATA_STAGES or name.endswith(".dvc") for name in changes)
+
+
+def fresh_json(path: Path, since: float) -> dict | None:
+    """A report written by this run (modified since `since`), else None."""
+    try:
+        return json.loads(path.read_text()) if path.stat().st_mtime >= since else None
+    except (OSError, ValueError):
+        return None
+
+
+def retrain(changes: dict) -> int:
+    """Ingest first when the data changed, the added films monitored against
+    the current champion, then the rest of the pipeline; the pull-request body written."""
+    from pipeline.core.atomic import write_text_atomic
+    from pipeline.core.config import load_params, project_registered_model
+    from pipeline.core.tracking import git_commit
+    from pipeline.model.retrain_report import monitor_added_films, pull_request_body
+
+    params = load_params()
+    paths = {key: Path(value) for key, value in params["paths"].items()}
+    started, change, monitor = time.time(), None, {"skipped": "the data is unchanged"}
+    if data_changed(changes):
+        print("retrain: running dvc repro ingest (the data changed)", flush=True)
+        code = dvc("repro", "ingest").returncode
+        if code:
+            return code
+        change = json.loads(paths["ingest_report"].read_text())["data_change"]
+        monitor = monitor_added_films(change, paths["manifest"], f"models:/{project_registered_model()}@champion",
+                                      REPORT_DIR / "monitor")
+        said = monitor.get("skipped") or f"{monitor['verdict']} (drift score {monitor['drift_score']:.2f})"
+        print(f"retrain: the added films against the champion: {said}", flush=True)
+    print("retrain: running dvc repro", flush=True)
+    code = dvc("repro").returncode
+    evaluation = fresh_json(paths["evaluate_reports"] / "evaluate.json", started)
+    body = pull_request_body(git_commit(), change, params["ingest"]["source"], monitor, evaluation,
+                             REPORT_DIR / "monitor" / "index.html")
+    write_text_atomic(BODY_FILE, body)
+    print(f"retrain: pull-request body: {BODY_FILE}")
+    return code
+
+
 def main() -> int:
     try:
         changes = pipeline_changes()
@@ -69,8 +124,7 @@ def main() -> int:
         print(NOTHING_TO_DO)
         return 0
     print("\n".join(describe(changes)))
-    print("retrain: running dvc repro", flush=True)
-    return dvc("repro").returncode
+    return retrain(changes)
 
 
 if __name__ == "__main__":

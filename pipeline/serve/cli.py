@@ -5,6 +5,7 @@
                 [--age YEARS --sex M|F --view PA|AP | --metadata CSV]
     cxr evaluate ROOT --labels CSV [--model URI] [--out DIR]   (pipeline.serve.external)
     cxr serve [--model URI] [--port 5001] [--host 127.0.0.1]    (pipeline.serve.server)
+    cxr monitor FILES_OR_FOLDER [--model URI] [--out DIR]       (pipeline.serve.monitor_command)
 
 IMAGE is a PNG, JPEG or DICOM file. A film is refused, with the reason,
 before it is decoded when its shorter side is below --min-side, its aspect
@@ -38,19 +39,27 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from pipeline.core.config import project_registered_model
 from pipeline.core.floors import MIN_POSITIVES
 from pipeline.core.labels import SEXES, VIEWS
 from pipeline.core.patient import PatientMetadataError, encode_patient
-from pipeline.core.tracking import DEFAULT_TIMEOUT_S, DEFAULT_TRACKING_URI, HTTP_MAX_RETRIES, disable_telemetry
-from pipeline.records.imaging import MAX_ASPECT, MIN_SIDE
+from pipeline.core.tracking import DEFAULT_TRACKING_URI
+from pipeline.serve.cli_options import (
+    DEFAULT_MODEL,
+    add_film_checks,
+    add_model_options,
+    load_for_command,
+    non_negative_int,
+    positive_int,
+    positive_seconds,
+    quiet_environment,
+)
 from pipeline.serve.film_scores import FilmScore, score_films
 from pipeline.serve.films import header_patient
+from pipeline.serve.monitor_command import add_monitor_command, monitor_command
 
 if TYPE_CHECKING:  # the real import loads TensorFlow, so it waits until after argument parsing
     from pipeline.serve.predict import Film, XrayModel
 
-DEFAULT_MODEL = f"models:/{project_registered_model()}@champion"  # mlflow.registered_model of ./params.yaml
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # The film-shape limits are the preprocess stage's params, which imaging's messages
 # name; on the command line the same limits are these options.
@@ -104,82 +113,6 @@ def model_fields(model: XrayModel) -> dict:
     return {"model": model.source, "model_version": model.version, "model_run_id": model.run_id}
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def positive_seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
-    return value
-
-
-def aspect_limit(text: str) -> float:
-    value = float(text)
-    if not value >= 1.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be at least 1.0 (longer side / shorter side), got {text}")
-    return value
-
-
-def add_model_options(command: argparse.ArgumentParser) -> None:
-    """The options that say which model answers, shared by predict and evaluate."""
-    command.add_argument(
-        "--model", default=DEFAULT_MODEL, metavar="URI",
-        help=f"an MLflow URI (models:/name@alias, models:/name/version, runs:/run_id/model) "
-             f"or a .keras file (default {DEFAULT_MODEL})",
-    )
-    command.add_argument(
-        "--tracking-uri", metavar="URI",
-        help=f"MLflow tracking store for models:/ and runs:/ URIs "
-             f"(default $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})",
-    )
-    command.add_argument(
-        "--timeout", type=positive_seconds, metavar="SECONDS",
-        help=f"the most one call to a tracking server may wait, with {HTTP_MAX_RETRIES} quick retries "
-             f"(default mlflow.timeout_s of ./params.yaml, else {DEFAULT_TIMEOUT_S}; "
-             "MLFLOW_HTTP_REQUEST_TIMEOUT, if set, wins)",
-    )
-    command.add_argument(
-        "--thresholds", metavar="JSON",
-        help="{finding: threshold} file, e.g. reports/evaluate/thresholds.json "
-             "(default: the registered model's; 0.5 for a bare .keras file)",
-    )
-    command.add_argument(
-        "--batch-size", type=positive_int, default=16, metavar="N", help="images per model call (default 16)"
-    )
-
-
-def add_film_checks(command: argparse.ArgumentParser) -> None:
-    checks = command.add_argument_group(
-        "film checks", "made from the file's header, before decoding; a refused film is named with the reason"
-    )
-    checks.add_argument(
-        "--min-side", type=positive_int, default=MIN_SIDE, metavar="PX",
-        help=f"refuse a film whose shorter side has fewer pixels (default {MIN_SIDE})",
-    )
-    checks.add_argument(
-        "--max-aspect", type=aspect_limit, default=MAX_ASPECT, metavar="RATIO",
-        help=f"refuse a film whose longer side / shorter side is beyond this (default {MAX_ASPECT}; "
-             "a chest film is near square)",
-    )
-    checks.add_argument(
-        "--allow-lateral", action="store_true",
-        help="predict DICOMs whose ViewPosition is lateral (LL, RL, LATERAL, LAT) too; "
-             "the model learnt from PA/AP films only",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cxr", description="Chest X-ray findings (NIH ChestX-ray14's 14 labels)."
@@ -204,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_patient_options(predict)
     add_evaluate_command(commands)
     add_serve_command(commands)
+    add_monitor_command(commands)
     return parser
 
 
@@ -338,13 +272,6 @@ def patient_source(args: argparse.Namespace) -> PatientSource:
     return PatientSource(table=read_patient_metadata(args.metadata), table_path=args.metadata)
 
 
-def quiet_environment() -> None:
-    """Before TensorFlow and MLflow load: no telemetry. (Library logs,
-    warnings and progress bars are off from `import pipeline` on, unless
-    PIPELINE_DEBUG=1: pipeline.core.quiet.)"""
-    disable_telemetry()
-
-
 def overlay_stems(images: list[str]) -> list[str]:
     """A distinct file-name stem per image, so that a/x.png and b/x.png do not
     overwrite each other's overlays."""
@@ -409,15 +336,6 @@ def write_overlays(
             if not cv2.imwrite(str(path), label_overlay(overlay_heatmap(images[i], heatmap), caption)):
                 raise OSError(f"{path}: cannot write the Grad-CAM overlay")
             results[i].gradcam[finding] = str(path)
-
-
-def load_for_command(args: argparse.Namespace) -> XrayModel:
-    """The model of --model, with the film checks of the command line (ModelLoadError if it cannot be served)."""
-    from pipeline.serve.predict import FilmChecks, load_model
-
-    model = load_model(args.model, tracking_uri=args.tracking_uri, thresholds=args.thresholds, timeout_s=args.timeout)
-    model.checks = FilmChecks(args.min_side, args.max_aspect, args.allow_lateral)
-    return model
 
 
 def any_dicom(images: list[str]) -> bool:
@@ -534,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             quiet_environment()
             return serve_command(args)
+        if args.command == "monitor":
+            return monitor_command(args)
         return predict_command(args)
     except Exception as exc:
         from pipeline.core.faults import system_fault_line

@@ -5,6 +5,7 @@ run, and the registered model with its metadata loaded as an XrayModel."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import sqlite3
 import tempfile
@@ -148,8 +149,9 @@ def load_mlflow_model(uri: str, store: str, timeout_s: float | None = None, reme
         except MlflowException as exc:
             raise ModelLoadError(f"{uri}: {exc.message}") from exc
         metadata = mlmodel.metadata or {}
+        reference = registered_reference(local, mlmodel.flavors)
     model = model_from_registry_metadata(uri, keras_model, metadata)
-    model.version, model.run_id = resolved.version, resolved.run_id
+    model.version, model.run_id, model.reference = resolved.version, resolved.run_id, reference
     return model
 
 
@@ -201,3 +203,17 @@ def registered_keras_model(uri: str, local: Path, flavors: dict) -> keras.Model:
 
         return mlflow.keras.load_model(str(local), load_model_kwargs={"compile": False})
     raise ModelLoadError(f"{uri}: neither a chestxray pyfunc nor a Keras model (flavours: {', '.join(flavors)})")
+
+
+def registered_reference(local: Path, flavors: dict) -> dict | None:
+    """The reference profile among a downloaded pyfunc's artifacts (None for a
+    version registered without one); its format is pipeline.monitor.reference's to check."""
+    from pipeline.core.model_io import REFERENCE_ARTIFACT
+
+    artifact = flavors.get("python_function", {}).get("artifacts", {}).get(REFERENCE_ARTIFACT)
+    if artifact is None:
+        return None
+    try:
+        return json.loads((local / artifact["path"]).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{local}: cannot read the reference profile: {exc}") from exc

@@ -8,8 +8,9 @@ from pathlib import Path
 
 def read_patient_metadata(path: Path | str) -> dict[str, dict]:
     """{image file name: {"age", "sex", "view"}} from NIH's Data_Entry_2017.csv
-    (or the Kaggle sample's CSV) or any CSV with columns image_id, age, sex and
-    view, such as the ingest stage's manifest.csv."""
+    (or the Kaggle sample's CSV) or any CSV with columns image_id (or path, as
+    the folder source's labels CSV has), age, sex and view, such as the ingest
+    stage's manifest.csv."""
     import pandas as pd
 
     from pipeline.data.csv_file import encoding_message
@@ -22,6 +23,8 @@ def read_patient_metadata(path: Path | str) -> dict[str, dict]:
             frame = read_data_entry(path)
         else:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            if "image_id" not in frame.columns and "path" in frame.columns:  # the folder source's labels CSV
+                frame["image_id"] = [Path(name).name for name in frame["path"]]
             missing = [c for c in ("image_id", "age", "sex", "view") if c not in frame.columns]
             if missing:
                 raise ValueError(f"{path}: no column {', '.join(missing)} (expected NIH's Data_Entry_2017.csv "

@@ -49,6 +49,8 @@ class XrayModel:
     version: str | None = None
     run_id: str | None = None
     checks: FilmChecks = field(default_factory=FilmChecks)
+    # The registered version's reference profile (pipeline.monitor.reference), when it has one.
+    reference: dict | None = None
 
     def read(self, path: Path | str) -> Film:
         """A film checked (self.checks) and preprocessed for this model, with its DICOM patient fields."""

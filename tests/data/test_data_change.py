@@ -35,6 +35,7 @@ def test_changes_are_counted_per_split_and_a_moved_image_counts_in_both():
         "val": {"images_added": 0, "images_removed": 1, "patients_added": 0, "patients_removed": 1},
         "test": {"images_added": 1, "images_removed": 1, "patients_added": 1, "patients_removed": 1},
     }
+    assert report["added"] == {"train": ["e.png", "f.png"], "val": [], "test": ["c.png"]}
     assert change_metrics(report) == {"images_added": 3, "images_removed": 2, "patients_added": 2,
                                       "patients_removed": 2}
     before, after = report["before"], report["after"]

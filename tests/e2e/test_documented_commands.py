@@ -11,7 +11,9 @@ says. The text run is the doc's, with only these changes:
 
 - the clone commits the tiny configuration of the end-to-end tests
   (tests/e2e/project.TINY: small CNN, 64 px, 90 phantom films) as a user
-  commits their own params: the default recipe trains for 20 minutes;
+  commits their own params: the default recipe trains for 20 minutes; its
+  test split is made larger (DOC_SPLIT), so that `cxr monitor` has a
+  reference of more than a handful of films;
 - the doc's example paths and names stand for real files (`substitutions`
   and lay_out_example_files): the NIH download is the shared real NIH
   subset, the films and a ward's labelled films are real NIH films, VERSION
@@ -228,6 +230,21 @@ def scores_the_ward(scenario: Scenario, text: str) -> None:
     assert len(pd.read_csv(out / "predictions.csv")) == len(WARD_FILMS)
 
 
+def monitors_the_ward(scenario: Scenario, text: str) -> None:
+    """`cxr monitor`: real NIH films against the phantom-trained champion's test
+    films drift (exit 1, as documented), named on the verdict line and in
+    reports/monitor/monitor.json, with its page beside it."""
+    result = scenario.shell(substitute(text, scenario))
+    assert result.returncode == 1, f"`{text}` exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    assert result.stdout.startswith("drift: drift score ") and "moved most: " in result.stdout, result.stdout
+    assert "films sees only a large drift" in result.stdout  # the tiny run's test split: a small reference
+    report = json.loads((scenario.clone / "reports" / "monitor" / "monitor.json").read_text())
+    assert report["films"]["profiled"] == len(WARD_FILMS) and report["verdict"] == "drift", report["films"]
+    assert report["model"]["version"] == alias_version(scenario, "champion")
+    assert report["reference"]["data_source"] == "phantom"
+    assert 'id="synthetic"' in (scenario.clone / "reports" / "monitor" / "index.html").read_text()
+
+
 def promotes(scenario: Scenario, text: str) -> None:
     import mlflow
 
@@ -356,6 +373,8 @@ STEPS = (
     Step(r"^dvc exp show ", fits_the_terminal),
     Step(r"^dvc metrics show$", names_the_metrics),
     Step(r"^dvc plots diff ", writes_the_offline_plots),
+    # before the NIH experiment, whose 4 test films are too few a reference
+    Step(r"^cxr monitor ward3/", monitors_the_ward),
     Step(r"^dvc exp run -S ingest\.source=nih", trains_on_the_nih_subset),
     Step(r"^python -m pipeline\.data\.root_check$", checks_the_root),
     Step(r"^make mlflow-ui$", serves_the_ui),
@@ -437,10 +456,12 @@ def film(name: str) -> np.ndarray:
     return cv2.imread(str(NIH_SUBSET / "images_001" / "images" / name), cv2.IMREAD_GRAYSCALE)
 
 
+# TINY's test split holds about 4 films of 2 patients: too few for a monitor's reference (at least 10)
+DOC_SPLIT = {"ingest.split.train": 0.5, "ingest.split.val": 0.15, "ingest.split.test": 0.35}
 WARD_FILMS = range(8, 48)  # rows of nih_rows(48): a ward's 40 labelled films
 EXAMPLE_FILES = ("/.venv", "/chest1.png", "/chest.png", "/chest2.jpg", "/film3.dcm", "/scans/", "/thumb.png",
                  "/Data_Entry_2017.csv", "/films/", "/ward3/", "/overlays/", "/reports/external/",
-                 "/reports/external-v3/")
+                 "/reports/external-v3/", "/reports/monitor/")
 
 
 def lay_out_example_files(folder: Path) -> dict[str, str]:
@@ -478,7 +499,7 @@ def lay_out_example_files(folder: Path) -> dict[str, str]:
 @pytest.mark.slow
 def test_every_documented_command_runs_in_a_fresh_clone(tmp_path):
     require_shared(NIH_SUBSET / "Data_Entry_2017_v2020.csv.gz", "real NIH subset")
-    clone = make_project(tmp_path / "clone", TINY, leave_out=())
+    clone = make_project(tmp_path / "clone", {**TINY, **DOC_SPLIT}, leave_out=())
     (clone / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
     # a user's own files: never in an experiment's commit (DVC commits what git does not ignore)
     (clone / ".git" / "info" / "exclude").write_text("\n".join(EXAMPLE_FILES) + "\n")

@@ -144,6 +144,16 @@ def test_model_registered_with_champion_and_metrics_in_mlflow(repro):
     explain = {"explain_pointing_game", "explain_pointing_game_random", "explain_iobb_0.25"}
     assert explain <= set(run.data.metrics)
     assert "gradcam/index.html" in {a.path for a in client.list_artifacts(run.info.run_id, "gradcam")}
+    # the champion carries its test films' profile, what `cxr monitor` compares new films with
+    from pipeline.monitor.reference import read_reference
+    from pipeline.serve.predict import load_model
+
+    served = load_model("models:/chestxray@champion", tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    written = read_reference(project / "reports" / "evaluate" / "reference_profile.json")
+    assert served.reference == written and written["films"] == evaluate["test_images"]
+    assert written["split"] == "test" and written["data_source"] == "phantom" and not written["not_profiled"]
+    assert len(written["patients"]) == written["films"] and None not in written["patients"]
+    assert evaluate["reference_profile"] == {"films": written["films"], "split": "test", "not_profiled": 0}
 
 
 LIBRARY_NOISE = ("absl::InitializeLog", "oneDNN", "cpu_feature_guard", "E0000", "I0000", "W0000", "Warning:",

@@ -4,6 +4,7 @@ and a clone + `dvc pull` restores every output byte for byte."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -94,6 +95,30 @@ def project(tmp_path_factory) -> Path:
     return project
 
 
+def assert_pull_request_body(project: Path, printed: str) -> None:
+    """The body names the images the grown download added, the prevalence
+    before and after, the added films' verdict against champion version 1
+    (checked before version 2 was registered) and version 2's decision with its paired CI."""
+    body = (project / "reports" / "retrain" / "pull_request.md").read_text()
+    change = json.loads((project / "reports" / "ingest.json").read_text())["data_change"]
+    added = sorted(image for ids in change["added"].values() for image in ids)
+    assert len(added) == 2 * len(NEW_PATIENTS) == change["totals"]["images_added"]
+    assert f"- since the last ingest: {len(added)} images added, 0 removed ({len(NEW_PATIENTS)} patients added" in body
+    assert all(f"`{image}`" in body for image in added)  # 20: every one named
+    for finding in FINDINGS:
+        before, after = change["before"]["prevalence"][finding], change["after"]["prevalence"][finding]
+        assert f"| {finding} prevalence | {before:.1%} | {after:.1%} |" in body
+    monitor = json.loads((project / "reports" / "retrain" / "monitor" / "monitor.json").read_text())
+    assert monitor["model"]["version"] == "1" and monitor["films"]["given"] == len(added)
+    assert f"**{monitor['verdict']}: drift score " in body and "version 1" in body
+    assert "retrain: the added films against the champion: " in printed
+    evaluation = json.loads((project / "reports" / "evaluate" / "evaluate.json").read_text())
+    registry = evaluation["registry"]
+    assert f"chestxray version {registry['version']} registered as " in body and registry["version"] == 2
+    low, high = registry["comparison"]["mean_auc_diff_ci"]
+    assert f"paired 95% CI [{low:+.4f}, {high:+.4f}]" in body
+
+
 def test_retrain_runs_only_on_change_and_a_clone_pulls_the_same_bytes(project, tmp_path):
     first = retrain(project)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -115,6 +140,7 @@ def test_retrain_runs_only_on_change_and_a_clone_pulls_the_same_bytes(project, t
     for stage in ("ingest", "validate", "preprocess", "train", "evaluate", "explain"):
         assert f"Running stage '{stage}'" in output
     assert sorted(str(v.version) for v in registry_versions(project)) == ["1", "2"]
+    assert_pull_request_body(project, more.stdout)
     commit(project, "more data, second model")
 
     run(["dvc", "push"], project)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from pipeline.core.config import PARAMS_FILE, ConfigError, load_params
+from pipeline.core.labels import FINDINGS
 
 # The allowed values of every choice param, the one place they are spelled.
 SPLIT_METHODS = ("hash", "random", "official")
@@ -179,11 +180,19 @@ class SecondSiteSettings:
 
 
 @dataclass(frozen=True)
+class ShortcutSettings:
+    finding: str = param(one_of(*FINDINGS))
+    share_with: float = param(number(0, 1), "the share of its films with a drain")
+    share_without: float = param(number(0, 1), "the share of the other films with one")
+
+
+@dataclass(frozen=True)
 class PhantomSettings:
     n_images: int = param(whole(1))
     image_size: int = param(whole(64))
     subgroup_gap: float = param(number(0, 1, high_open=True))
     second_site: SecondSiteSettings
+    shortcut: ShortcutSettings
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,9 @@ def read_metadata(path: Path) -> MetadataTable:
         if header is None:
             raise DataEntryError(f"{path}: empty file, expected NIH's header")
         check_metadata_header(path, header)
+        # Columns a user (or the phantom's shortcut: Drain) added after NIH's: read past, not rejected.
+        named = header[:-1] if header and header[-1].strip() == "" else header
+        extra = max(0, len(named) - len(METADATA_FIELDS))
         for line, fields, unreadable in csv_rows(reader):
             if unreadable:
                 rejected.append(rejected_row(file, line, "", unreadable))
@@ -135,6 +138,8 @@ def read_metadata(path: Path) -> MetadataTable:
                 fields = fields[:-1]
             if not fields:
                 continue
+            if extra and len(fields) == len(METADATA_FIELDS) + extra:
+                fields = fields[:len(METADATA_FIELDS)]
             if len(fields) != len(METADATA_FIELDS):
                 rejected.append(rejected_row(file, line, fields[0],
                                              f"unreadable row: expected {len(METADATA_FIELDS)} fields, "

@@ -23,6 +23,12 @@ collimator leaving each side's margin unexposed (white), and an "R" marker
 burned into a corner. Anatomy, findings, labels and boxes are the first
 site's; only the exposure differs, so a monitor has a known drift to find.
 FIRST_SITE takes exactly the code path there was before sites existed.
+
+Shortcut (ingest.phantom.shortcut): draw_drain lays a chest drain, a bright
+tube curving from the lower lateral chest wall up towards the apex, over a
+film, as a treated patient's film shows one. It carries no label; planted on
+most films of one finding, it is a shortcut a model can learn instead of the
+finding (Oakden-Rayner et al. 2020). A film without it is untouched.
 """
 from __future__ import annotations
 
@@ -70,10 +76,10 @@ def check_subgroup_gap(subgroup_gap: float) -> float:
 
 
 def render_film(record: FilmRecord, seed: int, image_size: int, subgroup_gap: float = 0.0,
-                site: SiteLook = FIRST_SITE) -> tuple[np.ndarray, list[Box]]:
+                site: SiteLook = FIRST_SITE, drain: bool = False) -> tuple[np.ndarray, list[Box]]:
     """The 8-bit film and its boxes (finding, x, y, w, h) in film pixels.
     subgroup_gap fades the findings of films in plan.in_subgroup's slice;
-    `site` is the detector that shows it (see above)."""
+    `site` is the detector that shows it, `drain` whether a chest drain lies on it (see above)."""
     gap = check_subgroup_gap(subgroup_gap)
     fade = gap if gap and record.findings and in_subgroup(record) else 0.0
     patient_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2, record.patient_id)))
@@ -96,7 +102,30 @@ def render_film(record: FilmRecord, seed: int, image_size: int, subgroup_gap: fl
         x0, y0, x1, y1 = mask_box(finding_map, BOX_THRESHOLD[finding])
         boxes.append((finding, x0 * scale, y0 * scale, (x1 - x0) * scale, (y1 - y0) * scale))
     pixels = expose(film, density, image_size, site)
-    return (pixels if site == FIRST_SITE else site_marks(pixels, site)), boxes
+    pixels = pixels if site == FIRST_SITE else site_marks(pixels, site)
+    return (draw_drain(pixels, seed, record.index) if drain else pixels), boxes
+
+
+# The grey levels of a drain's radio-opaque wall and of its lumen, and its width as a fraction of the film.
+DRAIN_WALL_GREY, DRAIN_LUMEN_GREY, DRAIN_WIDTH = 245, 200, 0.012
+
+
+def draw_drain(pixels: np.ndarray, seed: int, index: int) -> np.ndarray:
+    """A chest drain over the film: a tube along a quadratic curve from the
+    lower right chest wall (the film's left) up towards the apex, its path
+    jittered per film (seeded by the film, as everything else)."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(6, index)))
+    size = pixels.shape[0]
+    entry = np.array([rng.uniform(0.10, 0.16), rng.uniform(0.62, 0.74)])
+    bend = np.array([rng.uniform(0.06, 0.12), rng.uniform(0.36, 0.46)])
+    tip = np.array([rng.uniform(0.26, 0.34), rng.uniform(0.16, 0.24)])
+    t = np.linspace(0.0, 1.0, 64)[:, None]
+    path = ((1 - t) ** 2 * entry + 2 * (1 - t) * t * bend + t ** 2 * tip) * size
+    points = np.round(path * 16).astype(np.int32).reshape(-1, 1, 2)  # 4 fractional bits
+    width = max(2, round(DRAIN_WIDTH * size))
+    cv2.polylines(pixels, [points], False, DRAIN_WALL_GREY, width, cv2.LINE_AA, shift=4)
+    cv2.polylines(pixels, [points], False, DRAIN_LUMEN_GREY, max(1, width // 3), cv2.LINE_AA, shift=4)
+    return pixels
 
 
 def fade_hidden_markings(film: Film, vessel_keep: np.ndarray, bone_keep: np.ndarray, fade: float) -> None:

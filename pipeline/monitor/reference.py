@@ -64,15 +64,29 @@ def write_reference(reference: dict, path: Path) -> None:
     write_json_atomic(path, reference)
 
 
+REFERENCE_KEYS = ("films", "patients", "features", "probabilities", "embedding")
+
+
+def check_reference(reference, source: str, findings: list[str] | None = None) -> dict:
+    """`reference` if it is a profile this code wrote (for `findings`), else ReferenceError naming `source`."""
+    if not isinstance(reference, dict) or reference.get("format_version") != FORMAT_VERSION:
+        raise ReferenceError(f"{source}: not a reference profile of format {FORMAT_VERSION} "
+                             "(written by the evaluate stage as reports/evaluate/reference_profile.json)")
+    missing = [key for key in REFERENCE_KEYS if key not in reference]
+    if missing:
+        raise ReferenceError(f"{source}: the reference profile lacks {', '.join(missing)}")
+    if findings is not None and list(reference["probabilities"]) != list(findings):
+        raise ReferenceError(f"{source}: the reference profile's findings {list(reference['probabilities'])} are "
+                             f"not the model's {list(findings)}")
+    return reference
+
+
 def read_reference(path: Path | str) -> dict:
     try:
         reference = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ReferenceError(f"{path}: cannot read the reference profile: {exc}") from exc
-    if not isinstance(reference, dict) or reference.get("format_version") != FORMAT_VERSION:
-        raise ReferenceError(f"{path}: not a reference profile of format {FORMAT_VERSION} "
-                             "(written by the evaluate stage as reports/evaluate/reference_profile.json)")
-    return reference
+    return check_reference(reference, str(path))
 
 
 def _column(values: list, kind: str) -> np.ndarray:

@@ -53,17 +53,16 @@ def add_monitor_command(commands) -> None:
 
 
 def model_reference(model, path: Path | None) -> dict:
+    """--reference's profile, else the one registered with the model's version, checked against its findings."""
     from pipeline.monitor.monitor import MonitorError
-    from pipeline.monitor.reference import ReferenceError, read_reference
+    from pipeline.monitor.reference import check_reference, read_reference
 
     if path is not None:
-        return read_reference(path)
+        return check_reference(read_reference(path), str(path), list(model.findings))
     if model.reference is None:
         raise MonitorError(f"{model.identity()} has no reference profile (registered before `cxr monitor`, or a "
                            ".keras file): give --reference reports/evaluate/reference_profile.json")
-    if model.reference.get("format_version") is None:
-        raise ReferenceError(f"{model.source}: its reference profile is not one this code reads")
-    return model.reference
+    return check_reference(model.reference, model.identity(), list(model.findings))
 
 
 def patient_ids(metadata: Path) -> dict[str, str]:

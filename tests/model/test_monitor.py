@@ -157,6 +157,13 @@ def test_monitor_refuses_too_few_films_and_a_model_without_reference(workdir, mo
                      "--out", str(workdir / "few")])
     err = capsys.readouterr().err
     assert code == 2 and "the reference profile holds 6 test films; a verdict needs at least 10" in err, err
+    broken = workdir / "broken_reference.json"
+    broken.write_text(json.dumps({"format_version": 1, "films": 150}))
+    code = cxr_main(["monitor", *unseen, "--model", str(model_file), "--reference", str(broken),
+                     "--out", str(workdir / "few")])
+    err = capsys.readouterr().err
+    assert code == 2 and (f"cxr: error: {broken}: the reference profile lacks patients, features, probabilities, "
+                          "embedding") in err.splitlines(), err
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="no `chromium` binary on PATH (Debian package chromium)")

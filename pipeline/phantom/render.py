@@ -111,20 +111,20 @@ DRAIN_WALL_GREY, DRAIN_LUMEN_GREY, DRAIN_WIDTH = 245, 200, 0.012
 
 
 def draw_drain(pixels: np.ndarray, seed: int, index: int) -> np.ndarray:
-    """A chest drain over the film: a tube along a quadratic curve from the
-    lower right chest wall (the film's left) up towards the apex, its path
-    jittered per film (seeded by the film, as everything else)."""
+    """A chest drain over an 8-bit film (in place; any size and aspect): a tube
+    along a quadratic curve from the lower right chest wall (the film's left)
+    up towards the apex, its path jittered per film by (seed, index)."""
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(6, index)))
-    size = pixels.shape[0]
+    height, width = pixels.shape[:2]
     entry = np.array([rng.uniform(0.10, 0.16), rng.uniform(0.62, 0.74)])
     bend = np.array([rng.uniform(0.06, 0.12), rng.uniform(0.36, 0.46)])
     tip = np.array([rng.uniform(0.26, 0.34), rng.uniform(0.16, 0.24)])
     t = np.linspace(0.0, 1.0, 64)[:, None]
-    path = ((1 - t) ** 2 * entry + 2 * (1 - t) * t * bend + t ** 2 * tip) * size
+    path = ((1 - t) ** 2 * entry + 2 * (1 - t) * t * bend + t ** 2 * tip) * np.array([width, height])
     points = np.round(path * 16).astype(np.int32).reshape(-1, 1, 2)  # 4 fractional bits
-    width = max(2, round(DRAIN_WIDTH * size))
-    cv2.polylines(pixels, [points], False, DRAIN_WALL_GREY, width, cv2.LINE_AA, shift=4)
-    cv2.polylines(pixels, [points], False, DRAIN_LUMEN_GREY, max(1, width // 3), cv2.LINE_AA, shift=4)
+    tube = max(2, round(DRAIN_WIDTH * min(height, width)))
+    cv2.polylines(pixels, [points], False, DRAIN_WALL_GREY, tube, cv2.LINE_AA, shift=4)
+    cv2.polylines(pixels, [points], False, DRAIN_LUMEN_GREY, max(1, tube // 3), cv2.LINE_AA, shift=4)
     return pixels
 
 

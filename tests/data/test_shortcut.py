@@ -77,3 +77,14 @@ def test_a_bad_shortcut_is_refused_in_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"shortcut.share_without must be in \[0, 1\], got 1.5"):
         generate_phantom(tmp_path / "bad", 5, SEED, image_size=64, progress=False,
                          shortcut=Shortcut("Mass", 0.5, 1.5))
+
+
+def test_a_drain_fits_a_film_of_any_aspect():
+    """Drawn on a wide film as on a square one: the same place as a share of each side."""
+    from pipeline.phantom.render import draw_drain
+
+    for height, width in ((300, 300), (300, 450), (450, 300)):
+        film = draw_drain(np.zeros((height, width), np.uint8), SEED, 4)
+        ys, xs = np.nonzero(film)
+        assert 0.05 * width < xs.min() and xs.max() < 0.4 * width, (height, width)
+        assert 0.1 * height < ys.min() and ys.max() < 0.8 * height, (height, width)

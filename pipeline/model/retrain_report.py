@@ -38,10 +38,9 @@ def monitor_added_films(change: dict, manifest_file: Path, model_uri: str, out_d
         return {"skipped": f"{model.identity()} has no reference profile (registered before `cxr monitor`)"}
     rows = read_manifest(manifest_file).set_index("image_id").loc[added]
 
-    def patient_of(i: int, _header) -> dict:
+    def patient_of(i: int, _header) -> dict:  # a missing age or an unknown sex or view: as profile_films reads them
         row = rows.iloc[i]
-        return {"age": None if str(row["age"]) in ("", "<NA>") else row["age"], "sex": row["sex"] or None,
-                "view": row["view"] or None, "patient_id": str(row["patient_id"])}
+        return {"age": row["age"], "sex": row["sex"], "view": row["view"], "patient_id": str(row["patient_id"])}
 
     try:
         report = monitor_films(model, model.reference, list(rows["path"]), patient_of, permutations=1000,

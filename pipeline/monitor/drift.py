@@ -34,7 +34,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-KINDS = ("continuous", "categorical", "embedding")
 MIN_FILMS = 5  # a feature is tested only with at least this many films on each side
 
 

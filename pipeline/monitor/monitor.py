@@ -51,10 +51,9 @@ def monitor_films(model: ServedModel, reference: dict, films: Sequence[Path], pa
                            f"{MIN_REFERENCE_FILMS} (a bigger test split: ingest.split.test)")
     profiles = profile_films(model, films, patient_of, batch_size, progress)
     if len(profiles.names) < MIN_NEW_FILMS:
+        example = next(iter(profiles.failed.items()), None)
         raise MonitorError(f"{len(profiles.names)} of {len(films)} films could be profiled; a verdict needs at "
-                           f"least {MIN_NEW_FILMS}" + (f" (e.g. {next(iter(profiles.failed.items()))[0]}: "
-                                                       f"{next(iter(profiles.failed.items()))[1]})"
-                                                       if profiles.failed else ""))
+                           f"least {MIN_NEW_FILMS}" + (f" (e.g. {example[0]}: {example[1]})" if example else ""))
     findings = list(model.findings)
     result = compare(reference, profiles, findings, permutations, alpha, seed)
     features = sorted((asdict(f) for f in result.features),

@@ -65,32 +65,13 @@ def model_reference(model, path: Path | None) -> dict:
     return check_reference(model.reference, model.identity(), list(model.findings))
 
 
-def patient_ids(metadata: Path) -> dict[str, str]:
-    """{file name: patient} from the CSV's "Patient ID" (NIH) or "patient_id" column, if it has one."""
-    import pandas as pd
-
-    frame = pd.read_csv(metadata, dtype=str, keep_default_na=False)
-    image = next((c for c in ("Image Index", "image_id", "path") if c in frame.columns), None)
-    patient = next((c for c in ("Patient ID", "patient_id") if c in frame.columns), None)
-    if image is None or patient is None:
-        return {}
-    return {Path(name).name: pid for name, pid in zip(frame[image], frame[patient])}
-
-
 def patient_lookup(metadata: Path | None, films: list[Path]):
     """patient_of(i, header) for profile_films: --metadata's row (with its
     patient), else the DICOM header, else None."""
     from pipeline.serve.patient_csv import read_patient_metadata
 
-    table = read_patient_metadata(metadata) if metadata is not None else {}
-    patients = patient_ids(metadata) if metadata is not None else {}
-
-    def patient_of(i: int, header: dict | None) -> dict | None:
-        name = films[i].name
-        row = table.get(name, header)
-        return row if name not in patients else {**(row or {}), "patient_id": patients[name]}
-
-    return patient_of
+    table = read_patient_metadata(metadata, with_patient=True) if metadata is not None else {}
+    return lambda i, header: table.get(films[i].name, header)
 
 
 def monitor_command(args: argparse.Namespace) -> int:

@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def read_patient_metadata(path: Path | str) -> dict[str, dict]:
+def read_patient_metadata(path: Path | str, with_patient: bool = False) -> dict[str, dict]:
     """{image file name: {"age", "sex", "view"}} from NIH's Data_Entry_2017.csv
     (or the Kaggle sample's CSV) or any CSV with columns image_id (or path, as
     the folder source's labels CSV has), age, sex and view, such as the ingest
-    stage's manifest.csv."""
+    stage's manifest.csv. With `with_patient`, also "patient_id" (as text)
+    where the CSV has the column (`cxr monitor` moves a patient's films together)."""
     import pandas as pd
 
     from pipeline.data.csv_file import encoding_message
@@ -33,5 +34,9 @@ def read_patient_metadata(path: Path | str) -> dict[str, dict]:
         raise ValueError(f"cannot read patient metadata: {encoding_message(path)}") from exc
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, DataEntryError) as exc:
         raise ValueError(f"{path}: cannot read patient metadata: {exc}") from exc
-    return {str(row.image_id): {"age": row.age, "sex": row.sex, "view": row.view}
+    rows = {str(row.image_id): {"age": row.age, "sex": row.sex, "view": row.view}
             for row in frame.itertuples(index=False)}
+    if with_patient and "patient_id" in frame.columns:
+        for image_id, patient in zip(frame["image_id"], frame["patient_id"]):
+            rows[str(image_id)]["patient_id"] = str(patient)
+    return rows

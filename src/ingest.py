@@ -24,7 +24,7 @@ def main(settings: Settings) -> None:
     ingest = settings.ingest
     manifest, boxes, rejected, report = ingest_data_root(
         ingest.source, Path(ingest.root), dataclasses.asdict(ingest.split), settings.seed,
-        require_all_images=ingest.require_all_images, labels=ingest.labels,
+        require_all_images=ingest.require_all_images, labels=ingest.labels, strata=settings.evaluate.strata,
     )
     rejected_file, report_file = settings.path("rejected_rows"), settings.path("ingest_report")
     write_csv_atomic(manifest, settings.path("manifest"))

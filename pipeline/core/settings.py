@@ -108,6 +108,15 @@ def fractions(value):
     return [number(0, 1, high_open=True)(v) for v in value]
 
 
+def column_names(value):
+    if value is None:
+        return []
+    if (not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value)
+            or len({v.strip() for v in value}) != len(value)):
+        raise BadValue("a list of distinct column names (empty = none)")
+    return [v.strip() for v in value]
+
+
 def refused(param: str, value, allowed: str) -> ConfigError:
     """The one-line error every refused param gets: what it is and what is allowed."""
     return ConfigError(f"params.yaml: {param} is {shown(value)}; allowed: {allowed}")
@@ -265,6 +274,7 @@ class PromotionSettings:
     max_class_drop: float = param(number(0, 1))
     resamples: int = param(whole(1))
     subgroups: bool = param(flag)
+    strata: bool = param(flag)
 
 
 @dataclass(frozen=True)
@@ -288,6 +298,7 @@ class EvaluateSettings:
     promotion: PromotionSettings
     serving: ServingSettings
     reference_films: int = param(whole(0), "test films profiled for `cxr monitor`; 0 = none")
+    strata: list = param(column_names, "added columns of the metadata table (or labels CSV) to split the test figures by")
     batch_size: int = param(whole(1))
 
 

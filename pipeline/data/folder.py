@@ -87,17 +87,18 @@ def file_key(relative: str) -> str:
     return f"{stem}.{suffix.lower()}" if dot else relative
 
 
-def read_labels_csv(path: Path) -> tuple[pd.DataFrame, list[dict]]:
+def read_labels_csv(path: Path, extra_columns: tuple[str, ...] = ()) -> tuple[pd.DataFrame, list[dict]]:
     """The labels CSV as strings (REQUIRED_COLUMNS, OPTIONAL_COLUMNS present, "line"),
     and its rows with the wrong number of fields. Raises only for a file
-    without a usable header."""
+    without a usable header. `extra_columns`: the added columns it may have
+    (evaluate.strata); any other column is an error, which catches a typo."""
     if not path.is_file():
         kind = file_kind(path.stat().st_mode) if path.exists() else None
         problem = f"is {kind}, not a CSV file" if kind else "labels CSV not found"
         raise DataEntryError(f"{path}: {problem} (ingest.labels, relative to ingest.root)")
     with csv_file(path) as reader:
         header = [h.strip().lower() for h in next(reader, [])]
-        check_labels_header(path, header)
+        check_labels_header(path, header, tuple(c.lower() for c in extra_columns))
         rows, lines, rejected = [], [], []
         for line, fields, unreadable in csv_rows(reader):
             if unreadable:
@@ -116,11 +117,11 @@ def read_labels_csv(path: Path) -> tuple[pd.DataFrame, list[dict]]:
     return frame, rejected
 
 
-def check_labels_header(path: Path, header: list[str]) -> None:
+def check_labels_header(path: Path, header: list[str], extra_columns: tuple[str, ...] = ()) -> None:
     if not header:
         raise DataEntryError(f"{path}: empty file, expected the header {','.join(REQUIRED_COLUMNS)}[,age,sex,view]")
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    unknown = [c for c in header if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    unknown = [c for c in header if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS + extra_columns]
     repeated = sorted({c for c in header if header.count(c) > 1})
     if missing or unknown or repeated:
         problems = [f"missing column(s) {', '.join(missing)}" if missing else "",
@@ -128,7 +129,8 @@ def check_labels_header(path: Path, header: list[str]) -> None:
                     f"repeated column(s) {', '.join(repeated)}" if repeated else ""]
         raise DataEntryError(
             f"{path}: line 1: {'; '.join(p for p in problems if p)} (columns: "
-            f"{', '.join(REQUIRED_COLUMNS)}, optional {', '.join(OPTIONAL_COLUMNS)})"
+            f"{', '.join(REQUIRED_COLUMNS)}, optional {', '.join(OPTIONAL_COLUMNS)}, "
+            "and any named in evaluate.strata)"
         )
 
 
@@ -197,7 +199,8 @@ def folder_split(manifest: pd.DataFrame, split: dict, seed: int, all_test: bool)
 
 
 def build_folder_manifest(
-    root: Path, labels_csv: Path, split: dict, seed: int, all_test: bool = False
+    root: Path, labels_csv: Path, split: dict, seed: int, all_test: bool = False,
+    extra_columns: tuple[str, ...] = (),
 ) -> tuple[pd.DataFrame, list[dict], dict]:
     """The manifest of a folder of films listed in a labels CSV (format in the
     module docstring), its rejected rows (file, line, image_id, reason) and a
@@ -207,7 +210,7 @@ def build_folder_manifest(
     root, labels_csv = Path(root), Path(labels_csv)
     if not root.is_dir():
         raise DataEntryError(f"{root}: data root is not a directory")
-    frame, unreadable = read_labels_csv(labels_csv)
+    frame, unreadable = read_labels_csv(labels_csv, extra_columns)
     images, unused = scan_folder(root, labels_csv)
     reasons, multi_hot = _row_reasons(frame, images, root)
     file = str(labels_csv)

@@ -35,7 +35,8 @@ def read_folder(request: SourceRequest):
     """A folder of the user's own films with a labels CSV (ingest.labels)."""
     if not request.labels:
         raise DataEntryError("ingest.labels is empty: the folder source needs a labels CSV (see docs/real-data.md)")
-    return build_folder_manifest(request.root, request.root / request.labels, request.split, request.seed)
+    return build_folder_manifest(request.root, request.root / request.labels, request.split, request.seed,
+                                 extra_columns=request.strata)
 
 
 def ingest_data_root(
@@ -45,6 +46,7 @@ def ingest_data_root(
     seed: int,
     require_all_images: bool = False,
     labels: Path | str | None = None,
+    strata: tuple[str, ...] = (),
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[dict], dict]:
     """The ingest stage: read the data root (the phantom stage's output, the
     user's NIH or Kaggle download, or a folder of their own films with a
@@ -55,7 +57,7 @@ def ingest_data_root(
     The stage's DVC deps include the root itself, so a changed metadata CSV,
     box list, split list or set of images reruns it (see dvc.yaml)."""
     root = Path(root)
-    request = SourceRequest(root, split, seed, require_all_images, labels)
+    request = SourceRequest(root, split, seed, require_all_images, labels, tuple(strata))
     manifest, rejected, report = source_named(source).read(request)
     boxes = read_boxes(root, set(manifest["image_id"]))
     return manifest, boxes, rejected, {**report, "source": source, "boxes": len(boxes)}

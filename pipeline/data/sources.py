@@ -52,6 +52,7 @@ class SourceRequest:
     seed: int
     require_all_images: bool
     labels: str | None  # ingest.labels, relative to root unless absolute
+    strata: tuple[str, ...] = ()  # evaluate.strata: added columns the labels CSV may carry
 
 
 Reader = Callable[[SourceRequest], tuple]  # -> (manifest DataFrame, rejected rows, report dict)

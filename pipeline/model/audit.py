@@ -99,13 +99,14 @@ def calibration_mlflow_metrics(section: dict) -> dict[str, float]:
 def subgroup_promotion_check(
     labels: np.ndarray, champion: tuple[np.ndarray, dict], challenger: tuple[np.ndarray, dict],
     people: dict[str, np.ndarray], min_slice_positives: int, resamples: int, seed: int,
-    min_slice_patients: int = MIN_PATIENTS,
+    min_slice_patients: int = MIN_PATIENTS, subgroups: bool = True, strata: bool = False,
 ) -> dict:
     """underdiagnosis_regression of the challenger against the champion, each
-    (probabilities, thresholds) on the same test images."""
+    (probabilities, thresholds) on the same test images: in the sex and age
+    slices (subgroups) and the evaluate.strata columns' strata (strata)."""
     (champion_probs, champion_thresholds), (challenger_probs, challenger_thresholds) = champion, challenger
     return underdiagnosis_regression(
         labels, champion_probs, champion_thresholds, challenger_probs, challenger_thresholds,
         people, min_slice_positives=min_slice_positives, resamples=resamples, seed=seed,
-        min_slice_patients=min_slice_patients,
+        min_slice_patients=min_slice_patients, attributes=None if subgroups else [], strata=strata,
     )

@@ -90,10 +90,11 @@ def champion_decision(registered_name: str, tracking_store: str, tfrecord_dir: P
     ours, theirs = challenger.films(keep), champion.scores.films(keep)
     comparison = compare(ours, theirs, champion, leakage, settings, seed)
     subgroups = None
-    if settings.promotion.subgroups:
+    if settings.promotion.subgroups or settings.promotion.strata:
         subgroups = subgroup_promotion_check(
             ours.labels, (theirs.probs, theirs.thresholds), (ours.probs, ours.thresholds), ours.people,
-            settings.min_slice_positives, settings.promotion.resamples, seed, settings.min_slice_patients)
+            settings.min_slice_positives, settings.promotion.resamples, seed, settings.min_slice_patients,
+            subgroups=settings.promotion.subgroups, strata=settings.promotion.strata)
     outcome = apply_rule(comparison, subgroups, settings.promotion)
     reasons = ([*notes, *outcome.reasons] if leakage["champion_seen_patients"] or not leakage["checked"]
                else outcome.reasons)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 import pandas as pd
 
 from pipeline.core.atomic import atomic_dir, write_csv_atomic, write_json_atomic, write_text_atomic
@@ -36,7 +37,9 @@ from pipeline.model.leakage import FINGERPRINT_FILE, fingerprint
 from pipeline.model.model_card import CARD_FILE, model_card_html
 from pipeline.model.registry import register_decided, registry_model_metadata
 from pipeline.model.scoring import predict_split
-from pipeline.model.subgroups import subgroup_mlflow_metrics, subgroup_report, subgroup_table
+from pipeline.data.strata import strata_of_films
+from pipeline.model.strata import strata_mlflow_metrics, strata_report, strata_table
+from pipeline.model.subgroups import STRATUM_PREFIX, subgroup_mlflow_metrics, subgroup_report, subgroup_table
 from pipeline.monitor.reference import REFERENCE_FILE, write_reference
 from pipeline.records.dataset import read_shard_index
 from pipeline.serve.api import XrayModel
@@ -49,6 +52,7 @@ PER_FINDING_METRICS = {
 }
 FINDING_TABLE = "tables/test_by_finding.json"  # MLflow artifacts: the UI shows them as tables
 SLICE_TABLE = "tables/test_by_slice.json"
+STRATA_TABLE = "tables/test_by_stratum.json"
 FINDING_COLUMNS = ("auc", "auc_ci_low", "auc_ci_high", "auprc", "thresholds", "sensitivity", "specificity", "ppv",
                    "npv", "f1", "accuracy")
 AUC_PLOT_FILE = "auc_by_finding.csv"  # in paths.evaluate_plots (reports/plots/)
@@ -122,6 +126,8 @@ def log_tables(mlflow, metrics: dict) -> None:
     """Per-finding and per-slice detail as MLflow tables (artifacts under tables/)."""
     log_table(mlflow, finding_table(metrics), FINDING_TABLE)
     log_table(mlflow, pd.DataFrame(subgroup_table(metrics["subgroups"])).round(LOGGED_DIGITS), SLICE_TABLE)
+    if metrics.get("strata"):
+        log_table(mlflow, pd.DataFrame(strata_table(metrics["strata"])).round(LOGGED_DIGITS), STRATA_TABLE)
 
 
 def comparison_metrics(comparison: dict | None) -> dict[str, float]:
@@ -178,13 +184,17 @@ class Evaluation:
 
 
 def measure_test_split(model: keras.Model, tfrecord_dir: Path, settings: EvaluateSettings,
-                       seed: int) -> Evaluation:
+                       seed: int, strata_table: pd.DataFrame | None = None) -> Evaluation:
     """Score val and test, recalibrate (evaluate.calibration, fitted on val),
-    and measure test: per-finding figures with intervals, subgroups, calibration."""
+    and measure test: per-finding figures with intervals, subgroups, calibration,
+    and with `strata_table` ({image id: evaluate.strata columns}) the strata."""
     val_probs, val_labels, _ = predict_split(model, tfrecord_dir, "val", settings.batch_size)
     raw_test_probs, test_labels, test_ids = predict_split(model, tfrecord_dir, "test", settings.batch_size)
     recalibration, val_probs, test_probs = recalibrate(settings.calibration, (val_labels, val_probs), raw_test_probs)
     people = split_demographics(tfrecord_dir, "test", test_ids)
+    strata = strata_of_films(strata_table, test_ids) if strata_table is not None and len(strata_table.columns) else {}
+    # carried with the films' patients, so that the champion comparison's subset and check see them
+    people.update({STRATUM_PREFIX + column: np.array(values, dtype=object) for column, values in strata.items()})
     floors = {"min_positives": settings.min_slice_positives, "min_patients": settings.min_slice_patients}
     metrics = evaluation_metrics(
         (val_labels, val_probs), (test_labels, test_probs), settings.threshold_method,
@@ -196,6 +206,11 @@ def measure_test_split(model: keras.Model, tfrecord_dir: Path, settings: Evaluat
         test_labels, test_probs, metrics["thresholds"], people,
         min_slice_positives=settings.min_slice_positives, resamples=settings.bootstrap, seed=seed,
         min_slice_patients=settings.min_slice_patients)
+    if strata:
+        metrics["strata"] = strata_report(
+            test_labels, test_probs, metrics["thresholds"], people["patient_id"], strata,
+            min_slice_positives=settings.min_slice_positives, min_slice_patients=settings.min_slice_patients,
+            resamples=settings.bootstrap, seed=seed)
     metrics["calibration"], reliability = calibration_section(
         test_labels, raw_test_probs, test_probs, settings.calibration, settings.calibration_bins)
     if recalibration:
@@ -234,18 +249,20 @@ def model_description(model: keras.Model, tfrecord_dir: Path, training: dict, te
 def evaluate_model(
     model_file: Path, tfrecord_dir: Path, reports_dir: Path, plots_dir: Path, run_file: Path,
     settings: EvaluateSettings, mlflow_settings: MlflowSettings, training: dict, seed: int,
-    manifest_file: Path | None = None,
+    manifest_file: Path | None = None, strata_table: pd.DataFrame | None = None,
 ) -> dict:
     """The evaluate stage. `settings` is params.yaml's evaluate section,
     `mlflow_settings` its mlflow section, `training` the params the model
     was trained with ({"backbone", "image_size", "fit", "params": {...}}).
     With `manifest_file` (the validated manifest: where the test films are),
-    the test films' reference profile is registered with the version.
+    the test films' reference profile is registered with the version; with
+    `strata_table` (pipeline.data.strata.read_strata) the test figures are
+    split by its columns too (metrics["strata"]).
     Writes reports_dir (test_predictions.csv, thresholds.json, model card)
     and replaces plots_dir whole (the curves `dvc plots` draws); returns the
     metrics, with the registry's decision."""
     model = load_keras_model(model_file)
-    evaluation = measure_test_split(model, tfrecord_dir, settings, seed)
+    evaluation = measure_test_split(model, tfrecord_dir, settings, seed, strata_table)
     write_evaluation_files(evaluation, reports_dir, plots_dir)
     metrics = evaluation.metrics
     summary, preprocessing = model_description(model, tfrecord_dir, training, metrics["test_manifest"])
@@ -330,6 +347,7 @@ def log_evaluation(mlflow, metrics: dict, settings: EvaluateSettings, tfrecord_d
     """The test figures, params, tables, thresholds, plots and the patient
     fingerprint, logged to the training run before the model is registered."""
     mlflow.log_metrics(rounded({**mlflow_metrics(metrics), **subgroup_mlflow_metrics(metrics["subgroups"]),
+                                **strata_mlflow_metrics(metrics.get("strata")),
                                 **calibration_mlflow_metrics(metrics["calibration"])}))
     log_evaluate_params(mlflow, dataclasses.asdict(settings))
     log_tables(mlflow, metrics)

@@ -12,6 +12,7 @@ from pipeline.core.html import escape, html_page
 from pipeline.core.labels import FINDINGS
 from pipeline.core.metrics import SHARE_OF, share_films
 from pipeline.model.model_card_sections import SECTIONS_STYLE, calibration_section, subgroups_section
+from pipeline.model.model_card_strata import strata_section
 
 CARD_FILE = "model_card.html"
 PLOT_SIZE = 180  # px, each finding's ROC square
@@ -248,4 +249,5 @@ def model_card_html(name: str, summary: dict, metrics: dict, roc: dict[str, list
             + data_section(summary, metrics) + findings_section(metrics) + curves_section(roc, metrics)
             + calibration_section(metrics.get("calibration"), reliability)
             + subgroups_section(metrics.get("subgroups"))
+            + strata_section(metrics.get("strata"))
             + champion_section(metrics, registry), STYLE + SECTIONS_STYLE)

@@ -5,8 +5,8 @@ sentences that name how a decision was reached (recorded as the version's
 `champion_rule` tag and in metrics/evaluate.json) and the tags a decision is
 written as. What the rule reads is the paired comparison of the two models on
 the same test images (pipeline.model.selection) and, with
-evaluate.promotion.subgroups, the underdiagnosis check by slice
-(pipeline.model.subgroups); pipeline.model.champion gathers both.
+evaluate.promotion.subgroups or .strata, the underdiagnosis check by slice
+or stratum (pipeline.model.subgroups); pipeline.model.champion gathers both.
 
 A different rule is one function with RULE's signature, set as RULE.
 """
@@ -17,6 +17,7 @@ from typing import Callable
 
 from pipeline.core.labels import FINDINGS
 from pipeline.core.settings import PromotionSettings
+from pipeline.model.subgroups import STRATUM_PREFIX
 from pipeline.model.version_notes import difference, reasons_text
 
 # How a decision was reached, as recorded on the version and in the metrics.
@@ -26,7 +27,8 @@ RULE_LEAKAGE = "refused: too few test patients that the champion did not train o
 RULE_PROMOTED = "non-inferior: mean AUC difference CI lower bound above -margin, no finding significantly worse"
 RULE_MEAN = "refused: mean AUC difference CI lower bound at or below -margin"
 RULE_FINDING = "refused: a finding's AUC difference CI lies below -max_class_drop"
-RULE_SUBGROUP = "refused: underdiagnosis rises significantly in a sex or age slice (evaluate.promotion.subgroups)"
+RULE_SUBGROUP = ("refused: underdiagnosis rises significantly in a sex or age slice or a stratum "
+                 "(evaluate.promotion.subgroups, evaluate.promotion.strata)")
 
 # The tags a decision is written as, on the registered version and its run.
 CHAMPION = "champion"
@@ -81,7 +83,9 @@ def subgroup_refusals(regression: dict) -> list[str]:
         attribute, group = name.split("/", 1)
         figures = regression[attribute][group]
         low, high = figures["ci"]
-        reasons.append(f"underdiagnosis in {attribute} {group} {difference(figures['difference'])} "
+        where = (f"{attribute.removeprefix(STRATUM_PREFIX)}={group}" if attribute.startswith(STRATUM_PREFIX)
+                 else f"{attribute} {group}")
+        reasons.append(f"underdiagnosis in {where} {difference(figures['difference'])} "
                        f"({figures['champion_rate']:.3f} -> {figures['challenger_rate']:.3f}), CI "
                        f"[{difference(low)}, {difference(high)}] above 0")
     return reasons

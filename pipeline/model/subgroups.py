@@ -167,6 +167,21 @@ def slice_masks(people: People, attributes: Sequence[str] | None = None) -> dict
             if attributes is None or name in attributes}
 
 
+# people may carry the evaluate.strata columns too, as "stratum:<column>" (pipeline.model.strata)
+STRATUM_PREFIX = "stratum:"
+
+
+def stratum_slices(people: People) -> dict[str, dict[str, np.ndarray]]:
+    """{"stratum:<column>": {value: mask}} for each stratum column the people
+    carry; an empty value is in no stratum."""
+    slices = {}
+    for key in people:
+        if key.startswith(STRATUM_PREFIX):
+            values = np.array(["" if v is None else str(v).strip() for v in people[key]], dtype=object)
+            slices[key] = masks_by_value(values, sorted(set(values) - {""}))
+    return slices
+
+
 def promotion_attributes() -> list[str]:
     """The attributes whose underdiagnosis a challenger may not worsen (promotion check)."""
     return [name for name, attribute in ATTRIBUTES.items() if attribute.promotion]
@@ -470,9 +485,12 @@ def underdiagnosis_regression(
     y_true: np.ndarray, champion_prob: np.ndarray, champion_thresholds, challenger_prob: np.ndarray,
     challenger_thresholds, people: People, min_slice_positives: int = MIN_POSITIVES,
     resamples: int = DEFAULT_RESAMPLES, seed: int = 0, familywise: bool = True, min_slice_patients: int = MIN_PATIENTS,
+    attributes: Sequence[str] | None = None, strata: bool = False,
 ) -> dict:
     """Whether the challenger underdiagnoses any sex or age slice significantly
     more than the champion, on the same test images, each at its own thresholds.
+    `attributes`: the declared attributes checked (default promotion_attributes());
+    with `strata`, every stratum column the people carry (STRATUM_PREFIX) too.
     Per slice, a paired bootstrap over the slice's patients (the same draws
     weight both models) of challenger minus champion underdiagnosis rate;
     `worse` when the interval's lower bound is above 0. With familywise, the
@@ -490,7 +508,9 @@ def underdiagnosis_regression(
         raise ValueError("the champion's and the challenger's predictions must cover the same images")
     missed_champion, ill = missed_and_ill(labels, champion, threshold_array(champion_thresholds))
     missed_challenger, _ = missed_and_ill(labels, challenger, threshold_array(challenger_thresholds))
-    masks = slice_masks(people, promotion_attributes())
+    masks = slice_masks(people, promotion_attributes() if attributes is None else attributes)
+    if strata:
+        masks.update(stratum_slices(people))
     checked = sum(len(slices) for slices in masks.values())
     confidence = 1 - (1 - CONFIDENCE) / checked if familywise else CONFIDENCE
     result: dict = {"worse_slices": [], "confidence": confidence, "age_unknown": age_unknown(people["age"])}

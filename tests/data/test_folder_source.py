@@ -159,6 +159,13 @@ def test_labels_header_is_checked(tmp_path):
     with pytest.raises(DataEntryError, match=r"labels.csv: line 1: missing column\(s\) labels; unknown column\(s\) "
                                              r"finding, gender \(columns: path, labels, patient_id, optional "):
         build_folder_manifest(tmp_path, tmp_path / "labels.csv", RATIOS, seed=0)
+    # a column named in evaluate.strata is an added column, not a typo
+    (tmp_path / "labels.csv").write_text("path,labels,patient_id,Site\nx.png,Mass,1,A\n")
+    with pytest.raises(DataEntryError, match="unknown column"):
+        build_folder_manifest(tmp_path, tmp_path / "labels.csv", RATIOS, seed=0)
+    # past the header: the row itself is checked (its film is not there)
+    with pytest.raises(DataEntryError, match="line 2: x.png: no such image file"):
+        build_folder_manifest(tmp_path, tmp_path / "labels.csv", RATIOS, seed=0, extra_columns=("Site",))
     with pytest.raises(DataEntryError, match="nope.csv: labels CSV not found"):
         build_folder_manifest(tmp_path, tmp_path / "nope.csv", RATIOS, seed=0)
 

@@ -41,8 +41,9 @@ TRAIN_SETTINGS = section_settings(
 )
 
 
-def train_phantom_model(workdir: Path, seed: int = 0):
-    """Phantom -> manifest -> 64 px shards -> small_cnn; returns (XrayModel, train summary)."""
+def train_phantom_model(workdir: Path, seed: int = 0, shortcut=None, n_images: int = TRAIN_IMAGES):
+    """Phantom -> manifest -> 64 px shards -> small_cnn; returns (XrayModel, train summary).
+    shortcut: a pipeline.phantom.generate.Shortcut planted in the training films (default none)."""
     import keras
 
     from pipeline.model.architectures import build_model
@@ -53,7 +54,9 @@ def train_phantom_model(workdir: Path, seed: int = 0):
     from tests.conftest import build_manifest
 
     root = workdir / "phantom"
-    generate_phantom(root, n_images=TRAIN_IMAGES, seed=TRAIN_PHANTOM_SEED, image_size=FILM_SIZE, progress=False)
+    planted = {} if shortcut is None else {"shortcut": shortcut}
+    generate_phantom(root, n_images=n_images, seed=TRAIN_PHANTOM_SEED, image_size=FILM_SIZE, progress=False,
+                     **planted)
     manifest, _ = build_manifest(root, SPLIT, seed=seed)
     shards = workdir / "tfrecords"
     shards.mkdir()

@@ -47,7 +47,8 @@ def register(store: str, tmp_path, model, decision=FIRST) -> int:
 
 # 12 films of a few patients: floors of one, so that the comparison runs at all
 SMALL = section_settings("evaluate", min_slice_positives=1, min_slice_patients=1, batch_size=4,
-                         promotion={"margin": 0.02, "max_class_drop": 0.05, "resamples": 100, "subgroups": False})
+                         promotion={"margin": 0.02, "max_class_drop": 0.05, "resamples": 100, "subgroups": False,
+                                    "strata": False})
 
 
 def decide(store, shards, probs, labels, ids, settings=SMALL, thresholds=None):

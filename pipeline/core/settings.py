@@ -298,7 +298,7 @@ class EvaluateSettings:
     promotion: PromotionSettings
     serving: ServingSettings
     reference_films: int = param(whole(0), "test films profiled for `cxr monitor`; 0 = none")
-    strata: list = param(column_names, "added columns of the metadata table (or labels CSV) to split the test figures by")
+    strata: list = param(column_names, "added columns of the metadata table or labels CSV to split test by")
     batch_size: int = param(whole(1))
 
 

@@ -24,6 +24,7 @@ from pipeline.core.model_io import REFERENCE_ARTIFACT, load_keras_model, uses_pa
 from pipeline.core.patient import PATIENT_ENCODING
 from pipeline.core.settings import EvaluateSettings, MlflowSettings
 from pipeline.core.tracking import configure_mlflow, data_hash, git_commit, log_table, metric_name, resume_run
+from pipeline.data.strata import strata_of_films
 from pipeline.model.audit import (
     calibration_mlflow_metrics,
     calibration_section,
@@ -37,7 +38,6 @@ from pipeline.model.leakage import FINGERPRINT_FILE, fingerprint
 from pipeline.model.model_card import CARD_FILE, model_card_html
 from pipeline.model.registry import register_decided, registry_model_metadata
 from pipeline.model.scoring import predict_split
-from pipeline.data.strata import strata_of_films
 from pipeline.model.strata import strata_mlflow_metrics, strata_report, strata_table
 from pipeline.model.subgroups import STRATUM_PREFIX, subgroup_mlflow_metrics, subgroup_report, subgroup_table
 from pipeline.monitor.reference import REFERENCE_FILE, write_reference

@@ -20,10 +20,10 @@ def strata_section(report: Mapping | None) -> str:
         '<p class="note">The test films split by columns of the data that nobody trained on (evaluate.strata). '
         "For each finding, each stratum's sensitivity at the operating threshold and its AUC are compared with "
         "the column's other films, with 95% bootstrap intervals over patients. A comparison is flagged when "
-        "its p, adjusted over all of its column's comparisons together (bootstrap maxT), is at most "
-        f"{report['flag_level']:.3g} (5% shared over {columns} column(s)); in simulation a model that does "
-        "equally well in every stratum was flagged in 7.7% of reports, above the nominal 5% (docs/evaluation.md#strata). "
-        "A flag says the model does "
+        "its p, adjusted over all of its column's comparisons together (a permutation maxT: the column's values "
+        f"dealt anew among patients with as many films), is at most {report['flag_level']:.3g} (5% shared over "
+        f"{columns} column(s)), so a model that does equally well in every stratum is flagged at most 5% of the "
+        "time. A flag says the model does "
         "differently there; it does not say why (a drain, a site, a scanner and the patients who get them "
         "differ in more than one way).</p>")
     flagged = report.get("flagged") or []

@@ -62,7 +62,8 @@ def decisions(rng) -> list[dict]:
         comparison = paired_auc_comparison(labels, scores[ours], scores[theirs], patients, resamples=200, seed=0)
         comparison.update(champion_version=champion, champion_mean_auc=0.7, champion_auc={f: 0.7 for f in FINDINGS},
                           **operating_comparison(labels, (scores[theirs], thresholds), (scores[ours], thresholds), 10))
-        outcome = apply_rule(comparison, None, PromotionSettings(0.02, 0.05, resamples=200, subgroups=False, strata=False))
+        outcome = apply_rule(comparison, None, PromotionSettings(0.02, 0.05, resamples=200, subgroups=False,
+                                                                   strata=False))
         promote, rule, reasons = outcome.promote, outcome.rule, outcome.reasons
         made.append({"promote": promote, "rule": rule, "reasons": reasons, "champion_version": champion,
                      "comparison": comparison})

@@ -15,7 +15,8 @@ N_FINDINGS = len(FINDINGS)
 
 def promotion_decision(comparison: dict, margin: float, max_class_drop: float) -> tuple[bool, str, list[str]]:
     """The promotion rule in force on a comparison alone (no subgroup check)."""
-    outcome = apply_rule(comparison, None, PromotionSettings(margin, max_class_drop, resamples=1000, subgroups=False, strata=False))
+    settings = PromotionSettings(margin, max_class_drop, resamples=1000, subgroups=False, strata=False)
+    outcome = apply_rule(comparison, None, settings)
     return outcome.promote, outcome.rule, outcome.reasons
 
 

@@ -20,7 +20,7 @@ docs/evaluation.md#a-known-artefact). Compare findings, and models, with it.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -40,18 +40,23 @@ def model_input(gray: np.ndarray, image_size: int, fit: str) -> np.ndarray:
     return resize_square(gray, image_size, fit).astype(np.float32)[..., None]
 
 
-def artefact_probabilities(model, films: Sequence[np.ndarray], artefact: str, seed: int,
-                           batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """(served probabilities of the films as they are, with the artefact drawn):
-    two (n, 14) arrays. `model`: a pipeline.serve.api.XrayModel."""
+def artefact_probabilities(model, films: Iterable[np.ndarray], artefact: str, seed: int, batch_size: int = 32,
+                           patients: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(served probabilities of the 8-bit films as they are, with the artefact
+    drawn): two (n, 14) arrays. `model`: a pipeline.serve.api.XrayModel;
+    `patients`: the encoded patient inputs of a model that takes them. The
+    films are read once, one at a time (only the model-size inputs are kept)."""
     if artefact not in ARTEFACTS:
         raise ValueError(f"unknown artefact {artefact!r}; known: {', '.join(ARTEFACTS)}")
     draw = ARTEFACTS[artefact]
-    plain = np.stack([model_input(film, model.image_size, model.fit) for film in films])
-    drawn = np.stack([model_input(draw(film.copy(), seed, i), model.image_size, model.fit)
-                      for i, film in enumerate(films)])
-    return (np.asarray(model.predict(plain, batch_size=batch_size), np.float64),
-            np.asarray(model.predict(drawn, batch_size=batch_size), np.float64))
+    plain, drawn = [], []
+    for i, film in enumerate(films):
+        plain.append(model_input(film, model.image_size, model.fit))
+        drawn.append(model_input(draw(film.copy(), seed, i), model.image_size, model.fit))
+    if not plain:
+        return np.zeros((0, len(model.findings))), np.zeros((0, len(model.findings)))
+    return (np.asarray(model.predict(np.stack(plain), patients, batch_size=batch_size), np.float64),
+            np.asarray(model.predict(np.stack(drawn), patients, batch_size=batch_size), np.float64))
 
 
 def artefact_effect(without: np.ndarray, with_artefact: np.ndarray, labels: np.ndarray, patients: Sequence,

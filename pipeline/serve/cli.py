@@ -6,6 +6,7 @@
     cxr evaluate ROOT --labels CSV [--model URI] [--out DIR]   (pipeline.serve.external)
     cxr serve [--model URI] [--port 5001] [--host 127.0.0.1]    (pipeline.serve.server)
     cxr monitor FILES_OR_FOLDER [--model URI] [--out DIR]       (pipeline.serve.monitor_command)
+    cxr artefact ROOT --labels CSV [--artefact drain] [--model URI] (pipeline.serve.artefact_command)
 
 IMAGE is a PNG, JPEG or DICOM file. A film is refused, with the reason,
 before it is decoded when its shorter side is below --min-side, its aspect
@@ -43,6 +44,7 @@ from pipeline.core.floors import MIN_POSITIVES
 from pipeline.core.labels import SEXES, VIEWS
 from pipeline.core.patient import PatientMetadataError, encode_patient
 from pipeline.core.tracking import DEFAULT_TRACKING_URI
+from pipeline.serve.artefact_command import add_artefact_command, artefact_command
 from pipeline.serve.cli_options import (
     DEFAULT_MODEL,
     add_film_checks,
@@ -138,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_command(commands)
     add_serve_command(commands)
     add_monitor_command(commands)
+    add_artefact_command(commands)
     return parser
 
 
@@ -454,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             return serve_command(args)
         if args.command == "monitor":
             return monitor_command(args)
+        if args.command == "artefact":
+            return artefact_command(args)
         return predict_command(args)
     except Exception as exc:
         from pipeline.core.faults import system_fault_line

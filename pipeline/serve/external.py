@@ -83,7 +83,12 @@ def given(value) -> bool:
 
 def row_patient(row: pd.Series, film: Film) -> dict:
     """The labels CSV's age, sex and view, each missing one taken from the film's DICOM header."""
-    header = film.patient or {}
+    return patient_fields(row, film.patient)
+
+
+def patient_fields(row: pd.Series, header: dict | None) -> dict:
+    """row_patient from a DICOM header ({"age", "sex", "view"}, None for PNG/JPEG)."""
+    header = header or {}
     patient = {key: row[key] if key in row and given(row[key]) else header.get(key) for key in PATIENT_FIELDS}
     missing = [key for key in ("sex", "view") if not given(patient[key])]
     if missing:

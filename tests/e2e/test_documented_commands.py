@@ -245,6 +245,17 @@ def monitors_the_ward(scenario: Scenario, text: str) -> None:
     assert 'id="synthetic"' in (scenario.clone / "reports" / "monitor" / "index.html").read_text()
 
 
+def checks_the_artefact(scenario: Scenario, text: str) -> None:
+    """`cxr artefact`: the ward's 40 real NIH films scored with and without a
+    drawn drain; a table per finding on the terminal, reports/artefact/artefact.json."""
+    result = succeeds(scenario, text)
+    assert "Traceback" not in result.stderr and result.stdout.startswith("finding"), result.stdout + result.stderr
+    report = json.loads((scenario.clone / "reports" / "artefact" / "artefact.json").read_text())
+    assert report["films"] == len(WARD_FILMS) and report["artefact"] == "drain" and not report["quarantined"]
+    tested = [e for e in report["by_finding"].values() if e["mean_change"] is not None]
+    assert tested and all(e["ci"][0] <= e["mean_change"] <= e["ci"][1] for e in tested), report["by_finding"]
+
+
 def promotes(scenario: Scenario, text: str) -> None:
     import mlflow
 
@@ -388,6 +399,7 @@ STEPS = (
     Step(r"^cxr evaluate ward3/", scores_the_ward),
     Step(r"^cxr evaluate /data/ward3-films --labels \S+$", scores_the_ward),
     Step(r"^cxr evaluate /data/ward3-films --labels \S+ --model", scores_the_ward),
+    Step(r"^cxr artefact ward3/", checks_the_artefact),
     Step(r"^make serve$", serves_films),
     Step(r"^printf .* \| curl -s http://127\.0\.0\.1:5001/invocations", answers_the_curl_call),
     Step(r"^cxr serve --model ", serves_films),
@@ -461,7 +473,7 @@ DOC_SPLIT = {"ingest.split.train": 0.5, "ingest.split.val": 0.15, "ingest.split.
 WARD_FILMS = range(8, 48)  # rows of nih_rows(48): a ward's 40 labelled films
 EXAMPLE_FILES = ("/.venv", "/chest1.png", "/chest.png", "/chest2.jpg", "/film3.dcm", "/scans/", "/thumb.png",
                  "/Data_Entry_2017.csv", "/films/", "/ward3/", "/overlays/", "/reports/external/",
-                 "/reports/external-v3/", "/reports/monitor/")
+                 "/reports/external-v3/", "/reports/monitor/", "/reports/artefact/")
 
 
 def lay_out_example_files(folder: Path) -> dict[str, str]:

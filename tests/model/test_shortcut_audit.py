@@ -6,6 +6,9 @@ it: 600 training films, 3000 test films (about 20 drain-less pneumothorax
 films: the audit's floor is 10), 64 px input."""
 from __future__ import annotations
 
+import json
+import re
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -62,3 +65,31 @@ def test_artefact_check_shows_the_drain_raises_pneumothorax(shortcut_run):
     report = artefact_effect(without, drawn, labels[plain], entry["Patient ID"].to_numpy()[plain], FINDINGS)
     pneumothorax = report["by_finding"]["Pneumothorax"]
     assert pneumothorax["raised"] and pneumothorax["ci"][0] > 0.1, pneumothorax
+
+
+def test_cxr_artefact_runs_the_check_on_a_labelled_folder(shortcut_run, tmp_path, capsys):
+    """The same check from the command line, on films a team has: 300 drain-less
+    PNGs with a labels CSV, and a truncated file that is listed, not fatal."""
+    from pipeline.serve.cli import main
+
+    _, root, entry, _, _, _ = shortcut_run
+    chosen = entry[entry["Drain"] == 0].head(300)
+    (tmp_path / "broken.png").write_bytes((root / "images" / chosen["Image Index"].iloc[0]).read_bytes()[:200])
+    rows = [f"images/{name},{labels},{patient}" for name, labels, patient
+            in zip(chosen["Image Index"], chosen["Finding Labels"], chosen["Patient ID"])]
+    folder = tmp_path / "ward"
+    (folder / "images").mkdir(parents=True)
+    for name in chosen["Image Index"]:
+        (folder / "images" / name).symlink_to(root / "images" / name)
+    (folder / "images" / "broken.png").write_bytes((tmp_path / "broken.png").read_bytes())
+    (folder / "labels.csv").write_text("path,labels,patient_id\n" + "\n".join(rows)
+                                       + "\nimages/broken.png,No Finding,99999\n")
+    model_file = root.parent / "train" / "model.keras"
+    code = main(["artefact", str(folder), "--labels", str(folder / "labels.csv"), "--model", str(model_file),
+                 "--out", str(tmp_path / "out"), "--bootstrap", "500"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "broken.png" in err and len([line for line in err.splitlines() if "broken.png" in line]) == 1
+    report = json.loads((tmp_path / "out" / "artefact.json").read_text())
+    assert report["films"] == 300 and report["by_finding"]["Pneumothorax"]["raised"]
+    assert re.search(r"^Pneumothorax\s+\d+\s+\+0\.\d{3}\s+\[\+0\.\d{3}, \+0\.\d{3}\]\s+raised$", out, re.M), out

@@ -16,6 +16,7 @@ from pipeline.model.calibration import calibration_report, fit_recalibration
 from pipeline.model.champion import operating_comparison
 from pipeline.model.model_card import intended_use_section, model_card_html
 from pipeline.model.model_card_sections import calibration_section, gap_sentence, subgroups_section
+from pipeline.model.strata import strata_report
 from pipeline.model.subgroups import subgroup_report
 
 IMAGES = 600
@@ -73,6 +74,10 @@ def card(tmp_path, previous=True, audited=True):
     reliability = None
     if audited:
         metrics["subgroups"], metrics["calibration"], reliability = audit(labels, probs, people, metrics["thresholds"])
+        # an added column that follows the planted gap (each patient's site): its strata differ
+        site = np.where(people[2] == "F", "north", "south")
+        metrics["strata"] = strata_report(labels, probs, metrics["thresholds"], people[0], {"Site": list(site)},
+                                          resamples=200, seed=0)
     path = tmp_path / "model_card.html"
     roc = curves(labels, probs)["roc"]
     if audited:
@@ -206,6 +211,8 @@ def test_card_renders_in_headless_chromium(tmp_path, page):
     assert section(dom, "calibration").count("<svg") == 2 and 'id="ece"' in dom
     subgroups = section(dom, "subgroups")
     assert 'class="flagged"' in subgroups and "too small" in subgroups and subgroups.count("<details>") == 4
+    strata = section(dom, "strata")
+    assert 'class="flagged"' in strata and "in Site=north is" in strata and 'id="slices-Site"' in strata
 
 
 def test_calibration_section_alone_and_from_a_whole_report():

@@ -39,7 +39,10 @@ from pipeline.explain.localisation import (
 )
 from pipeline.records.dataset import decode_record, shard_files
 
-TRUE_POSITIVE, FALSE_POSITIVE = "TP", "FP"
+TRUE_POSITIVE, FALSE_POSITIVE, MISSED = "TP", "FP", "FN"
+# evaluate's list of the missed films of each flagged stratum (pipeline.model.strata.MISSED_FILE), when
+# evaluate.strata is set; named here too so that explain does not load the statistics that wrote it
+STRATA_MISSED_FILE = "strata_missed.json"
 REPORT_FILE = "explain.json"  # in reports/gradcam/: the whole record, metrics/explain.json its summary
 EXAMPLE_COLUMNS = ["image_id", "finding", "kind", "probability", "threshold"]
 LOCALISATION_COLUMNS = ["image_id", "finding", *SCORE_COLUMNS, *(RANDOM_PREFIX + c for c in SCORE_COLUMNS)]
@@ -65,6 +68,21 @@ def select_examples(
             for _, row in ranked[ranked[label] == wanted].head(count).iterrows():
                 rows.append([row["image_id"], finding, kind, float(row[prob]), threshold])
     return pd.DataFrame(rows, columns=EXAMPLE_COLUMNS)
+
+
+def missed_examples(groups: list[dict], predictions: pd.DataFrame, thresholds: dict[str, float],
+                    per_group: int) -> pd.DataFrame:
+    """The first `per_group` films of each flagged stratum's missed ones
+    (evaluate's strata_missed.json, lowest score first), as EXAMPLE_COLUMNS
+    rows of kind FN, plus "group": the group's index."""
+    scores = predictions.set_index("image_id")
+    rows = []
+    for index, group in enumerate(groups):
+        finding = group["finding"]
+        for image_id in group["image_ids"][:per_group]:
+            rows.append([image_id, finding, MISSED, float(scores.loc[image_id, f"prob_{finding}"]),
+                         float(thresholds[finding]), index])
+    return pd.DataFrame(rows, columns=[*EXAMPLE_COLUMNS, "group"])
 
 
 def localisation_targets(boxes: pd.DataFrame, test_ids: set[str], max_images: int, seed: int) -> pd.DataFrame:
@@ -300,19 +318,31 @@ def explain_model(
     predictions = pd.read_csv(reports_dir / "test_predictions.csv")
     thresholds = json.loads((reports_dir / "thresholds.json").read_text())
     examples = select_examples(predictions, thresholds, settings.top_k, settings.false_positives)
+    # evaluate.strata's flagged strata: their missed films, as many per group as explain.top_k
+    missed_file = reports_dir / STRATA_MISSED_FILE
+    groups = json.loads(missed_file.read_text()) if missed_file.exists() else []
+    missed = missed_examples(groups, predictions, thresholds, settings.top_k)
     boxes = pd.read_csv(boxes_file)
     targets = localisation_targets(boxes, set(predictions["image_id"]), settings.max_localisation_images, seed)
-    images = load_test_images(tfrecord_dir, set(examples["image_id"]) | set(targets["image_id"]))
+    images = load_test_images(tfrecord_dir, set(examples["image_id"]) | set(missed["image_id"])
+                              | set(targets["image_id"]))
 
     scores = localise(model, truth_boxes(targets, images, image_size, fit), images, settings, layer, seed)
     # A gallery image shows its box whether or not it is in the localisation sample.
-    entries = explain_examples(model, examples, images, truth_boxes(boxes, images, image_size, fit), settings, layer)
+    truth = truth_boxes(boxes, images, image_size, fit)
+    entries = explain_examples(model, examples, images, truth, settings, layer)
+    missed_entries = explain_examples(model, missed, images, truth, settings, layer) if len(missed) else []
     metrics = explain_metrics(settings, layer, entries, summarise(scores, settings.iobb_thresholds))
+    if groups:
+        metrics["gallery"]["strata_missed"] = len(missed_entries)
+        for index, group in enumerate(groups):
+            group["shown"] = [e["overlay"] for e in missed_entries if e["group"] == index]
     with atomic_dir(out_dir) as staging:
-        for entry in entries:
+        for entry in entries + missed_entries:
             (staging / entry["overlay"]).write_bytes(entry["png"])
-        (staging / PAGE_FILE).write_text(render_gallery_html(entries, metrics), encoding="utf-8")
-        examples_table(entries).to_csv(staging / "examples.csv", index=False, lineterminator="\n")
+        (staging / PAGE_FILE).write_text(render_gallery_html(entries, metrics, groups, missed_entries),
+                                         encoding="utf-8")
+        examples_table(entries + missed_entries).to_csv(staging / "examples.csv", index=False, lineterminator="\n")
         scores.to_csv(staging / "localisation.csv", index=False, lineterminator="\n")
 
     mlflow = configure_mlflow(experiment, mlflow_timeout_s)

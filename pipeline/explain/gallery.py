@@ -15,7 +15,9 @@ from pipeline.explain.localisation import iobb_key
 
 PAGE_FILE = "index.html"
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
-KIND_NAMES = {"TP": "true positive", "FP": "false positive"}
+KIND_NAMES = {"TP": "true positive", "FP": "false positive", "FN": "missed (false negative)"}
+PER_FINDING_KINDS = ("TP", "FP")  # a finding's section; FN films are shown by flagged stratum
+STRATA_STYLE = ".FN { background: #6a1b9a; }\n"  # only on a page with flagged strata
 STYLE = """
 body { max-width: 80em; }
 h2 { font-size: 1.15em; margin-top: 1.8em; border-bottom: 1px solid #ccc; }
@@ -82,7 +84,7 @@ def _card(entry: dict, iobb_thresholds: list[float]) -> str:
 
 def _finding_section(finding: str, entries: list[dict], iobb_thresholds: list[float]) -> str:
     parts = [f'<h2 id="{escape(finding)}">{escape(finding)}</h2>']
-    for kind in KIND_NAMES:
+    for kind in PER_FINDING_KINDS:
         chosen = [e for e in entries if e["kind"] == kind]
         cards = "".join(_card(e, iobb_thresholds) for e in chosen) or \
             f"<p>No {KIND_NAMES[kind]} at this finding's threshold in the test split.</p>"
@@ -90,13 +92,33 @@ def _finding_section(finding: str, entries: list[dict], iobb_thresholds: list[fl
     return "\n".join(parts)
 
 
-def render_gallery_html(entries: list[dict], metrics: dict) -> str:
+def strata_section(groups: list[dict], missed: list[dict], iobb_thresholds: list[float]) -> str:
+    """The films each flagged stratum misses (evaluate.strata), with their heatmaps; "" without a flag."""
+    if not groups:
+        return ""
+    parts = ['<h2 id="strata">Missed in flagged strata</h2>',
+             "<p>Each sensitivity difference the evaluate stage flagged between strata of an evaluate.strata "
+             "column (the model card's Strata section), and the films of the worse stratum that have the finding "
+             "but score below its threshold, lowest score first (as many as explain.top_k). Look for what they "
+             "share.</p>"]
+    for index, group in enumerate(groups):
+        cards = "".join(_card(e, iobb_thresholds) for e in missed if e["group"] == index) or \
+            "<p>No missed film to show.</p>"
+        parts.append(f"<h3>{escape(group['sentence'])}: {len(group['image_ids'])} missed in "
+                     f"{escape(group['column'])}={escape(group['stratum'])}</h3><div class=\"cards\">{cards}</div>")
+    return "\n".join(parts)
+
+
+def render_gallery_html(entries: list[dict], metrics: dict, groups: list[dict] | None = None,
+                        missed: list[dict] | None = None) -> str:
     """The page for the explain stage's gallery `entries` (pipeline.explain.explanations.explain_examples)
-    and its `metrics` (pipeline.explain.explanations.explain_metrics)."""
+    and its `metrics` (pipeline.explain.explanations.explain_metrics); with `groups` (evaluate's flagged
+    strata) and their `missed` entries, a section of the films each misses."""
     method = METHOD_NAMES[metrics["method"]]
     thresholds = metrics["iobb_thresholds"]
     fraction = metrics["heatmap_threshold"]
-    nav = " · ".join(f'<a href="#{escape(f)}">{escape(f)}</a>' for f in FINDINGS)
+    nav = " · ".join([f'<a href="#{escape(f)}">{escape(f)}</a>' for f in FINDINGS]
+                     + (['<a href="#strata">missed in flagged strata</a>'] if groups else []))
     parts = [
         f"<h1>{method} gallery: test split</h1>",
         f"<p>Per finding, the test images with the highest scores among the true positives (TP: finding "
@@ -117,4 +139,6 @@ def render_gallery_html(entries: list[dict], metrics: dict) -> str:
     ]
     for finding in FINDINGS:
         parts.append(_finding_section(finding, [e for e in entries if e["finding"] == finding], thresholds))
-    return html_page(f"{method} gallery: test split", "\n".join(parts), STYLE)
+    if groups:
+        parts.append(strata_section(groups, missed or [], thresholds))
+    return html_page(f"{method} gallery: test split", "\n".join(parts), STYLE + (STRATA_STYLE if groups else ""))

@@ -38,7 +38,7 @@ from pipeline.model.leakage import FINGERPRINT_FILE, fingerprint
 from pipeline.model.model_card import CARD_FILE, model_card_html
 from pipeline.model.registry import register_decided, registry_model_metadata
 from pipeline.model.scoring import predict_split
-from pipeline.model.strata import strata_mlflow_metrics, strata_report, strata_table
+from pipeline.model.strata import MISSED_FILE, missed_in_flagged, strata_mlflow_metrics, strata_report, strata_table
 from pipeline.model.subgroups import STRATUM_PREFIX, subgroup_mlflow_metrics, subgroup_report, subgroup_table
 from pipeline.monitor.reference import REFERENCE_FILE, write_reference
 from pipeline.records.dataset import read_shard_index
@@ -220,10 +220,19 @@ def measure_test_split(model: keras.Model, tfrecord_dir: Path, settings: Evaluat
 
 
 def write_evaluation_files(evaluation: Evaluation, reports_dir: Path, plots_dir: Path) -> None:
-    """reports_dir's predictions, thresholds and reliability curves; plots_dir whole."""
+    """reports_dir's predictions, thresholds and reliability curves (and with
+    strata, the missed films of each flagged one); plots_dir whole."""
     metrics, scores = evaluation.metrics, evaluation.scores
     write_csv_atomic(predictions_table(scores.ids, scores.labels, scores.probs), reports_dir / "test_predictions.csv")
     write_json_atomic(reports_dir / "thresholds.json", metrics["thresholds"])
+    missed_file = reports_dir / MISSED_FILE
+    if metrics.get("strata"):
+        strata = {key.removeprefix(STRATUM_PREFIX): values for key, values in scores.people.items()
+                  if key.startswith(STRATUM_PREFIX)}
+        write_json_atomic(missed_file, missed_in_flagged(metrics["strata"], scores.labels, scores.probs,
+                                                         metrics["thresholds"], scores.ids, strata))
+    elif missed_file.exists():  # from a run with strata: not this run's
+        missed_file.unlink()
     every_finding, pooled = reliability_tables(metrics["calibration"], evaluation.reliability)
     write_csv_atomic(pd.DataFrame(every_finding), reports_dir / RELIABILITY_FILE)
     # whole, so that no curve of a finding this run could not draw is left from an earlier one

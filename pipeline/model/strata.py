@@ -275,6 +275,36 @@ def flag_sentence(gap: dict) -> str:
             f"adjusted p = {gap['p_value']:.3g})")
 
 
+MISSED_FILE = "strata_missed.json"  # in reports/evaluate/, when evaluate.strata is set: what explain shows
+
+
+def missed_in_flagged(report: dict, labels: np.ndarray, probs: np.ndarray, thresholds: Mapping[str, float],
+                      image_ids: Sequence[str], strata: Mapping[str, Sequence[str]]) -> list[dict]:
+    """Per flagged sensitivity comparison, the films of its worse side that
+    have the finding and score below its threshold, lowest score first:
+    {"column", "stratum" (the worse side, "the rest" for the others),
+    "finding", "sentence", "image_ids"}; what a clinician looks at to see
+    what those films share (the explain stage's gallery)."""
+    groups = []
+    for gap in report["flagged"]:
+        if gap["metric"] != "sensitivity":
+            continue
+        values = np.array([NO_VALUE if v is None else str(v).strip() for v in strata[gap["column"]]], dtype=object)
+        worse_is_stratum = gap["difference"] < 0
+        if worse_is_stratum:
+            side, name = values == gap["stratum"], gap["stratum"]
+        elif gap["versus"] == "the rest":
+            side, name = (values != gap["stratum"]) & (values != NO_VALUE), "the rest"
+        else:
+            side, name = values == gap["versus"], gap["versus"]
+        i = FINDINGS.index(gap["finding"])
+        missed = np.flatnonzero(side & (labels[:, i] == 1) & (probs[:, i] < thresholds[gap["finding"]]))
+        order = missed[np.argsort(probs[missed, i], kind="stable")]
+        groups.append({"column": gap["column"], "stratum": name, "finding": gap["finding"],
+                       "sentence": flag_sentence(gap), "image_ids": [str(image_ids[j]) for j in order]})
+    return groups
+
+
 def strata_mlflow_metrics(report: dict | None) -> dict[str, float]:
     """strata_flagged (how many comparisons were flagged) and strata_comparisons:
     what a runs table sorts on; the comparisons themselves are a logged table."""

@@ -1,6 +1,6 @@
 """evaluate.strata through the real pipeline: the phantom's planted drain
 written as a Drain column, read back by the evaluate stage, and reported in
-the evaluation JSON, the model card, MLflow and the stage's output; a column
+the evaluation JSON, the model card, MLflow and the Grad-CAM gallery; a column
 the data does not have stops the stage in one line before any scoring."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ SHORTCUT = {"ingest.phantom.shortcut.share_with": 0.9, "ingest.phantom.shortcut.
 @pytest.fixture(scope="module")
 def strata_run(prepared_tiny, tmp_path_factory):
     project = copy_project(prepared_tiny, tmp_path_factory.mktemp("strata") / "project", SHORTCUT)
-    return project, run(["dvc", "repro", "evaluate"], project)
+    return project, run(["dvc", "repro"], project)
 
 
 def test_the_drain_column_is_reported_by_stratum(strata_run):
@@ -34,6 +34,11 @@ def test_the_drain_column_is_reported_by_stratum(strata_run):
     assert all(g["p_value"] is not None or g["reason"] for g in strata["gaps"])
     card = (project / "reports" / "evaluate" / "model_card.html").read_text()
     assert 'id="strata"' in card and 'id="slices-Drain"' in card
+    # what explain shows of each flagged stratum: one entry per flag (none on ~13 films), read by explain
+    missed = json.loads((project / "reports" / "evaluate" / "strata_missed.json").read_text())
+    assert len(missed) == sum(g["metric"] == "sensitivity" for g in strata["flagged"])
+    gallery = (project / "reports" / "gradcam" / "index.html").read_text()
+    assert ('id="strata"' in gallery) == bool(missed)
 
 
 def test_strata_are_logged_to_mlflow(strata_run):

@@ -193,3 +193,29 @@ def test_gallery_page_is_self_contained_and_complete(tiny_run):
     assert per_finding.loc["Mass", "n"] == 2 and "pointing_game" in per_finding.columns
     assert "Hernia" not in per_finding.index or per_finding.loc["Hernia", "n"] == 0  # undefined without boxes
     assert "pointing game" in summary_line(metrics) and "T(IoBB)>0.25" in summary_line(metrics)
+
+
+def test_missed_films_of_a_flagged_stratum_get_their_own_section(tiny_run):
+    """evaluate.strata's flagged groups (strata_missed.json): their missed
+    films, as many as explain.top_k, with heatmaps, in a section of their own
+    and not among the findings' TP/FP cards."""
+    from pipeline.explain.explanations import missed_examples
+
+    model, images, truth, examples, settings = tiny_run
+    groups = [{"column": "Drain", "stratum": "0", "finding": "Mass", "image_ids": ["s1.png", "s2.png", "s0.png"],
+               "sentence": "Mass sensitivity in Drain=0 is 0.200 vs 0.900 in Drain=1"}]
+    predictions = pd.DataFrame({"image_id": ["s0.png", "s1.png", "s2.png"], "prob_Mass": [0.1, 0.2, 0.3]})
+    missed = missed_examples(groups, predictions, {"Mass": 0.5}, per_group=2)
+    assert list(missed["image_id"]) == ["s1.png", "s2.png"] and set(missed["kind"]) == {"FN"}
+    assert list(missed["probability"]) == [0.2, 0.3] and list(missed["group"]) == [0, 0]
+    entries = explain_examples(model, examples, images, truth, settings, "features")
+    missed_entries = explain_examples(model, missed, images, truth, settings, "features")
+    scores = localise(model, truth, images, settings, "features", seed=3)
+    metrics = explain_metrics(settings, "features", entries, summarise(scores, settings.iobb_thresholds))
+    page = render_gallery_html(entries, metrics, groups, missed_entries)
+    section = page[page.index('<h2 id="strata">'):]
+    assert "Mass sensitivity in Drain=0 is 0.200 vs 0.900 in Drain=1: 3 missed in Drain=0" in section
+    assert section.count("<img") == 2 and section.count('class="kind FN"') == 2
+    assert page.count('class="kind FN"') == 2  # none among the Mass section's TP and FP cards
+    assert 'href="#strata"' in page
+    assert "strata" not in render_gallery_html(entries, metrics)  # no groups, no section (the bytes as before)

@@ -9,8 +9,9 @@ import pytest
 from pipeline.core.config import ConfigError
 from pipeline.core.labels import FINDINGS
 from pipeline.data.strata import read_strata, strata_of_films
+from pipeline.explain.explanations import STRATA_MISSED_FILE
 from pipeline.model.model_card_strata import strata_section
-from pipeline.model.strata import MAX_STRATA, strata_report
+from pipeline.model.strata import MAX_STRATA, MISSED_FILE, missed_in_flagged, strata_report
 from pipeline.model.subgroups import STRATUM_PREFIX, underdiagnosis_regression
 
 HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
@@ -75,6 +76,16 @@ def test_a_planted_miss_in_one_stratum_is_flagged_and_named():
     assert figures["0"]["sensitivity"]["Pneumothorax"] < figures["1"]["sensitivity"]["Pneumothorax"] - 0.3
     page = strata_section(report)
     assert "Pneumothorax sensitivity in Drain=0" in page and 'id="slices-Drain"' in page
+    # what the explain stage shows: the flagged stratum's missed films, lowest score first
+    ids = [f"f{i}.png" for i in range(800)]
+    groups = missed_in_flagged(report, labels, probs, dict.fromkeys(FINDINGS, 0.5), ids,
+                               {"Drain": list(drain)})
+    group = next(g for g in groups if g["finding"] == "Pneumothorax")
+    expected = np.flatnonzero((drain == "0") & (labels[:, target] == 1) & (probs[:, target] < 0.5))
+    assert group["stratum"] == "0" and sorted(group["image_ids"]) == sorted(ids[i] for i in expected)
+    shown = [probs[ids.index(i), target] for i in group["image_ids"]]
+    assert shown == sorted(shown) and group["sentence"].startswith("Pneumothorax sensitivity in Drain=0")
+    assert MISSED_FILE == STRATA_MISSED_FILE  # the name evaluate writes is the one explain reads
 
 
 def test_strata_that_do_not_matter_are_flagged_about_5_percent_of_the_time_or_less():

@@ -253,7 +253,8 @@ def checks_the_artefact(scenario: Scenario, text: str) -> None:
     report = json.loads((scenario.clone / "reports" / "artefact" / "artefact.json").read_text())
     assert report["films"] == len(WARD_FILMS) and report["artefact"] == "drain" and not report["quarantined"]
     tested = [e for e in report["by_finding"].values() if e["mean_change"] is not None]
-    assert tested and all(e["ci"][0] <= e["mean_change"] <= e["ci"][1] for e in tested), report["by_finding"]
+    assert tested and all(e["ci"][0] <= e["ci"][1] and e["films"] >= 10 for e in tested), report["by_finding"]
+    assert "report: reports/artefact/artefact.json" in result.stdout
 
 
 def promotes(scenario: Scenario, text: str) -> None:

@@ -27,18 +27,13 @@ import numpy as np
 
 from pipeline.core.bootstrap import CONFIDENCE, patient_resample_counts, percentile_interval
 from pipeline.phantom.render import draw_drain
-from pipeline.records.imaging import resize_square
+from pipeline.records.film import model_input
 
 # Artefact drawers: (8-bit film, seed, film index) -> the film with the
 # artefact, drawn in place. A new artefact is a function added here.
 ARTEFACTS: dict[str, Callable[[np.ndarray, int, int], np.ndarray]] = {"drain": draw_drain}
 ALPHA = 1 - CONFIDENCE
 MIN_FILMS = 10
-
-
-def model_input(gray: np.ndarray, image_size: int, fit: str) -> np.ndarray:
-    """An 8-bit film as the model reads it (pipeline.records.imaging.resize_square)."""
-    return resize_square(gray, image_size, fit).astype(np.float32)[..., None]
 
 
 def artefact_probabilities(model, films: Iterable[np.ndarray], artefact: str, seed: int, batch_size: int = 32,
@@ -67,28 +62,26 @@ def artefact_effect(without: np.ndarray, with_artefact: np.ndarray, labels: np.n
     its 95% interval, and whether the artefact raises or lowers it at the
     family-wise level (module notes)."""
     change = np.asarray(with_artefact, float) - np.asarray(without, float)
-    labels = np.asarray(labels)
-    testable = [i for i in range(len(findings)) if (labels[:, i] == 0).sum() >= min_films]
+    lacking = np.asarray(labels) == 0  # (films, findings): the films each finding's mean is over
+    testable = [i for i in range(len(findings)) if lacking[:, i].sum() >= min_films]
     level = 1 - ALPHA / max(1, len(testable))
-    sums: dict[int, list] = {i: [] for i in testable}
-    weights: dict[int, list] = {i: [] for i in testable}
+    # every finding's resampled mean at once: weighted sums over the films lacking it
+    sums, weights = [], []
     for counts in patient_resample_counts(patients, resamples, seed):
-        for i in testable:
-            lacking = labels[:, i] == 0
-            sums[i].append(counts[:, lacking] @ change[lacking, i])
-            weights[i].append(counts[:, lacking].sum(axis=1))
+        sums.append(counts @ (change * lacking))
+        weights.append(counts @ lacking)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.concatenate(sums) / np.concatenate(weights) if sums else np.zeros((0, len(findings)))
     report = {}
     for i, finding in enumerate(findings):
-        lacking = labels[:, i] == 0
+        films = int(lacking[:, i].sum())
         if i not in testable:
-            report[finding] = {"films": int(lacking.sum()), "mean_change": None,
-                               "reason": f"too few films without it (n={int(lacking.sum())}; at least {min_films})"}
+            report[finding] = {"films": films, "mean_change": None,
+                               "reason": f"too few films without it (n={films}; at least {min_films})"}
             continue
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = np.concatenate(sums[i]) / np.concatenate(weights[i])
-        low, high = percentile_interval(means)
-        flag_low, flag_high = percentile_interval(means, level)
-        report[finding] = {"films": int(lacking.sum()), "mean_change": round(float(change[lacking, i].mean()), 4),
+        low, high = percentile_interval(means[:, i])
+        flag_low, flag_high = percentile_interval(means[:, i], level)
+        report[finding] = {"films": films, "mean_change": round(float(change[lacking[:, i], i].mean()), 4),
                            "ci": [round(low, 4), round(high, 4)], "raised": bool(flag_low > 0),
                            "lowered": bool(flag_high < 0)}
     return {"findings_tested": len(testable), "flag_level": round(level, 5), "resamples": resamples,

@@ -335,8 +335,6 @@ def explain_model(
     metrics = explain_metrics(settings, layer, entries, summarise(scores, settings.iobb_thresholds))
     if groups:
         metrics["gallery"]["strata_missed"] = len(missed_entries)
-        for index, group in enumerate(groups):
-            group["shown"] = [e["overlay"] for e in missed_entries if e["group"] == index]
     with atomic_dir(out_dir) as staging:
         for entry in entries + missed_entries:
             (staging / entry["overlay"]).write_bytes(entry["png"])

@@ -45,10 +45,13 @@ from pipeline.core.bootstrap import (
 from pipeline.core.floors import MIN_PATIENTS, MIN_POSITIVES
 from pipeline.core.labels import FINDINGS
 from pipeline.model.subgroups import (
+    NO_VALUE,
     _seed_for,
     difference_interval,
     evaluate_slice,
     rounded,
+    stratum_masks,
+    stratum_values,
     threshold_array,
 )
 
@@ -57,13 +60,6 @@ from pipeline.model.subgroups import (
 MAX_STRATA = 20
 METRICS = ("sensitivity", "auc")
 FLAG_LEVEL = 1 - CONFIDENCE
-NO_VALUE = ""
-
-
-def stratum_masks(values: Sequence[str]) -> dict[str, np.ndarray]:
-    """{value: mask over the films}, for every non-empty value, in sorted order."""
-    text = np.array([NO_VALUE if v is None else str(v).strip() for v in values], dtype=object)
-    return {value: text == value for value in sorted(set(text) - {NO_VALUE})}
 
 
 def comparisons(names: Sequence[str]) -> list[tuple[str, str | None]]:
@@ -227,7 +223,8 @@ def strata_report(
     """The labelled audit, JSON-ready: {"columns": {column: {"strata": {value:
     figures}, "no_value": films without one, "reason"?}}, "gaps": [comparison,
     ...], "flagged": [the flagged comparisons], "comparisons": how many were
-    tested, "flag_level": the adjusted p a flag needs, "test", "settings"}."""
+    tested, "columns_tested": the columns the flag level is shared over,
+    "flag_level": the adjusted p a flag needs, "test", "settings"}."""
     labels, probs = np.asarray(y_true), np.asarray(y_prob, dtype=float)
     patients = np.asarray(list(patients), dtype=object)
     cutoffs = threshold_array(thresholds)
@@ -257,7 +254,8 @@ def strata_report(
         gap["flagged"] = bool(gap["p_value"] is not None and gap["p_value"] <= level)
     return rounded({
         "columns": columns, "gaps": gaps, "flagged": [gap for gap in gaps if gap["flagged"]],
-        "comparisons": sum(g["p_value"] is not None for g in gaps), "flag_level": level,
+        "comparisons": sum(g["p_value"] is not None for g in gaps), "columns_tested": tested_columns,
+        "flag_level": level,
         "test": "maxT permutation over each column's comparisons ((patient, stratum) groups shuffled), "
                 "Bonferroni over the columns",
         "settings": {"min_slice_positives": min_slice_positives, "min_slice_patients": min_slice_patients,
@@ -289,7 +287,7 @@ def missed_in_flagged(report: dict, labels: np.ndarray, probs: np.ndarray, thres
     for gap in report["flagged"]:
         if gap["metric"] != "sensitivity":
             continue
-        values = np.array([NO_VALUE if v is None else str(v).strip() for v in strata[gap["column"]]], dtype=object)
+        values = stratum_values(strata[gap["column"]])
         worse_is_stratum = gap["difference"] < 0
         if worse_is_stratum:
             side, name = values == gap["stratum"], gap["stratum"]

@@ -169,17 +169,23 @@ def slice_masks(people: People, attributes: Sequence[str] | None = None) -> dict
 
 # people may carry the evaluate.strata columns too, as "stratum:<column>" (pipeline.model.strata)
 STRATUM_PREFIX = "stratum:"
+NO_VALUE = ""  # a film whose stratum column is empty: in no stratum
+
+
+def stratum_values(values: Sequence) -> np.ndarray:
+    """A stratum column's values as stripped text, NO_VALUE for an empty or missing one."""
+    return np.array([NO_VALUE if v is None else str(v).strip() for v in values], dtype=object)
+
+
+def stratum_masks(values: Sequence) -> dict[str, np.ndarray]:
+    """{value: mask over the films}, for every value but NO_VALUE, in sorted order."""
+    text = stratum_values(values)
+    return masks_by_value(text, sorted(set(text) - {NO_VALUE}))
 
 
 def stratum_slices(people: People) -> dict[str, dict[str, np.ndarray]]:
-    """{"stratum:<column>": {value: mask}} for each stratum column the people
-    carry; an empty value is in no stratum."""
-    slices = {}
-    for key in people:
-        if key.startswith(STRATUM_PREFIX):
-            values = np.array(["" if v is None else str(v).strip() for v in people[key]], dtype=object)
-            slices[key] = masks_by_value(values, sorted(set(values) - {""}))
-    return slices
+    """{"stratum:<column>": {value: mask}} for each stratum column the people carry."""
+    return {key: stratum_masks(people[key]) for key in people if key.startswith(STRATUM_PREFIX)}
 
 
 def promotion_attributes() -> list[str]:

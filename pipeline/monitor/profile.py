@@ -5,7 +5,7 @@ answers, and the model's penultimate-layer embedding.
 One function (profile_films) profiles both the reference (the evaluate stage,
 on the test split's originals) and the films `cxr monitor` is given, so the
 two are measured the same way: read, checked and preprocessed as served films
-are (pipeline.records.film.checked_film, then resize_square, as
+are (pipeline.records.film.checked_film, then model_input, as
 pipeline.serve.films.film_from_bytes does), one model pass giving the served
 (recalibrated) probabilities and the embedding together. The model is any
 served model (pipeline.serve.xray_model.XrayModel): this package imports
@@ -24,9 +24,9 @@ import numpy as np
 
 from pipeline.core.model_io import model_inputs
 from pipeline.core.patient import PatientMetadataError, age_is_missing, encode_patient
-from pipeline.records.film import FilmChecks, checked_film
+from pipeline.records.film import FilmChecks, checked_film, model_input
 from pipeline.records.image_file import ImageError, read_image_bytes
-from pipeline.records.imaging import image_dimensions, image_format, resize_square
+from pipeline.records.imaging import image_dimensions, image_format
 
 # (name, group, kind) of every scalar feature, in the order reports list them.
 FILE_FEATURES = (("format", "file", "categorical"), ("bit_depth", "file", "categorical"),
@@ -133,7 +133,7 @@ def model_pixels(data: bytes, name: str, model: ServedModel) -> tuple[np.ndarray
     """A film's bytes -> (the model's float32 (size, size, 1) input, its DICOM
     patient fields), after the checks every served film passes."""
     gray, header = checked_film(data, name, model.checks)
-    return resize_square(gray, model.image_size, model.fit).astype(np.float32)[..., None], header
+    return model_input(gray, model.image_size, model.fit), header
 
 
 def profile_films(model: ServedModel, films: Sequence[Path | str], patient_of: PatientOf, batch_size: int = 16,

@@ -113,6 +113,13 @@ def checked_film(data: bytes, name: str, checks: FilmChecks = DEFAULT_CHECKS,
     return gray, patient
 
 
+def model_input(gray: np.ndarray, image_size: int, fit: str = "crop") -> np.ndarray:
+    """A checked 8-bit film as a model reads it: float32 (size, size, 1), grey
+    values 0..255, made square by `fit` and resized as preprocess does
+    (load_xray's convention). Every path that brings a film to a model calls this."""
+    return resize_square(gray, image_size, fit).astype(np.float32)[..., None]
+
+
 def prepare_image(
     task: tuple[str, int, str, str, int, int, float],
 ) -> tuple[bytes | None, int, int, str | None]:

@@ -11,9 +11,8 @@ import numpy as np
 
 from pipeline.core.labels import FINDINGS, NUM_FINDINGS
 from pipeline.core.patient import PatientMetadataError, encode_patient_input
-from pipeline.records.film import DEFAULT_CHECKS, FilmChecks, checked_film, read_checked_film
+from pipeline.records.film import DEFAULT_CHECKS, FilmChecks, checked_film, model_input, read_checked_film
 from pipeline.records.image_file import MAX_FILE_BYTES
-from pipeline.records.imaging import resize_square
 
 DEFAULT_FIT = "crop"
 
@@ -42,7 +41,7 @@ def film_from_bytes(data: bytes, name: str, image_size: int, fit: str = DEFAULT_
 
 
 def preprocessed(gray: np.ndarray, patient: dict | None, image_size: int, fit: str) -> Film:
-    return Film(resize_square(gray, image_size, fit).astype(np.float32)[..., None], patient)
+    return Film(model_input(gray, image_size, fit), patient)
 
 
 def header_patient(patient: dict, remedy: str) -> dict:

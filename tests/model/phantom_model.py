@@ -26,7 +26,7 @@ from pipeline.core.labels import FINDINGS
 from pipeline.phantom.findings import PLANTERS
 from pipeline.phantom.plan import FilmRecord, plan_films
 from pipeline.phantom.render import render_film
-from pipeline.records.imaging import resize_square
+from pipeline.records.film import model_input as pipeline_model_input
 from tests.conftest import section_settings
 
 FILM_SIZE = 256  # the phantom's films
@@ -74,7 +74,7 @@ def train_phantom_model(workdir: Path, seed: int = 0, shortcut=None, n_images: i
 
 def model_input(film: np.ndarray) -> np.ndarray:
     """A 256 px uint8 film -> float32 (64, 64, 1), as preprocess_xray reads its PNG."""
-    return resize_square(film, INPUT_SIZE).astype(np.float32)[..., None]
+    return pipeline_model_input(film, INPUT_SIZE)
 
 
 def render(record: FilmRecord, seed: int) -> np.ndarray:

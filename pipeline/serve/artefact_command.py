@@ -1,9 +1,10 @@
 """`cxr artefact ROOT --labels CSV`: does a suspected artefact move the model?
 Every film of a labelled folder is scored as it is and with the artefact drawn
 on its original (pipeline.explain.artefact_check), and each finding's mean
-change over the films without it is reported with a patient-bootstrap CI and
-a family-wise flag. A film that cannot be read is listed with its reason and
-left out; the others are checked."""
+change over the films without it is reported with a patient-clustered 95% CI
+and a family-wise flag (a sign-flip permutation test over patients). A film
+that cannot be read is listed with its reason and left out; the others are
+checked."""
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,8 @@ def add_artefact_command(commands) -> None:
         "artefact",
         help="counterfactual check: does drawing a suspected artefact (a chest drain) raise a finding?",
         description="Score each labelled film as it is and with the artefact drawn on it; per finding, the mean "
-                    "change in its probability over the films without that finding, with a 95%% bootstrap CI "
-                    "over patients, flagged raised or lowered at 5%% family-wise "
+                    "change in its probability over the films without that finding, with a 95%% CI clustered by "
+                    "patient, flagged raised or lowered at 5%% family-wise "
                     "(docs/evaluation.md#a-known-artefact).",
     )
     artefact.add_argument("root", type=Path, metavar="ROOT", help="the folder the labels CSV's paths are relative to")
@@ -43,11 +44,11 @@ def add_artefact_command(commands) -> None:
                           help="what to draw (default drain)")
     artefact.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
                           help=f"where {REPORT_FILE} goes (default {DEFAULT_OUT})")
-    artefact.add_argument("--bootstrap", type=non_negative_int, default=1000, metavar="N",
-                          help="resamples of the patients for every CI (default 1000)")
+    artefact.add_argument("--flips", type=non_negative_int, default=1000, metavar="N",
+                          help="random sign flips of the patients behind every p (default 1000)")
     artefact.add_argument("--min-films", type=non_negative_int, default=MIN_FILMS, metavar="N",
                           help=f"a finding needs this many films without it, else no figure (default {MIN_FILMS})")
-    artefact.add_argument("--seed", type=int, default=0, help="seed of the drawing and the bootstrap (default 0)")
+    artefact.add_argument("--seed", type=int, default=0, help="seed of the drawing and the sign flips (default 0)")
     add_model_options(artefact)
     add_film_checks(artefact)
 
@@ -113,7 +114,7 @@ def artefact_command(args: argparse.Namespace) -> int:
         without, drawn = artefact_probabilities(model, films, args.artefact, args.seed, args.batch_size, encoded)
         kept = manifest.iloc[rows]
         report = artefact_effect(without, drawn, kept[list(FINDINGS)].to_numpy(), kept["patient_id"].to_numpy(),
-                                 list(FINDINGS), args.bootstrap, args.seed, args.min_films)
+                                 list(FINDINGS), args.flips, args.seed, args.min_films)
     except (ModelLoadError, DataEntryError, ValueError, OSError) as exc:
         print(f"cxr: error: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -86,7 +86,7 @@ def test_cxr_artefact_runs_the_check_on_a_labelled_folder(shortcut_run, tmp_path
                                        + "\nimages/broken.png,No Finding,99999\n")
     model_file = root.parent / "train" / "model.keras"
     code = main(["artefact", str(folder), "--labels", str(folder / "labels.csv"), "--model", str(model_file),
-                 "--out", str(tmp_path / "out"), "--bootstrap", "500"])
+                 "--out", str(tmp_path / "out"), "--flips", "500"])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "broken.png" in err and len([line for line in err.splitlines() if "broken.png" in line]) == 1

@@ -25,7 +25,19 @@ clusters, the clusters audited as a stratum column by the same exact test:
 findings with a cluster flagged worse in sensitivity, of those tested, for
 both models; and the share of the missed drain-less pneumothorax films that
 fall in one cluster.
-(4) The audit's false flags under no difference: --null-reports reports of
+(4) Slice discovery against a calibrated null (the second approach measured,
+not shipped either): per finding, its audited positives' embeddings with what
+the labels and the patient columns explain removed (least squares on the
+other findings, sex, view and age), their first SCAN_COMPONENTS principal
+components, and every tail group along one of them (the SCAN_TAILS shares at
+either end): the largest z for "missed more in the group than in the rest".
+Its null is the same scan on simulated positives that are one Gaussian
+population with the components' variances, whose logits keep the observed
+linear relation to the components (and each film's own remainder), so hard
+cases that shade into normal films are the null, not a discovery; p over
+--scan-simulations simulations, flagged at 0.05 / findings tested. Reported:
+pneumothorax's p and group, and the findings flagged, for both models.
+(5) The audit's false flags under no difference: --null-reports reports of
 300 films with a column drawn at random, --null-resamples shuffles each.
 
     .venv/bin/python benchmarks/bench_hidden_strata.py [--seeds 5] [--test-films 3000] [--null-reports 1000]
@@ -59,6 +71,7 @@ SECTION = "bench_hidden_strata"
 SHORTCUT = Shortcut("Pneumothorax", share_with=0.9, share_without=0.05)
 PNEUMOTHORAX = FINDINGS.index("Pneumothorax")
 CLUSTERS, COMPONENTS, ARTEFACT_FILMS = 6, 16, 400
+SCAN_COMPONENTS, SCAN_TAILS, SCAN_MIN_FILMS = 5, (0.05, 0.1, 0.2, 0.3), 5
 
 
 def test_set(folder: Path, films: int, seed: int) -> dict:
@@ -68,7 +81,61 @@ def test_set(folder: Path, films: int, seed: int) -> dict:
     grays = [cv2.imread(str(root / "images" / name), cv2.IMREAD_GRAYSCALE) for name in entry["Image Index"]]
     return {"grays": grays, "inputs": np.stack([model_input(g) for g in grays]),
             "labels": np.array([[int(f in text.split("|")) for f in FINDINGS] for text in entry["Finding Labels"]]),
-            "drain": entry["Drain"].to_numpy(), "patients": entry["Patient ID"].to_numpy()}
+            "drain": entry["Drain"].to_numpy(), "patients": entry["Patient ID"].to_numpy(),
+            "people": np.column_stack([entry["Patient Gender"].eq("F"), entry["View Position"].eq("AP"),
+                                       entry["Patient Age"] / 100]).astype(float)}
+
+
+def tail_scan(components: np.ndarray, missed: np.ndarray) -> tuple[float, np.ndarray]:
+    """The largest z (pooled two-proportion) of "missed more in a tail group
+    than in the rest" over every component, end and share; and that group."""
+    n, pooled = len(missed), missed.mean()
+    best, group = -np.inf, np.zeros(n, bool)
+    for order in np.argsort(components, axis=0).T:
+        for ranked in (order, order[::-1]):
+            cumulative = np.cumsum(missed[ranked])
+            for share in SCAN_TAILS:
+                k = max(int(round(share * n)), SCAN_MIN_FILMS)
+                inside, outside = cumulative[k - 1] / k, (cumulative[-1] - cumulative[k - 1]) / (n - k)
+                z = (inside - outside) / (np.sqrt(pooled * (1 - pooled) * (1 / k + 1 / (n - k))) + 1e-12)
+                if z > best:
+                    best, group = z, np.isin(np.arange(n), ranked[:k])
+    return float(best), group
+
+
+def calibrated_scan(embeddings: np.ndarray, probs: np.ndarray, labels: np.ndarray, people: np.ndarray,
+                    thresholds: dict, simulations: int, seed: int) -> dict:
+    """Per finding: the tail scan's p against one Gaussian population (module notes (4)) and its group."""
+    rng = np.random.default_rng(seed)
+    results = {}
+    for i, finding in enumerate(FINDINGS):
+        positive = labels[:, i] == 1
+        missed = (probs[positive, i] < thresholds[finding]).astype(float)
+        if missed.sum() < 3 or positive.sum() < 4 * SCAN_MIN_FILMS:
+            continue
+        emb = embeddings[positive]
+        emb = (emb - emb.mean(0)) / (emb.std(0) + 1e-9)
+        design = np.column_stack([np.ones(len(emb)), np.delete(labels[positive], i, 1), people[positive]])
+        residual = emb - design @ np.linalg.lstsq(design, emb, rcond=None)[0]
+        u, s, _ = np.linalg.svd(residual, full_matrices=False)
+        components = u[:, :SCAN_COMPONENTS] * s[:SCAN_COMPONENTS]
+        logits = np.log(np.clip(probs[positive, i], 1e-7, 1 - 1e-7) / np.clip(1 - probs[positive, i], 1e-7, 1))
+        cutoff = np.log(thresholds[finding] / (1 - thresholds[finding]))
+        linear = np.column_stack([np.ones(len(emb)), components])
+        beta = np.linalg.lstsq(linear, logits, rcond=None)[0]
+        remainder = logits - linear @ beta
+        observed, group = tail_scan(components, missed)
+        spread = components.std(0)
+        null = []
+        for _ in range(simulations):
+            simulated = rng.normal(size=components.shape) * spread
+            null.append(tail_scan(simulated, (beta[0] + simulated @ beta[1:] + remainder < cutoff).astype(float))[0])
+        results[finding] = {"p": (1 + sum(z >= observed for z in null)) / (1 + simulations), "z": observed,
+                            "group": np.flatnonzero(positive)[group], "missed_in": missed[group].mean(),
+                            "missed_out": missed[~group].mean()}
+    for result in results.values():
+        result["flagged"] = result["p"] <= 0.05 / len(results)
+    return results
 
 
 def discovered_clusters(embeddings: np.ndarray, fit: slice, audited: slice, seed: int) -> np.ndarray:
@@ -81,7 +148,7 @@ def discovered_clusters(embeddings: np.ndarray, fit: slice, audited: slice, seed
     return kmeans.predict(pca.transform((embeddings[audited] - mean) / spread))
 
 
-def one_model(model, films: dict, seed: int) -> dict:
+def one_model(model, films: dict, seed: int, simulations: int) -> dict:
     n = len(films["labels"])
     fit, audited = slice(0, n // 3), slice(n // 3, None)
     embeddings, probs = embedding_model(model.keras_model).predict(films["inputs"], batch_size=128, verbose=0)
@@ -103,7 +170,11 @@ def one_model(model, films: dict, seed: int) -> dict:
     missed = ((probs[audited][:, PNEUMOTHORAX] < thresholds["Pneumothorax"]) & (labels[audited][:, PNEUMOTHORAX] == 1)
               & (drain[audited] == 0))
     counts = np.bincount(clusters[missed], minlength=CLUSTERS)
-    return {"pneumothorax": pneumothorax, "flags": audit["flagged"], "artefact": effect["Pneumothorax"],
+    scan = calibrated_scan(embeddings[audited].astype(np.float64), probs[audited], labels[audited],
+                           films["people"][audited], thresholds, simulations, seed)
+    in_group = np.isin(np.flatnonzero(missed), scan["Pneumothorax"]["group"]) if "Pneumothorax" in scan else []
+    return {"scan": scan, "scan_missed_in_group": int(np.sum(in_group)),
+            "pneumothorax": pneumothorax, "flags": audit["flagged"], "artefact": effect["Pneumothorax"],
             "other_artefact": max(others.items(), key=lambda item: item[1]), "tested": len(tested),
             "worse": sorted(worse), "missed": int(missed.sum()), "in_one_cluster": int(counts.max())}
 
@@ -126,7 +197,20 @@ def model_lines(kind: str, seed: int, result: dict) -> list[str]:
             f"{' raised' if art['raised'] else ''}; largest other: {other} {change:+.3f}",
             f"  slice discovery: {len(result['worse'])} of {result['tested']} findings flagged worse in a cluster "
             f"({', '.join(result['worse']) or 'none'}); missed drain-less pneumothorax films "
-            f"{result['in_one_cluster']} of {result['missed']} in one cluster"]
+            f"{result['in_one_cluster']} of {result['missed']} in one cluster",
+            f"  calibrated scan: {scan_line(result)}"]
+
+
+def scan_line(result: dict) -> str:
+    scan = result["scan"]
+    flagged = [f for f, r in scan.items() if r["flagged"]]
+    text = f"{len(flagged)} of {len(scan)} findings flagged ({', '.join(flagged) or 'none'})"
+    if "Pneumothorax" in scan:
+        r = scan["Pneumothorax"]
+        text += (f"; pneumothorax p {r['p']:.3f}, group of {len(r['group'])} positives missed {r['missed_in']:.2f} "
+                 f"vs {r['missed_out']:.2f}, holding {result['scan_missed_in_group']} of {result['missed']} "
+                 "missed drain-less pneumothorax films")
+    return text
 
 
 def null_lines(reports: int, resamples: int) -> list[str]:
@@ -149,6 +233,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--test-films", type=int, default=3000)
+    parser.add_argument("--scan-simulations", type=int, default=400)
     parser.add_argument("--null-reports", type=int, default=1000)
     parser.add_argument("--null-resamples", type=int, default=200)
     add_output_arguments(parser)
@@ -159,10 +244,10 @@ def main() -> None:
             films = test_set(Path(folder), args.test_films, seed)
             for kind, shortcut in (("shortcut", SHORTCUT), ("clean", None)):
                 model, _ = train_phantom_model(Path(folder) / f"{kind}-{seed}", seed=seed, shortcut=shortcut)
-                result = one_model(model, films, seed)
+                result = one_model(model, films, seed, args.scan_simulations)
                 summary[kind].append(result)
                 lines += model_lines(kind, seed, result)
-                print("\n".join(lines[-4:]), flush=True)
+                print("\n".join(lines[-5:]), flush=True)
     for kind, results in summary.items():
         flagged = sum(r["pneumothorax"]["flagged"] for r in results)
         raised = sum(r["artefact"]["raised"] for r in results)
@@ -174,6 +259,12 @@ def main() -> None:
                      f"drawn drain raises pneumothorax in {raised}; slice discovery flags {worse} of {tested} "
                      f"findings tested ({100 * worse / max(tested, 1):.0f}%); one cluster holds {held} of {missed} "
                      "missed drain-less pneumothorax films")
+        scanned = sum(len(r["scan"]) for r in results)
+        scan_flags = sum(r2["flagged"] for r in results for r2 in r["scan"].values())
+        ptx = [r["scan"]["Pneumothorax"]["p"] for r in results if "Pneumothorax" in r["scan"]]
+        lines.append(f"{kind} models, calibrated scan: {scan_flags} of {scanned} findings flagged "
+                     f"({100 * scan_flags / max(scanned, 1):.1f}%); pneumothorax p "
+                     f"{', '.join(f'{p:.3f}' for p in ptx)}")
     lines += null_lines(args.null_reports, args.null_resamples)
     report(args, SECTION, "Hidden strata: a planted drain shortcut, the labelled audit, the artefact check and "
                           "slice discovery", lines)

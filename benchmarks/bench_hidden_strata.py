@@ -37,7 +37,12 @@ linear relation to the components (and each film's own remainder), so hard
 cases that shade into normal films are the null, not a discovery; p over
 --scan-simulations simulations, flagged at 0.05 / findings tested. Reported:
 pneumothorax's p and group, and the findings flagged, for both models.
-(5) The audit's false flags under no difference: --null-reports reports of
+(5) What ships instead, error auditing: the gallery's lowest-scoring missed
+films of pneumothorax (pipeline.explain.explanations.select_examples, as
+the explain stage picks them; params.yaml's explain.false_negatives, and 10)
+among the audited films: how many lack a drain, against the share of the
+audited pneumothorax films that do.
+(6) The audit's false flags under no difference: --null-reports reports of
 300 films with a column drawn at random, --null-resamples shuffles each.
 
     .venv/bin/python benchmarks/bench_hidden_strata.py [--seeds 5] [--test-films 3000] [--null-reports 1000]
@@ -62,6 +67,7 @@ from common import add_output_arguments, report
 from pipeline.core.labels import FINDINGS
 from pipeline.core.metrics import choose_thresholds
 from pipeline.explain.artefact_check import artefact_effect, artefact_probabilities
+from pipeline.explain.explanations import select_examples
 from pipeline.model.strata import strata_report
 from pipeline.monitor.profile import embedding_model
 from pipeline.phantom.generate import Shortcut, generate_phantom
@@ -72,6 +78,7 @@ SHORTCUT = Shortcut("Pneumothorax", share_with=0.9, share_without=0.05)
 PNEUMOTHORAX = FINDINGS.index("Pneumothorax")
 CLUSTERS, COMPONENTS, ARTEFACT_FILMS = 6, 16, 400
 SCAN_COMPONENTS, SCAN_TAILS, SCAN_MIN_FILMS = 5, (0.05, 0.1, 0.2, 0.3), 5
+AUDITED_MISSES = 10  # beside params.yaml's explain.false_negatives
 
 
 def test_set(folder: Path, films: int, seed: int) -> dict:
@@ -148,6 +155,24 @@ def discovered_clusters(embeddings: np.ndarray, fit: slice, audited: slice, seed
     return kmeans.predict(pca.transform((embeddings[audited] - mean) / spread))
 
 
+def gallery_misses(probs: np.ndarray, labels: np.ndarray, drain: np.ndarray, thresholds: dict) -> dict:
+    """Of the k lowest-scoring missed pneumothorax films the gallery would show
+    (k = explain.false_negatives, then AUDITED_MISSES), how many lack a drain."""
+    from pipeline.core.settings import load_settings
+
+    shown = load_settings(Path(__file__).resolve().parents[1] / "params.yaml").explain.false_negatives
+    table = pd.DataFrame({"image_id": [f"{i:06d}" for i in range(len(probs))]}
+                         | {f"label_{f}": labels[:, i] for i, f in enumerate(FINDINGS)}
+                         | {f"prob_{f}": probs[:, i] for i, f in enumerate(FINDINGS)})
+    counts = {}
+    for k in sorted({shown, AUDITED_MISSES}):
+        chosen = select_examples(table, thresholds, 0, 0, k)
+        rows = chosen[chosen["finding"] == "Pneumothorax"]["image_id"].astype(int).to_numpy()
+        counts[k] = (int((drain[rows] == 0).sum()), len(rows))
+    positive = labels[:, PNEUMOTHORAX] == 1
+    return {"counts": counts, "drainless_share": float((drain[positive] == 0).mean())}
+
+
 def one_model(model, films: dict, seed: int, simulations: int) -> dict:
     n = len(films["labels"])
     fit, audited = slice(0, n // 3), slice(n // 3, None)
@@ -173,7 +198,8 @@ def one_model(model, films: dict, seed: int, simulations: int) -> dict:
     scan = calibrated_scan(embeddings[audited].astype(np.float64), probs[audited], labels[audited],
                            films["people"][audited], thresholds, simulations, seed)
     in_group = np.isin(np.flatnonzero(missed), scan["Pneumothorax"]["group"]) if "Pneumothorax" in scan else []
-    return {"scan": scan, "scan_missed_in_group": int(np.sum(in_group)),
+    audit_gallery = gallery_misses(probs[audited], labels[audited], drain[audited], thresholds)
+    return {"scan": scan, "scan_missed_in_group": int(np.sum(in_group)), "gallery": audit_gallery,
             "pneumothorax": pneumothorax, "flags": audit["flagged"], "artefact": effect["Pneumothorax"],
             "other_artefact": max(others.items(), key=lambda item: item[1]), "tested": len(tested),
             "worse": sorted(worse), "missed": int(missed.sum()), "in_one_cluster": int(counts.max())}
@@ -198,7 +224,14 @@ def model_lines(kind: str, seed: int, result: dict) -> list[str]:
             f"  slice discovery: {len(result['worse'])} of {result['tested']} findings flagged worse in a cluster "
             f"({', '.join(result['worse']) or 'none'}); missed drain-less pneumothorax films "
             f"{result['in_one_cluster']} of {result['missed']} in one cluster",
-            f"  calibrated scan: {scan_line(result)}"]
+            f"  calibrated scan: {scan_line(result)}",
+            f"  gallery's missed pneumothorax films: {gallery_line(result['gallery'])}"]
+
+
+def gallery_line(gallery: dict) -> str:
+    shown = "; ".join(f"of the {k} lowest-scoring, {drainless} of {n} lack a drain"
+                      for k, (drainless, n) in gallery["counts"].items())
+    return f"{shown} (of all audited pneumothorax films, {100 * gallery['drainless_share']:.0f}% lack one)"
 
 
 def scan_line(result: dict) -> str:
@@ -247,7 +280,7 @@ def main() -> None:
                 result = one_model(model, films, seed, args.scan_simulations)
                 summary[kind].append(result)
                 lines += model_lines(kind, seed, result)
-                print("\n".join(lines[-5:]), flush=True)
+                print("\n".join(lines[-6:]), flush=True)
     for kind, results in summary.items():
         flagged = sum(r["pneumothorax"]["flagged"] for r in results)
         raised = sum(r["artefact"]["raised"] for r in results)
@@ -262,6 +295,13 @@ def main() -> None:
         scanned = sum(len(r["scan"]) for r in results)
         scan_flags = sum(r2["flagged"] for r in results for r2 in r["scan"].values())
         ptx = [r["scan"]["Pneumothorax"]["p"] for r in results if "Pneumothorax" in r["scan"]]
+        for k in sorted(results[0]["gallery"]["counts"]):
+            drainless = sum(r["gallery"]["counts"][k][0] for r in results)
+            shown = sum(r["gallery"]["counts"][k][1] for r in results)
+            share = np.mean([r["gallery"]["drainless_share"] for r in results])
+            lines.append(f"{kind} models, the gallery's {k} lowest-scoring missed pneumothorax films (fewer when "
+                         f"fewer are missed): {drainless} of {shown} lack a drain (of all audited pneumothorax "
+                         f"films, {100 * share:.0f}% lack one)")
         lines.append(f"{kind} models, calibrated scan: {scan_flags} of {scanned} findings flagged "
                      f"({100 * scan_flags / max(scanned, 1):.1f}%); pneumothorax p "
                      f"{', '.join(f'{p:.3f}' for p in ptx)}")

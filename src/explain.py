@@ -1,4 +1,4 @@
-"""DVC stage explain: a heatmap gallery of true and false positives, and
+"""DVC stage explain: a heatmap gallery of true and false positives and missed films, and
 localisation scores against the ground-truth boxes of the test split."""
 import sys
 
@@ -19,7 +19,7 @@ def main(settings: Settings) -> None:
     )
     write_stage_figures(explain_summary(metrics), metrics, settings.path("metrics") / "explain.json",
                         out_dir / REPORT_FILE)
-    print(f"explain: {metrics['gallery']['true_positives'] + metrics['gallery']['false_positives']} overlays "
+    print(f"explain: {sum(metrics['gallery'].values())} overlays "
           f"in {out_dir}; {summary_line(metrics)}", file=sys.stderr)
 
 

@@ -308,6 +308,7 @@ class ExplainSettings:
     layer: str | None = param(optional(text), "empty = the model's last 4-D layer")
     top_k: int = param(whole(0))
     false_positives: int = param(whole(0))
+    false_negatives: int = param(whole(0))
     heatmap_threshold: float = param(number(0, 1, low_open=True), "a fraction of the heatmap's maximum")
     iobb_thresholds: list = param(fractions)
     max_localisation_images: int = param(whole(0))

@@ -1,8 +1,8 @@
 """Explain: heatmaps of the test split that a reader can check against the truth.
 
-- A gallery: per finding, the top-k true positives and the k highest-scoring
-  false positives at evaluate's thresholds, one overlay each, in one offline
-  page (pipeline.explain.gallery).
+- A gallery: per finding, the top-k true positives, the k highest-scoring
+  false positives and the k lowest-scoring missed films at evaluate's
+  thresholds, one overlay each, in one offline page (pipeline.explain.gallery).
 - Localisation scores: the heatmap of every test image with a ground-truth
   box for a finding (up to a cap), scored with the pointing game and T(IoBB)
   (pipeline.explain.localisation), next to a random map's scores.
@@ -53,19 +53,25 @@ Pair = tuple[str, str]  # (image_id, finding)
 
 
 def select_examples(
-    predictions: pd.DataFrame, thresholds: dict[str, float], top_k: int, false_positives: int
+    predictions: pd.DataFrame, thresholds: dict[str, float], top_k: int, false_positives: int,
+    false_negatives: int = 0,
 ) -> pd.DataFrame:
-    """Per finding (FINDINGS order), the top_k true positives and then the
-    false_positives highest-scoring false positives: images flagged by the
-    finding's threshold (prob >= threshold) with label 1, resp. 0; ranked by
-    probability, ties by image_id. Columns EXAMPLE_COLUMNS."""
+    """Per finding (FINDINGS order), the top_k true positives, the
+    false_positives highest-scoring false positives (images flagged by the
+    finding's threshold, prob >= threshold, with label 1, resp. 0), then the
+    false_negatives lowest-scoring missed films (label 1, prob < threshold:
+    the films the model is surest are clear, where a reader looks for what
+    the misses share); ties by image_id. Columns EXAMPLE_COLUMNS."""
     rows = []
     for finding in FINDINGS:
         label, prob, threshold = f"label_{finding}", f"prob_{finding}", float(thresholds[finding])
-        flagged = predictions[predictions[prob] >= threshold]
-        ranked = flagged.sort_values([prob, "image_id"], ascending=[False, True])
-        for kind, wanted, count in ((TRUE_POSITIVE, 1, top_k), (FALSE_POSITIVE, 0, false_positives)):
-            for _, row in ranked[ranked[label] == wanted].head(count).iterrows():
+        flagged = predictions[predictions[prob] >= threshold].sort_values([prob, "image_id"], ascending=[False, True])
+        missed = predictions[(predictions[prob] < threshold) & (predictions[label] == 1)]
+        chosen = ((TRUE_POSITIVE, flagged[flagged[label] == 1].head(top_k)),
+                  (FALSE_POSITIVE, flagged[flagged[label] == 0].head(false_positives)),
+                  (MISSED, missed.sort_values([prob, "image_id"]).head(false_negatives)))
+        for kind, films in chosen:
+            for _, row in films.iterrows():
                 rows.append([row["image_id"], finding, kind, float(row[prob]), threshold])
     return pd.DataFrame(rows, columns=EXAMPLE_COLUMNS)
 
@@ -245,7 +251,8 @@ def examples_table(entries: list[dict]) -> pd.DataFrame:
 def explain_metrics(settings: ExplainSettings, layer: str, entries: list[dict], localisation: dict) -> dict:
     """The content of metrics/explain.json."""
     kinds = [e["kind"] for e in entries]
-    gallery = {"true_positives": kinds.count(TRUE_POSITIVE), "false_positives": kinds.count(FALSE_POSITIVE)}
+    gallery = {"true_positives": kinds.count(TRUE_POSITIVE), "false_positives": kinds.count(FALSE_POSITIVE),
+               "false_negatives": kinds.count(MISSED)}
     return {
         "method": settings.method,
         "layer": layer,
@@ -300,7 +307,7 @@ def explain_model(
 ) -> dict:
     """The explain stage. `settings` is params.yaml's explain section;
     reports_dir holds evaluate's test_predictions.csv and thresholds.json
-    (which images are true and false positives). Writes out_dir (overlays,
+    (which images are true and false positives, and which are missed). Writes out_dir (overlays,
     the gallery page, examples.csv, localisation.csv) atomically, logs it to
     the training run, and returns the metrics."""
     import json
@@ -317,7 +324,8 @@ def explain_model(
     layer = resolve_layer(model, settings.layer)
     predictions = pd.read_csv(reports_dir / "test_predictions.csv")
     thresholds = json.loads((reports_dir / "thresholds.json").read_text())
-    examples = select_examples(predictions, thresholds, settings.top_k, settings.false_positives)
+    examples = select_examples(predictions, thresholds, settings.top_k, settings.false_positives,
+                               settings.false_negatives)
     # evaluate.strata's flagged strata: their missed films, as many per group as explain.top_k
     missed_file = reports_dir / STRATA_MISSED_FILE
     groups = json.loads(missed_file.read_text()) if missed_file.exists() else []

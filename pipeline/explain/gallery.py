@@ -16,8 +16,7 @@ from pipeline.explain.localisation import iobb_key
 PAGE_FILE = "index.html"
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
 KIND_NAMES = {"TP": "true positive", "FP": "false positive", "FN": "missed (false negative)"}
-PER_FINDING_KINDS = ("TP", "FP")  # a finding's section; FN films are shown by flagged stratum
-STRATA_STYLE = ".FN { background: #6a1b9a; }\n"  # only on a page with flagged strata
+PER_FINDING_KINDS = ("TP", "FP", "FN")  # a finding's section, in this order
 STYLE = """
 body { max-width: 80em; }
 h2 { font-size: 1.15em; margin-top: 1.8em; border-bottom: 1px solid #ccc; }
@@ -29,7 +28,7 @@ figure { margin: 0; width: 260px; border: 1px solid #ddd; padding: .4em; }
 figure img { width: 256px; height: 256px; image-rendering: pixelated; display: block; }
 figcaption { font-size: .85em; line-height: 1.4; margin-top: .3em; }
 .kind { display: inline-block; padding: 0 .4em; border-radius: .3em; color: #fff; font-weight: bold; }
-.TP { background: #2e7d32; } .FP { background: #c62828; }
+.TP { background: #2e7d32; } .FP { background: #c62828; } .FN { background: #6a1b9a; }
 .legend span { display: inline-block; width: 1em; height: .8em; vertical-align: middle; margin-right: .3em; }
 """
 
@@ -123,7 +122,10 @@ def render_gallery_html(entries: list[dict], metrics: dict, groups: list[dict] |
         f"<h1>{method} gallery: test split</h1>",
         f"<p>Per finding, the test images with the highest scores among the true positives (TP: finding "
         f"present, score at or above the finding's threshold, chosen on the validation split) and the false "
-        f"positives (FP: finding absent, score at or above the threshold). A score is the model's output, not "
+        f"positives (FP: finding absent, score at or above the threshold), then those with the lowest scores "
+        f"among the missed films (FN: finding present, score below the threshold). What the missed films "
+        f"share, and the films it finds do not (a chest drain, a site's markers), is a failure no column "
+        f"names: name it as a column (evaluate.strata) to measure it. A score is the model's output, not "
         f"the probability that the finding is present (the model card's calibration section says how far "
         f"apart they are). Heatmaps: {method} on layer "
         f"<code>{escape(metrics['layer'])}</code>, scaled to their maximum.</p>",
@@ -141,4 +143,4 @@ def render_gallery_html(entries: list[dict], metrics: dict, groups: list[dict] |
         parts.append(_finding_section(finding, [e for e in entries if e["finding"] == finding], thresholds))
     if groups:
         parts.append(strata_section(groups, missed or [], thresholds))
-    return html_page(f"{method} gallery: test split", "\n".join(parts), STYLE + (STRATA_STYLE if groups else ""))
+    return html_page(f"{method} gallery: test split", "\n".join(parts), STYLE)

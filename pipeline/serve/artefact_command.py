@@ -86,6 +86,10 @@ def summary_table(report: dict) -> str:
         flag = "raised" if entry["raised"] else "lowered" if entry["lowered"] else ""
         lines.append(f"{finding:20s} {entry['films']:6d} {entry['mean_change']:+8.3f}  [{low:+.3f}, {high:+.3f}]"
                      f"   {flag}")
+    if report["findings_tested"]:
+        # Why an interval can exclude 0 with no flag beside it: the interval is per finding, the flag is not.
+        lines.append(f"flag: 5% family-wise over the {report['findings_tested']} findings tested "
+                     f"({report['flips']} sign flips of patients); each 95% CI is for its finding alone")
     return "\n".join(lines)
 
 

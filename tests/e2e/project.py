@@ -27,6 +27,7 @@ TINY = {
     "train.batch_size": 8,
     "explain.top_k": 1,
     "explain.false_positives": 1,
+    "explain.false_negatives": 1,
     "explain.max_localisation_images": 10,
     # a test split of about 13 films: floors of 2, so that some AUCs and the comparison are figures at all
     "evaluate.min_slice_positives": 2,

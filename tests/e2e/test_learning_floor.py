@@ -22,6 +22,7 @@ LEARNING = {
     "train.batch_size": 16,
     "explain.top_k": 1,
     "explain.false_positives": 1,
+    "explain.false_negatives": 1,
     # the test is whether the recipe learns, on every finding with a positive
     # test film (the reporting floor of 10 leaves one finding on 70 films)
     "evaluate.min_slice_positives": 1,

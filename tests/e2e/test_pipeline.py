@@ -61,8 +61,8 @@ def test_explain_gallery_and_localisation_scores(repro):
     assert len(scored) == overall["n"] and len({line.split(",")[0] for line in scored}) <= 10  # the cap
     overlays = sorted(p.name for p in gradcam.glob("*.png"))
     gallery = metrics["gallery"]
-    assert len(overlays) == gallery["true_positives"] + gallery["false_positives"]
-    assert gallery["true_positives"] <= len(FINDINGS) and gallery["false_positives"] <= len(FINDINGS)
+    assert len(overlays) == gallery["true_positives"] + gallery["false_positives"] + gallery["false_negatives"]
+    assert all(gallery[kind] <= len(FINDINGS) for kind in ("true_positives", "false_positives", "false_negatives"))
     page = (gradcam / "index.html").read_text()
     assert page.count('src="data:image/jpeg;base64,') == len(overlays)
     assert "http:" not in page and "https:" not in page and "<script" not in page

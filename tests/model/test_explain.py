@@ -31,7 +31,8 @@ from pipeline.explain.localisation import summarise
 from tests.conftest import section_settings
 from tests.model.test_gradcam import bright_spot_model, spot_images
 
-SETTINGS = section_settings("explain", method="gradcam", layer=None, top_k=2, false_positives=1, heatmap_threshold=0.5,
+SETTINGS = section_settings("explain", method="gradcam", layer=None, top_k=2, false_positives=1, false_negatives=1,
+                            heatmap_threshold=0.5,
                             iobb_thresholds=[0.1, 0.25, 0.5], max_localisation_images=10, batch_size=2)
 
 
@@ -46,25 +47,29 @@ def predictions_table(rows: dict[str, dict[str, tuple[int, float]]]) -> pd.DataF
     return pd.DataFrame(table)
 
 
-def test_true_and_false_positives_at_the_threshold():
+def test_true_and_false_positives_and_missed_films_at_the_threshold():
     predictions = predictions_table({
         "a.png": {"Mass": (1, 0.9)},
         "b.png": {"Mass": (1, 0.7)},
         "g.png": {"Mass": (1, 0.7)},  # ties with b: image_id decides
         "c.png": {"Mass": (1, 0.4)},  # below the threshold: a false negative
+        "h.png": {"Mass": (1, 0.2)},  # missed with a lower score: shown first
         "d.png": {"Mass": (0, 0.95)},
         "e.png": {"Mass": (0, 0.6)},
         "f.png": {"Mass": (0, 0.1)},
     })
     thresholds = {f: 0.5 for f in FINDINGS} | {"Hernia": 0.0}
-    examples = select_examples(predictions, thresholds, top_k=2, false_positives=1)
+    examples = select_examples(predictions, thresholds, top_k=2, false_positives=1, false_negatives=1)
     assert examples.to_dict("records") == [
         {"image_id": "a.png", "finding": "Hernia", "kind": "FP", "probability": 0.0, "threshold": 0.0},
         {"image_id": "a.png", "finding": "Mass", "kind": "TP", "probability": 0.9, "threshold": 0.5},
         {"image_id": "b.png", "finding": "Mass", "kind": "TP", "probability": 0.7, "threshold": 0.5},
         {"image_id": "d.png", "finding": "Mass", "kind": "FP", "probability": 0.95, "threshold": 0.5},
+        {"image_id": "h.png", "finding": "Mass", "kind": "FN", "probability": 0.2, "threshold": 0.5},
     ]
-    assert select_examples(predictions, thresholds, 0, 0).empty
+    missed = select_examples(predictions, thresholds, 0, 0, false_negatives=5)
+    assert list(zip(missed["image_id"], missed["kind"])) == [("h.png", "FN"), ("c.png", "FN")]  # lowest first
+    assert select_examples(predictions, thresholds, 0, 0, 0).empty
 
 
 def test_localisation_targets_are_the_test_boxes_capped_deterministically():
@@ -105,7 +110,7 @@ def tiny_run():
     )
     truth = truth_boxes(boxes, images, 32, "crop")
     examples = pd.DataFrame(
-        [("s0.png", "Mass", "TP", 0.9, 0.5), ("s2.png", "Mass", "FP", 0.8, 0.5)],
+        [("s0.png", "Mass", "TP", 0.9, 0.5), ("s2.png", "Mass", "FP", 0.8, 0.5), ("s1.png", "Mass", "FN", 0.2, 0.5)],
         columns=["image_id", "finding", "kind", "probability", "threshold"],
     )
     settings = dataclasses.replace(SETTINGS, layer="features")
@@ -150,21 +155,22 @@ class PageParser(HTMLParser):
 def test_gallery_page_is_self_contained_and_complete(tiny_run):
     model, images, truth, examples, settings = tiny_run
     entries = explain_examples(model, examples, images, truth, settings, "features")
-    assert [e["overlay"] for e in entries] == ["Mass_s0.png", "Mass_s2.png"]
+    assert [e["overlay"] for e in entries] == ["Mass_s0.png", "Mass_s2.png", "Mass_s1.png"]
     assert entries[0]["pointing_hit"] is True and entries[1]["pointing_hit"] is None  # the FP has no box
+    assert entries[2]["pointing_hit"] is not None  # the missed film has its box
     for entry in entries:
-        # the PNG file: the overlay above a caption band (finding, TP/FP, method, score, image id)
+        # the PNG file: the overlay above a caption band (finding, TP/FP/FN, method, score, image id)
         picture = cv2.imdecode(np.frombuffer(entry["png"], np.uint8), cv2.IMREAD_COLOR)
         band = 3 * CAPTION_LINE_PX + 4
         assert picture.shape == (32 + band, CAPTION_MIN_WIDTH, 3)
         assert picture[32:].max() == 255 and picture[:32, 32:].max() == 0  # text in the band, black padding
-        assert caption_lines(entry, "gradcam")[0] == f"Mass: {'true' if entry['kind'] == 'TP' else 'false'} " \
-                                                      "positive, Grad-CAM"
+        kind = {"TP": "true positive", "FP": "false positive", "FN": "missed (false negative)"}[entry["kind"]]
+        assert caption_lines(entry, "gradcam")[0] == f"Mass: {kind}, Grad-CAM"
         # the gallery page's copy: the overlay alone (its caption is HTML)
         assert cv2.imdecode(np.frombuffer(entry["jpeg"], np.uint8), cv2.IMREAD_COLOR).shape == (32, 32, 3)
     scores = localise(model, truth, images, settings, "features", seed=3)
     metrics = explain_metrics(settings, "features", entries, summarise(scores, settings.iobb_thresholds))
-    assert metrics["gallery"] == {"true_positives": 1, "false_positives": 1}
+    assert metrics["gallery"] == {"true_positives": 1, "false_positives": 1, "false_negatives": 1}
 
     page = render_gallery_html(entries, metrics)
     parser = PageParser()
@@ -182,11 +188,15 @@ def test_gallery_page_is_self_contained_and_complete(tiny_run):
     text = " ".join(parser.text)
     for finding in FINDINGS:
         assert finding in text
-    assert "TP" in text and "FP" in text and "threshold 0.500" in text and "best IoBB" in text
+    assert "TP" in text and "FP" in text and "FN" in text and "threshold 0.500" in text and "best IoBB" in text
+    mass = page[page.index('<h2 id="Mass">'):page.index('<h2 id="Nodule">')]
+    assert [mass.index(f'class="kind {k}"') for k in ("TP", "FP", "FN")] == sorted(
+        mass.index(f'class="kind {k}"') for k in ("TP", "FP", "FN"))  # a finding's cards: TP, FP, then FN
     assert render_gallery_html(entries, metrics) == page  # no timestamps: same input, same bytes
 
     table = examples_table(entries)
-    assert list(table["overlay"]) == ["Mass_s0.png", "Mass_s2.png"] and "png" not in table and "jpeg" not in table
+    assert list(table["overlay"]) == ["Mass_s0.png", "Mass_s2.png", "Mass_s1.png"]
+    assert "png" not in table and "jpeg" not in table
     named = mlflow_metrics(metrics)
     assert named["explain_n"] == 3.0 and "explain_n_Mass" not in named  # per finding: the table
     per_finding = localisation_table(metrics).set_index("finding")
@@ -216,6 +226,7 @@ def test_missed_films_of_a_flagged_stratum_get_their_own_section(tiny_run):
     section = page[page.index('<h2 id="strata">'):]
     assert "Mass sensitivity in Drain=0 is 0.200 vs 0.900 in Drain=1: 3 missed in Drain=0" in section
     assert section.count("<img") == 2 and section.count('class="kind FN"') == 2
-    assert page.count('class="kind FN"') == 2  # none among the Mass section's TP and FP cards
+    assert page.count('class="kind FN"') == 3  # and the Mass section's own lowest-scoring missed film
     assert 'href="#strata"' in page
-    assert "strata" not in render_gallery_html(entries, metrics)  # no groups, no section (the bytes as before)
+    plain = render_gallery_html(entries, metrics)
+    assert 'id="strata"' not in plain and 'href="#strata"' not in plain  # no groups, no section

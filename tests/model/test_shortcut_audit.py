@@ -93,3 +93,6 @@ def test_cxr_artefact_runs_the_check_on_a_labelled_folder(shortcut_run, tmp_path
     report = json.loads((tmp_path / "out" / "artefact.json").read_text())
     assert report["films"] == 300 and report["by_finding"]["Pneumothorax"]["raised"]
     assert re.search(r"^Pneumothorax\s+\d+\s+\+0\.\d{3}\s+\[\+0\.\d{3}, \+0\.\d{3}\]\s+raised$", out, re.M), out
+    tested = report["findings_tested"]
+    assert (f"flag: 5% family-wise over the {tested} findings tested (500 sign flips of patients); "
+            "each 95% CI is for its finding alone") in out

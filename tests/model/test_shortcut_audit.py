@@ -57,6 +57,28 @@ def test_labelled_audit_flags_pneumothorax_missed_without_the_drain(shortcut_run
     assert gap["flagged"] and gap["difference"] < 0 and gap["interval"][1] < 0, gap
 
 
+def test_gallery_shows_drain_less_films_among_the_missed_and_drains_among_the_found(shortcut_run):
+    """Error auditing: the explain stage's picks (select_examples) of the
+    audited films: its 3 lowest-scoring missed pneumothorax films all lack
+    the drain, its 3 highest-scoring found ones all have it, while 1 in 10
+    pneumothorax films lacks it; what a reader of the gallery would see."""
+    from pipeline.explain.explanations import select_examples
+
+    _, _, entry, _, labels, probs = shortcut_run
+    choose, audited = slice(0, TEST_FILMS // 3), slice(TEST_FILMS // 3, None)
+    thresholds, _ = choose_thresholds(labels[choose], probs[choose], "max_f1")
+    table = pd.DataFrame({"image_id": entry["Image Index"][audited].to_numpy()}
+                         | {f"label_{f}": labels[audited, i] for i, f in enumerate(FINDINGS)}
+                         | {f"prob_{f}": probs[audited, i] for i, f in enumerate(FINDINGS)})
+    shown = select_examples(table, thresholds, top_k=3, false_positives=0, false_negatives=3)
+    shown = shown[shown["finding"] == "Pneumothorax"]
+    drain = dict(zip(entry["Image Index"], entry["Drain"]))
+    kinds = {kind: [drain[i] for i in shown[shown["kind"] == kind]["image_id"]] for kind in ("TP", "FN")}
+    assert kinds == {"TP": [1, 1, 1], "FN": [0, 0, 0]}, kinds
+    positive = labels[audited, FINDINGS.index("Pneumothorax")] == 1
+    assert (entry["Drain"][audited].to_numpy()[positive] == 0).mean() < 0.15
+
+
 def test_artefact_check_shows_the_drain_raises_pneumothorax(shortcut_run):
     model, _, entry, films, labels, _ = shortcut_run
     # films without a drain: the check draws it on

@@ -76,6 +76,17 @@ def select_examples(
     return pd.DataFrame(rows, columns=EXAMPLE_COLUMNS)
 
 
+def missed_counts(predictions: pd.DataFrame, thresholds: dict[str, float]) -> dict[str, dict[str, int]]:
+    """{finding: {"missed": positives scoring below its threshold, "positives": test films with it}}:
+    how many missed films the gallery's few stand for."""
+    counts = {}
+    for finding in FINDINGS:
+        positive = predictions[f"label_{finding}"] == 1
+        below = predictions[f"prob_{finding}"] < float(thresholds[finding])
+        counts[finding] = {"missed": int((positive & below).sum()), "positives": int(positive.sum())}
+    return counts
+
+
 def missed_examples(groups: list[dict], predictions: pd.DataFrame, thresholds: dict[str, float],
                     per_group: int) -> pd.DataFrame:
     """The first `per_group` films of each flagged stratum's missed ones
@@ -341,6 +352,7 @@ def explain_model(
     entries = explain_examples(model, examples, images, truth, settings, layer)
     missed_entries = explain_examples(model, missed, images, truth, settings, layer) if len(missed) else []
     metrics = explain_metrics(settings, layer, entries, summarise(scores, settings.iobb_thresholds))
+    metrics["missed"] = missed_counts(predictions, thresholds)
     if groups:
         metrics["gallery"]["strata_missed"] = len(missed_entries)
     with atomic_dir(out_dir) as staging:

@@ -81,12 +81,24 @@ def _card(entry: dict, iobb_thresholds: list[float]) -> str:
     )
 
 
-def _finding_section(finding: str, entries: list[dict], iobb_thresholds: list[float]) -> str:
+def _missed_line(count: dict, shown: int) -> str:
+    if not count["positives"]:
+        return "<p>No test film has this finding.</p>"
+    lowest = {0: ".", 1: "; the lowest-scoring:"}.get(shown, f"; the {shown} lowest-scoring:")
+    films = "the test film" if count["positives"] == 1 else f"the {count['positives']} test films"
+    return f"<p>Missed (score below the threshold): {count['missed']} of {films} with this finding{lowest}</p>"
+
+
+def _finding_section(finding: str, entries: list[dict], iobb_thresholds: list[float],
+                     missed: dict | None = None) -> str:
     parts = [f'<h2 id="{escape(finding)}">{escape(finding)}</h2>']
     for kind in PER_FINDING_KINDS:
         chosen = [e for e in entries if e["kind"] == kind]
-        cards = "".join(_card(e, iobb_thresholds) for e in chosen) or \
-            f"<p>No {KIND_NAMES[kind]} at this finding's threshold in the test split.</p>"
+        empty = f"<p>No {KIND_NAMES[kind]} at this finding's threshold in the test split.</p>"
+        if kind == "FN" and missed is not None:
+            parts.append(_missed_line(missed, len(chosen)))
+            empty = "<p>None shown (explain.false_negatives is 0).</p>" if missed["missed"] else ""
+        cards = "".join(_card(e, iobb_thresholds) for e in chosen) or empty
         parts.append(f'<div class="cards">{cards}</div>')
     return "\n".join(parts)
 
@@ -140,7 +152,8 @@ def render_gallery_html(entries: list[dict], metrics: dict, groups: list[dict] |
         f"<p>{nav}</p>",
     ]
     for finding in FINDINGS:
-        parts.append(_finding_section(finding, [e for e in entries if e["finding"] == finding], thresholds))
+        parts.append(_finding_section(finding, [e for e in entries if e["finding"] == finding], thresholds,
+                                      metrics.get("missed", {}).get(finding)))
     if groups:
         parts.append(strata_section(groups, missed or [], thresholds))
     return html_page(f"{method} gallery: test split", "\n".join(parts), STYLE)

@@ -47,6 +47,17 @@ def predictions_table(rows: dict[str, dict[str, tuple[int, float]]]) -> pd.DataF
     return pd.DataFrame(table)
 
 
+def test_missed_counts_are_each_findings_positives_below_its_threshold():
+    from pipeline.explain.explanations import missed_counts
+
+    predictions = predictions_table({"a.png": {"Mass": (1, 0.9)}, "b.png": {"Mass": (1, 0.3)},
+                                     "c.png": {"Mass": (0, 0.1), "Nodule": (1, 0.5)}})
+    counts = missed_counts(predictions, {f: 0.5 for f in FINDINGS})
+    assert counts["Mass"] == {"missed": 1, "positives": 2}
+    assert counts["Nodule"] == {"missed": 0, "positives": 1}  # at the threshold is found
+    assert counts["Hernia"] == {"missed": 0, "positives": 0} and list(counts) == list(FINDINGS)
+
+
 def test_true_and_false_positives_and_missed_films_at_the_threshold():
     predictions = predictions_table({
         "a.png": {"Mass": (1, 0.9)},
@@ -193,6 +204,21 @@ def test_gallery_page_is_self_contained_and_complete(tiny_run):
     assert [mass.index(f'class="kind {k}"') for k in ("TP", "FP", "FN")] == sorted(
         mass.index(f'class="kind {k}"') for k in ("TP", "FP", "FN"))  # a finding's cards: TP, FP, then FN
     assert render_gallery_html(entries, metrics) == page  # no timestamps: same input, same bytes
+
+    # with the stage's counts of missed films: how many the few FN cards stand for
+    counts = {f: {"missed": 0, "positives": 0} for f in FINDINGS} | {"Mass": {"missed": 4, "positives": 9},
+                                                                     "Nodule": {"missed": 2, "positives": 5},
+                                                                     "Edema": {"missed": 0, "positives": 1}}
+    counted = render_gallery_html(entries, {**metrics, "missed": counts})
+    mass = counted[counted.index('<h2 id="Mass">'):counted.index('<h2 id="Nodule">')]
+    assert "Missed (score below the threshold): 4 of the 9 test films with this finding; the lowest-scoring:" in mass
+    nodule = counted[counted.index('<h2 id="Nodule">'):counted.index('<h2 id="Pleural_Thickening">')]
+    assert "2 of the 5 test films with this finding." in nodule
+    assert "None shown (explain.false_negatives is 0)" in nodule  # no card for Nodule among the entries
+    hernia = counted[counted.index('<h2 id="Hernia">'):counted.index('<h2 id="Infiltration">')]
+    assert "No test film has this finding." in hernia and "No missed" not in hernia
+    edema = counted[counted.index('<h2 id="Edema">'):counted.index('<h2 id="Effusion">')]
+    assert "Missed (score below the threshold): 0 of the test film with this finding.</p>" in edema
 
     table = examples_table(entries)
     assert list(table["overlay"]) == ["Mass_s0.png", "Mass_s2.png", "Mass_s1.png"]

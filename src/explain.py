@@ -15,7 +15,7 @@ def main(settings: Settings) -> None:
         settings.path("model"), settings.path("tfrecords"), settings.path("evaluate_reports"), settings.path("boxes"),
         out_dir, settings.path("mlflow_run"), settings.explain, experiment=settings.mlflow.experiment,
         image_size=settings.preprocess.image_size, fit=settings.preprocess.fit, seed=settings.seed,
-        mlflow_timeout_s=settings.mlflow.timeout_s,
+        mlflow_timeout_s=settings.mlflow.timeout_s, data_source=settings.ingest.source,
     )
     write_stage_figures(explain_summary(metrics), metrics, settings.path("metrics") / "explain.json",
                         out_dir / REPORT_FILE)

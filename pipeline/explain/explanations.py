@@ -314,7 +314,7 @@ def localisation_table(metrics: dict) -> pd.DataFrame:
 def explain_model(
     model_file: Path, tfrecord_dir: Path, reports_dir: Path, boxes_file: Path, out_dir: Path, run_file: Path,
     settings: ExplainSettings, experiment: str, image_size: int, fit: str, seed: int,
-    mlflow_timeout_s: float | None = None,
+    mlflow_timeout_s: float | None = None, data_source: str | None = None,
 ) -> dict:
     """The explain stage. `settings` is params.yaml's explain section;
     reports_dir holds evaluate's test_predictions.csv and thresholds.json
@@ -353,6 +353,7 @@ def explain_model(
     missed_entries = explain_examples(model, missed, images, truth, settings, layer) if len(missed) else []
     metrics = explain_metrics(settings, layer, entries, summarise(scores, settings.iobb_thresholds))
     metrics["missed"] = missed_counts(predictions, thresholds)
+    metrics["data_source"] = data_source  # the page's synthetic banner
     if groups:
         metrics["gallery"]["strata_missed"] = len(missed_entries)
     with atomic_dir(out_dir) as staging:

@@ -66,6 +66,7 @@ def test_explain_gallery_and_localisation_scores(repro):
     page = (gradcam / "index.html").read_text()
     assert page.count('src="data:image/jpeg;base64,') == len(overlays)
     assert "http:" not in page and "https:" not in page and "<script" not in page
+    assert 'id="synthetic"' in page  # the phantom's films, said so on the page
     assert "pointing game" in (result.stdout + result.stderr)
 
 

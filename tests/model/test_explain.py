@@ -205,6 +205,11 @@ def test_gallery_page_is_self_contained_and_complete(tiny_run):
         mass.index(f'class="kind {k}"') for k in ("TP", "FP", "FN"))  # a finding's cards: TP, FP, then FN
     assert render_gallery_html(entries, metrics) == page  # no timestamps: same input, same bytes
 
+    assert 'id="synthetic"' not in page and 'id="synthetic"' not in render_gallery_html(
+        entries, {**metrics, "data_source": "nih"})
+    phantom = render_gallery_html(entries, {**metrics, "data_source": "phantom"})
+    assert '<p class="banner" id="synthetic">These films are a synthetic phantom: these figures say nothing about ' \
+           'clinical performance.</p>' in phantom
     # with the stage's counts of missed films: how many the few FN cards stand for
     counts = {f: {"missed": 0, "positives": 0} for f in FINDINGS} | {"Mass": {"missed": 4, "positives": 9},
                                                                      "Nodule": {"missed": 2, "positives": 5},

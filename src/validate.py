@@ -30,7 +30,7 @@ def main(settings: Settings) -> None:
         ages_missing=json.loads(ingest_output(settings, "ingest_report").read_text()).get("ages_missing", []),
         on_invalid=settings.validate.on_invalid, min_split_patients=settings.validate.min_split_patients,
     )
-    page = write_validation_report(result, str(source), settings.path("validation_report"))
+    page = write_validation_report(result, str(source), settings.path("validation_report"), settings.ingest.source)
     write_rejected_rows(result.rejected_rows, rejected_out)
     detail = result.to_json_dict()
     errors = sum(1 for check in result.failed if check["severity"] == "error")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.core.html import escape, html_page
+from pipeline.data.sources import SYNTHETIC_WARNING, is_synthetic
 from pipeline.data.validate import ValidationResult
 
 REPORT_FILE = "index.html"
@@ -24,6 +25,7 @@ table { width: 100%; }
 th, td { text-align: left; vertical-align: top; }
 tr.failed-error td { background: #fdecea; } tr.failed-warning td { background: #fff4e5; }
 code { font-size: .95em; }
+.banner { background: #fff3cd; border: 1px solid #e0c36b; padding: .5em .8em; font-weight: bold; }
 """
 
 
@@ -104,8 +106,9 @@ def _table(checks: list[dict]) -> str:
         "</tbody></table>"
 
 
-def render_validation_html(result: ValidationResult, source: str) -> str:
-    """The whole report page for `result` of validating `source`: status, the
+def render_validation_html(result: ValidationResult, source: str, data_source: str | None = None) -> str:
+    """The whole report page for `result` of validating `source` (the manifest's
+    path; data_source: ingest.source, for the synthetic banner): status, the
     failed error checks first, then warnings, then every check in suite order.
     Row numbers are 1-based manifest data rows (row 1 = line 2 of the CSV)."""
     errors = [c for c in result.checks if not c["success"] and c["severity"] == "error"]
@@ -113,6 +116,8 @@ def render_validation_html(result: ValidationResult, source: str) -> str:
         '<span class="status fail">FAILED</span>'
     parts = [
         f"<h1>Manifest validation {status}</h1>",
+        *([f'<p class="banner" id="synthetic">These films are a {escape(SYNTHETIC_WARNING)}.</p>']
+          if is_synthetic(data_source) else []),
         f"<p><code>{escape(source)}</code>: {result.rows} rows, {len(result.checks)} checks, "
         f"{len(errors)} failed, {len(result.warnings)} warnings, {len(result.rejected_rows)} rejected CSV rows. "
         f"Row numbers count manifest data rows from 1 (row 1 is line 2 of the CSV). "
@@ -129,11 +134,13 @@ def render_validation_html(result: ValidationResult, source: str) -> str:
     return html_page(f"Manifest validation: {source}", "\n".join(parts), STYLE)
 
 
-def write_validation_report(result: ValidationResult, source: str, out_dir: Path) -> Path:
+def write_validation_report(result: ValidationResult, source: str, out_dir: Path,
+                            data_source: str | None = None) -> Path:
     """Replace out_dir with one holding index.html (atomically); returns the page's path."""
     from pipeline.core.atomic import atomic_dir
 
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as staging:
-        (staging / REPORT_FILE).write_text(render_validation_html(result, source), encoding="utf-8")
+        (staging / REPORT_FILE).write_text(render_validation_html(result, source, data_source),
+                                             encoding="utf-8")
     return out_dir / REPORT_FILE

@@ -36,6 +36,9 @@ def test_report_of_a_passing_manifest_is_deterministic():
     assert "passed" in text and "<h2>Failed checks</h2>" not in text
     assert text.count("<tr class=") == len(result.checks)
     assert text == render_validation_html(result, "m.csv")
+    assert 'id="synthetic"' not in text and 'id="synthetic"' not in render_validation_html(result, "m.csv", "nih")
+    assert '<p class="banner" id="synthetic">These films are a synthetic phantom' in render_validation_html(
+        result, "m.csv", "phantom")
 
 
 def test_report_lists_rejected_rows_and_missing_ages():

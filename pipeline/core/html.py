@@ -14,11 +14,18 @@ h1 { font-size: 1.4em; }
 table { border-collapse: collapse; font-size: .9em; }
 th, td { border: 1px solid #ccc; padding: .3em .5em; }
 th { background: #f3f3f3; }
+.banner { background: #fff4e5; border-left: 4px solid #e65100; padding: .5em .8em; font-weight: bold; }
 """
 
 
 def escape(value) -> str:
     return html.escape(str(value), quote=True)
+
+
+def banner(text: str, anchor: str) -> str:
+    """A warning the reader cannot miss (text, plain), at the top of a page; `anchor` is its id, which tests and
+    links find it by."""
+    return f'<p class="banner" id="{escape(anchor)}">{escape(text)}</p>'
 
 
 def html_page(title: str, body: str, style: str = "") -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.core.html import escape, html_page
-from pipeline.data.sources import SYNTHETIC_WARNING, is_synthetic
+from pipeline.data.synthetic_banner import synthetic_banner
 from pipeline.data.validate import ValidationResult
 
 REPORT_FILE = "index.html"
@@ -25,7 +25,6 @@ table { width: 100%; }
 th, td { text-align: left; vertical-align: top; }
 tr.failed-error td { background: #fdecea; } tr.failed-warning td { background: #fff4e5; }
 code { font-size: .95em; }
-.banner { background: #fff3cd; border: 1px solid #e0c36b; padding: .5em .8em; font-weight: bold; }
 """
 
 
@@ -116,8 +115,7 @@ def render_validation_html(result: ValidationResult, source: str, data_source: s
         '<span class="status fail">FAILED</span>'
     parts = [
         f"<h1>Manifest validation {status}</h1>",
-        *([f'<p class="banner" id="synthetic">These films are a {escape(SYNTHETIC_WARNING)}.</p>']
-          if is_synthetic(data_source) else []),
+        synthetic_banner(data_source),
         f"<p><code>{escape(source)}</code>: {result.rows} rows, {len(result.checks)} checks, "
         f"{len(errors)} failed, {len(result.warnings)} warnings, {len(result.rejected_rows)} rejected CSV rows. "
         f"Row numbers count manifest data rows from 1 (row 1 is line 2 of the CSV). "

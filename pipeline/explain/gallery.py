@@ -11,7 +11,7 @@ import base64
 
 from pipeline.core.html import escape, html_page
 from pipeline.core.labels import FINDINGS
-from pipeline.data.sources import SYNTHETIC_WARNING, is_synthetic
+from pipeline.data.synthetic_banner import synthetic_banner
 from pipeline.explain.localisation import iobb_key
 
 PAGE_FILE = "index.html"
@@ -30,7 +30,6 @@ figure img { width: 256px; height: 256px; image-rendering: pixelated; display: b
 figcaption { font-size: .85em; line-height: 1.4; margin-top: .3em; }
 .kind { display: inline-block; padding: 0 .4em; border-radius: .3em; color: #fff; font-weight: bold; }
 .TP { background: #2e7d32; } .FP { background: #c62828; } .FN { background: #6a1b9a; }
-.banner { background: #fff3cd; border: 1px solid #e0c36b; padding: .5em .8em; font-weight: bold; }
 .legend span { display: inline-block; width: 1em; height: .8em; vertical-align: middle; margin-right: .3em; }
 """
 
@@ -134,8 +133,7 @@ def render_gallery_html(entries: list[dict], metrics: dict, groups: list[dict] |
                      + (['<a href="#strata">missed in flagged strata</a>'] if groups else []))
     parts = [
         f"<h1>{method} gallery: test split</h1>",
-        *([f'<p class="banner" id="synthetic">These films are a {escape(SYNTHETIC_WARNING)}.</p>']
-          if is_synthetic(metrics.get("data_source")) else []),
+        synthetic_banner(metrics.get("data_source")),
         f"<p>Per finding, the test images with the highest scores among the true positives (TP: finding "
         f"present, score at or above the finding's threshold, chosen on the validation split) and the false "
         f"positives (FP: finding absent, score at or above the threshold), then those with the lowest scores "

@@ -8,7 +8,7 @@ timestamps: the same inputs give the same bytes.
 """
 from __future__ import annotations
 
-from pipeline.core.html import escape, html_page
+from pipeline.core.html import banner, escape, html_page
 from pipeline.core.labels import FINDINGS
 from pipeline.core.metrics import SHARE_OF, share_films
 from pipeline.model.model_card_sections import SECTIONS_STYLE, calibration_section, subgroups_section
@@ -26,7 +26,6 @@ th:first-child, td:first-child { text-align: left; }
 .curves { display: flex; flex-wrap: wrap; gap: 1em; }
 figure { margin: 0; } figcaption { font-size: .85em; text-align: center; }
 svg { background: #fafafa; border: 1px solid #ddd; }
-.banner { background: #fff4e5; border-left: 4px solid #e65100; padding: .5em .8em; font-weight: bold; }
 """
 
 
@@ -138,19 +137,17 @@ ECE_WARNING = 0.05
 
 def intended_use_section(summary: dict, metrics: dict) -> str:
     """Banner for synthetic data, what the model is for, and what it is not."""
-    from pipeline.data.sources import SYNTHETIC_WARNING, is_synthetic, source_sentence
+    from pipeline.data.sources import source_sentence
+    from pipeline.data.synthetic_banner import synthetic_banner
 
     source = summary.get("data_source")
-    parts = []
-    if is_synthetic(source):
-        parts.append(f'<p class="banner" id="synthetic">{escape(SYNTHETIC_WARNING[0].upper() + SYNTHETIC_WARNING[1:])}'
-                     ". This model was trained and tested on films the project draws itself (docs/synthetic-data.md); "
-                     "it shows that the pipeline works, not how well a model reads chest X-rays.</p>")
+    parts = [synthetic_banner(source, "The films behind this model are",
+                              " It was trained and tested on films the project draws itself (docs/synthetic-data.md):"
+                              " it shows that the pipeline works, not how well a model reads chest X-rays.")]
     mean_ece = (metrics.get("calibration") or {}).get("mean_ece")
     if mean_ece is not None and mean_ece > ECE_WARNING:
-        parts.append(f'<p class="banner" id="not-calibrated">The probabilities are not calibrated (mean ECE '
-                     f"{mean_ece:.3f}): read them as scores that rank films, not as the chance that a finding is "
-                     "present.</p>")
+        parts.append(banner(f"The probabilities are not calibrated (mean ECE {mean_ece:.3f}): read them as scores "
+                            "that rank films, not as the chance that a finding is present.", "not-calibrated"))
     parts.append(
         "<h2>Intended use and limitations</h2><ul>"
         "<li>Intended use: research and engineering: comparing models and choosing one, in this pipeline. Not a "

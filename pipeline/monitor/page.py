@@ -4,13 +4,12 @@ finding's mean probability moved. Inline SVG, no script: it works offline."""
 from __future__ import annotations
 
 from pipeline.core.html import escape, html_page
-from pipeline.data.sources import SYNTHETIC_WARNING, is_synthetic
+from pipeline.data.synthetic_banner import synthetic_banner
 
 STYLE = """
 .verdict { font-size: 1.2em; padding: .6em 1em; border-radius: 4px; }
 .drift { background: #fde2e1; border: 1px solid #c0392b; }
 .nodrift { background: #e3f4e8; border: 1px solid #2e7d32; }
-.banner { background: #fff3cd; border: 1px solid #c9a227; padding: .5em 1em; }
 svg text { font-family: system-ui, sans-serif; font-size: 11px; }
 td.num { text-align: right; }
 """
@@ -86,9 +85,7 @@ def feature_table(features: list[dict]) -> str:
 
 def monitor_page(report: dict, verdict: str) -> str:
     reference, films = report["reference"], report["films"]
-    parts = ["<h1>Drift monitor</h1>"]
-    if is_synthetic(reference.get("data_source")):
-        parts.append(f'<p class="banner" id="synthetic">The reference films are a {escape(SYNTHETIC_WARNING)}.</p>')
+    parts = ["<h1>Drift monitor</h1>", synthetic_banner(reference.get("data_source"), "The reference films are")]
     kind = "drift" if report["verdict"] == "drift" else "nodrift"
     parts.append(f'<p class="verdict {kind}" id="verdict">{escape(verdict)}</p>')
     model = report["model"]

@@ -15,6 +15,7 @@ from pipeline.data.sources import (
     is_synthetic,
     source_sentence,
 )
+from pipeline.data.synthetic_banner import synthetic_banner
 from pipeline.data.validate import validate_manifest
 from tests.conftest import write_png
 
@@ -59,3 +60,10 @@ def test_an_unknown_source_lists_the_registered_ones():
                                           r"kaggle-sample \| folder$"):
         check_source_settings("dicom-server", "data", "data/ingest/phantom")
     assert is_synthetic("phantom") and "Synthetic phantom" in source_sentence("phantom")
+
+
+def test_every_page_warns_of_synthetic_films_in_the_same_banner_and_of_real_ones_not_at_all():
+    assert synthetic_banner("phantom", "The reference films are", " <Drawn>.") == (
+        '<p class="banner" id="synthetic">The reference films are a synthetic phantom: these figures say nothing '
+        'about clinical performance. &lt;Drawn&gt;.</p>')
+    assert synthetic_banner("nih") == synthetic_banner("folder") == synthetic_banner(None) == ""

@@ -128,8 +128,9 @@ def test_card_is_self_contained_and_complete(page, tmp_path):
 
 
 def test_card_says_what_the_data_is_what_the_model_is_for_and_reads_its_plots(page):
-    assert '<p class="banner" id="synthetic">Synthetic phantom: these figures say nothing about clinical ' \
-           "performance." in page
+    assert '<p class="banner" id="synthetic">The films behind this model are a synthetic phantom: these ' \
+           "figures say nothing about clinical performance. It was trained and tested on films the project " \
+           "draws itself" in page
     assert page.index('id="synthetic"') < page.index("<h2>Per finding")
     assert "<h2>Intended use and limitations</h2>" in page and "Not a medical device" in page
     roc = page[page.index("<h2>ROC curves"):page.index('<section id="calibration">')]

@@ -14,6 +14,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import yaml
+
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACT_DIR = Path("mlruns/artifacts")
 # Seconds to wait for a remote tracking server's /health before giving up.
@@ -148,17 +150,31 @@ def run_name(backbone: str, image_size: int, data_source: str, train_images: int
 
 
 def git_commit() -> str:
-    """The project's HEAD commit, with '-dirty' when the work tree has changes."""
+    """The project's HEAD commit, with '-dirty' when a tracked file differs from it. DVC's own files do not count:
+    dvc.lock and the stages' outputs that it records, which `dvc repro` deletes before a stage runs and rewrites
+    after (a stage run from a clean checkout would otherwise always call its commit dirty)."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
+        changed = subprocess.run(
+            ["git", "diff", "--name-only", "--relative", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.split("\n")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    managed = dvc_managed_paths(Path("dvc.lock"))
+    dirty = [path for path in changed if path and not any(path == m or path.startswith(m + "/") for m in managed)]
+    return commit + ("-dirty" if dirty else "")
+
+
+def dvc_managed_paths(lock: Path) -> set[str]:
+    """dvc.lock and every output path it records (relative to the project root, as git names them)."""
+    try:
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError):
+        return {lock.name}
+    outs = {out["path"].rstrip("/") for stage in stages.values() for out in stage.get("outs") or []}
+    return {lock.name, *outs}
 
 
 def data_hash(tfrecord_dir: Path) -> str:

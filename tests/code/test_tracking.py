@@ -2,6 +2,7 @@
 bounded waits on MLflow calls and on the store's locks."""
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from pipeline.core.tracking import (
     TrackingServerError,
     bound_http_waits,
     check_tracking_server,
+    git_commit,
     redacted,
 )
 from tests.conftest import free_port
@@ -128,3 +130,27 @@ def test_a_table_logged_again_replaces_the_old_rows(tmp_path, monkeypatch):
     table = mlflow.load_table("tables/t.json", run_ids=[run.info.run_id])
     assert table["finding"].tolist() == ["Mass", "Nodule"] and table["auc"].iloc[0] == 0.8
     assert '"type": "table"' in mlflow.get_run(run.info.run_id).data.tags["mlflow.loggedArtifacts"]
+
+
+def test_a_commit_is_dirty_for_changed_code_or_params_but_not_for_dvc_s_own_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert git_commit() == "unknown"  # not a git repository
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "evaluate.json").write_text("{}")
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  evaluate:\n    cmd: python src/evaluate.py\n"
+                                       "    outs:\n    - path: metrics/evaluate.json\n      md5: 0\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert git_commit() == head
+    # what `dvc repro` does around a stage: delete its outputs, then rewrite them and the lock
+    (tmp_path / "metrics" / "evaluate.json").unlink()
+    assert git_commit() == head
+    (tmp_path / "metrics" / "evaluate.json").write_text('{"auc": 0.5}')
+    (tmp_path / "dvc.lock").write_text((tmp_path / "dvc.lock").read_text().replace("md5: 0", "md5: 1"))
+    assert git_commit() == head
+    (tmp_path / "params.yaml").write_text("seed: 2\n")  # a change the commit does not hold
+    assert git_commit() == head + "-dirty"

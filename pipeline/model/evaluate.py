@@ -24,6 +24,7 @@ from pipeline.core.model_io import REFERENCE_ARTIFACT, load_keras_model, uses_pa
 from pipeline.core.patient import PATIENT_ENCODING
 from pipeline.core.settings import EvaluateSettings, MlflowSettings
 from pipeline.core.tracking import configure_mlflow, data_hash, git_commit, log_table, metric_name, resume_run
+from pipeline.data.sources import SYNTHETIC_WARNING, is_synthetic
 from pipeline.data.strata import strata_of_films
 from pipeline.model.audit import (
     calibration_mlflow_metrics,
@@ -155,13 +156,16 @@ def write_curves(test_curves: dict, folder: Path) -> list[Path]:
     return written
 
 
-def auc_table(metrics: dict) -> pd.DataFrame:
+def auc_table(metrics: dict, data_source: str | None) -> pd.DataFrame:
     """Test AUC and its 95% CI per finding (those defined on test): a bar chart
-    in `dvc plots`, so that `dvc plots diff` compares experiments finding by finding."""
+    in `dvc plots`, so that `dvc plots diff` compares experiments finding by finding.
+    data_warning: for a synthetic source, the warning the chart draws above its
+    bars (.dvc/plots/auc_ci.json), the first plot of the `dvc plots show` page."""
+    warning = SYNTHETIC_WARNING[0].upper() + SYNTHETIC_WARNING[1:] if is_synthetic(data_source) else ""
     rows = [{"finding": f, "auc": round(auc, 4), "ci_low": _rounded(metrics["auc_ci_low"][f]),
-             "ci_high": _rounded(metrics["auc_ci_high"][f])}
+             "ci_high": _rounded(metrics["auc_ci_high"][f]), "data_warning": warning}
             for f, auc in metrics["auc"].items() if auc is not None]
-    return pd.DataFrame(rows, columns=["finding", "auc", "ci_low", "ci_high"])
+    return pd.DataFrame(rows, columns=["finding", "auc", "ci_low", "ci_high", "data_warning"])
 
 
 def _rounded(value: float | None) -> float | None:
@@ -219,7 +223,8 @@ def measure_test_split(model: keras.Model, tfrecord_dir: Path, settings: Evaluat
     return Evaluation(metrics, scores, curves(test_labels, test_probs), reliability, recalibration)
 
 
-def write_evaluation_files(evaluation: Evaluation, reports_dir: Path, plots_dir: Path) -> None:
+def write_evaluation_files(evaluation: Evaluation, reports_dir: Path, plots_dir: Path,
+                           data_source: str | None) -> None:
     """reports_dir's predictions, thresholds and reliability curves (and with
     strata, the missed films of each flagged one); plots_dir whole."""
     metrics, scores = evaluation.metrics, evaluation.scores
@@ -238,7 +243,7 @@ def write_evaluation_files(evaluation: Evaluation, reports_dir: Path, plots_dir:
     # whole, so that no curve of a finding this run could not draw is left from an earlier one
     with atomic_dir(plots_dir) as folder:
         write_curves(evaluation.curves, folder)
-        write_csv_atomic(auc_table(metrics), folder / AUC_PLOT_FILE)
+        write_csv_atomic(auc_table(metrics, data_source), folder / AUC_PLOT_FILE)
         write_csv_atomic(pd.DataFrame(pooled).drop(columns="finding"), folder / RELIABILITY_PLOT_FILE)
 
 
@@ -272,7 +277,7 @@ def evaluate_model(
     metrics, with the registry's decision."""
     model = load_keras_model(model_file)
     evaluation = measure_test_split(model, tfrecord_dir, settings, seed, strata_table)
-    write_evaluation_files(evaluation, reports_dir, plots_dir)
+    write_evaluation_files(evaluation, reports_dir, plots_dir, training.get("data_source"))
     metrics = evaluation.metrics
     summary, preprocessing = model_description(model, tfrecord_dir, training, metrics["test_manifest"])
     artifacts = {}

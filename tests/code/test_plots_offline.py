@@ -146,3 +146,48 @@ def test_committed_template_is_current(template):
     committed = PROJECT_ROOT / ".dvc" / TEMPLATE_NAME
     assert committed.read_text(encoding="utf-8") == template, (
         f"{committed} is stale: run `python -m pipeline.core.plots_page` and commit it")
+
+
+@pytest.fixture(scope="module")
+def auc_pages(tmp_path_factory, template) -> dict[str, Path]:
+    """The project's AUC chart (.dvc/plots/auc_ci.json) on evaluate's table: `dvc plots show` for a real and a
+    synthetic source, and `dvc plots diff HEAD` against a commit whose table predates the data_warning column."""
+    from pipeline.model.evaluate import auc_table
+
+    repo = tmp_path_factory.mktemp("auc")
+    git("init", "-q", cwd=repo)
+    dvc("init", "-q", cwd=repo)
+    config = ConfigObj(str(repo / ".dvc" / "config"))
+    config["plots"] = dict(REPO_PLOTS_CONFIG)
+    config.write()
+    (repo / ".dvc" / config["plots"]["html_template"]).write_text(template, encoding="utf-8")
+    (repo / ".dvc" / "plots").mkdir()
+    shutil.copy(PROJECT_ROOT / ".dvc" / "plots" / "auc_ci.json", repo / ".dvc" / "plots")
+    (repo / "dvc.yaml").write_text("plots:\n  - auc.csv:\n      template: auc_ci\n      x: auc\n      y: finding\n")
+    metrics = {"auc": {"Mass": 0.71, "Edema": 0.64}, "auc_ci_low": {"Mass": 0.6, "Edema": 0.5},
+               "auc_ci_high": {"Mass": 0.8, "Edema": 0.75}}
+    auc_table(metrics, "nih").drop(columns="data_warning").to_csv(repo / "auc.csv", index=False)
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", "an older run", cwd=repo)
+    pages = {}
+    for kind, source in (("real", "nih"), ("synthetic", "phantom")):
+        auc_table(metrics, source).to_csv(repo / "auc.csv", index=False)
+        dvc("plots", "show", "-o", kind, cwd=repo)
+        pages[kind] = repo / kind / "index.html"
+    dvc("plots", "diff", "HEAD", "-o", "diff", cwd=repo)
+    pages["diff"] = repo / "diff" / "index.html"
+    return pages
+
+
+@no_chromium
+@pytest.mark.parametrize("kind", ["real", "synthetic", "diff"])
+def test_the_auc_chart_says_when_its_figures_are_synthetic(auc_pages, kind, tmp_path):
+    result = subprocess.run([*CHROMIUM_OFFLINE, f"--user-data-dir={tmp_path / 'profile'}", auc_pages[kind].as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    dom = result.stdout
+    assert len(re.findall(r'class="mark-rect role-mark[^>]*><path\b', dom)) == 1, "no bars drawn"
+    assert ">Mass<" in dom and ">Edema<" in dom
+    warning = "Synthetic phantom: these figures say nothing about clinical performance"
+    # drawn once, above the bars, by the workspace's table (the older commit's has no warning to draw)
+    assert dom.count(f">{warning}<") == (0 if kind == "real" else 1)

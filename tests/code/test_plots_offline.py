@@ -63,17 +63,22 @@ def template() -> str:
     return build_template()
 
 
-@pytest.fixture(scope="module")
-def pages(tmp_path_factory, template) -> dict[str, Path]:
-    """A git + DVC repo with the repo's plots setting and two plots; `dvc plots show`
-    and `dvc plots diff HEAD` (one plot changed since the commit) run in it."""
-    repo = tmp_path_factory.mktemp("plots")
+def plots_repo(repo: Path, template: str) -> Path:
+    """A git + DVC repo in `repo` with the project's plots setting and its offline template."""
     git("init", "-q", cwd=repo)
     dvc("init", "-q", cwd=repo)
     config = ConfigObj(str(repo / ".dvc" / "config"))
     config["plots"] = dict(REPO_PLOTS_CONFIG)
     config.write()
     (repo / ".dvc" / config["plots"]["html_template"]).write_text(template, encoding="utf-8")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory, template) -> dict[str, Path]:
+    """A git + DVC repo with the repo's plots setting and two plots; `dvc plots show`
+    and `dvc plots diff HEAD` (one plot changed since the commit) run in it."""
+    repo = plots_repo(tmp_path_factory.mktemp("plots"), template)
     (repo / "dvc.yaml").write_text(DVC_YAML)
     (repo / "roc.csv").write_text(ROC)
     (repo / "history.csv").write_text(HISTORY)
@@ -154,13 +159,7 @@ def auc_pages(tmp_path_factory, template) -> dict[str, Path]:
     synthetic source, and `dvc plots diff HEAD` against a commit whose table predates the data_warning column."""
     from pipeline.model.evaluate import auc_table
 
-    repo = tmp_path_factory.mktemp("auc")
-    git("init", "-q", cwd=repo)
-    dvc("init", "-q", cwd=repo)
-    config = ConfigObj(str(repo / ".dvc" / "config"))
-    config["plots"] = dict(REPO_PLOTS_CONFIG)
-    config.write()
-    (repo / ".dvc" / config["plots"]["html_template"]).write_text(template, encoding="utf-8")
+    repo = plots_repo(tmp_path_factory.mktemp("auc"), template)
     (repo / ".dvc" / "plots").mkdir()
     shutil.copy(PROJECT_ROOT / ".dvc" / "plots" / "auc_ci.json", repo / ".dvc" / "plots")
     (repo / "dvc.yaml").write_text("plots:\n  - auc.csv:\n      template: auc_ci\n      x: auc\n      y: finding\n")

@@ -48,21 +48,43 @@ def test_changes_are_counted_per_split_and_a_moved_image_counts_in_both():
     assert "Mass 0.250 -> 0.600" in lines[1] and "Effusion 0.250 -> 0.400" in lines[1]
 
 
-def test_the_earlier_manifest_comes_from_dvcs_cache_by_the_locked_hash(tmp_path):
-    path = tmp_path / "manifest.csv"
-    BEFORE.to_csv(path, index=False)
-    md5 = hashlib.md5(path.read_bytes()).hexdigest()
-    cache = tmp_path / "cache"
+def lock_naming(tmp_path, manifest_path: str, md5: str):
     lock = tmp_path / "dvc.lock"
     lock.write_text(yaml.safe_dump({"schema": "2.0", "stages": {"ingest": {"outs": [
-        {"path": "data/ingest/manifest.csv", "md5": md5, "hash": "md5"}]}}}))
-    missing, reason = previous_manifest(lock, "data/ingest/manifest.csv", cache)
+        {"path": manifest_path, "md5": md5, "hash": "md5"}]}}}))
+    return lock
+
+
+def test_the_earlier_manifest_comes_from_dvcs_cache_by_the_locked_hash(tmp_path):
+    earlier = tmp_path / "earlier.csv"
+    BEFORE.to_csv(earlier, index=False)
+    md5 = hashlib.md5(earlier.read_bytes()).hexdigest()
+    written = tmp_path / "data" / "manifest.csv"  # what this ingest wrote: another manifest
+    written.parent.mkdir()
+    AFTER.to_csv(written, index=False)
+    cache = tmp_path / "cache"
+    lock = lock_naming(tmp_path, str(written), md5)
+    missing, reason = previous_manifest(lock, str(written), cache)
     assert missing is None and reason == f"the earlier manifest ({md5}) is not in the local DVC cache: `dvc pull` " \
                                          "it to compare"
     (cache / md5[:2]).mkdir(parents=True)
-    (cache / md5[:2] / md5[2:]).write_bytes(path.read_bytes())
-    found, source = previous_manifest(lock, "data/ingest/manifest.csv", cache)
+    (cache / md5[:2] / md5[2:]).write_bytes(earlier.read_bytes())
+    found, source = previous_manifest(lock, str(written), cache)
     assert source == md5 and list(found["image_id"]) == list(BEFORE["image_id"])
+
+
+def test_a_manifest_that_is_the_locked_one_needs_no_cache_to_say_nothing_changed(tmp_path):
+    # A fresh clone's first `dvc repro` of the committed data: dvc.lock names the manifest just written again,
+    # and the cache is empty. The report is the committed run's (0 added), not "not in the local DVC cache".
+    written = tmp_path / "manifest.csv"
+    AFTER.to_csv(written, index=False)
+    md5 = hashlib.md5(written.read_bytes()).hexdigest()
+    found, source = previous_manifest(lock_naming(tmp_path, str(written), md5), str(written), tmp_path / "cache")
+    assert source == md5
+    report = data_change(found, AFTER, source)
+    assert change_metrics(report) == {"images_added": 0, "images_removed": 0, "patients_added": 0,
+                                      "patients_removed": 0}
+    assert change_lines(report) == ["since the last ingest: 0 images added, 0 removed (0 patients added, 0 removed)"]
 
 
 @pytest.mark.parametrize("lock_text", [None, "schema: '2.0'\nstages: {}\n", ": not yaml ["])

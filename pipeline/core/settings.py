@@ -312,6 +312,7 @@ class ExplainSettings:
     heatmap_threshold: float = param(number(0, 1, low_open=True), "a fraction of the heatmap's maximum")
     iobb_thresholds: list = param(fractions)
     max_localisation_images: int = param(whole(0))
+    min_localisation_images: int = param(whole(1), "a score's boxed films")
     batch_size: int = param(whole(1))
 
 

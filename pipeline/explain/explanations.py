@@ -269,6 +269,7 @@ def explain_metrics(settings: ExplainSettings, layer: str, entries: list[dict], 
         "layer": layer,
         "heatmap_threshold": settings.heatmap_threshold,
         "iobb_thresholds": list(settings.iobb_thresholds),
+        "min_localisation_images": settings.min_localisation_images,
         "gallery": gallery,
         "localisation": localisation,
     }
@@ -286,6 +287,8 @@ def summary_line(metrics: dict) -> str:
     overall = metrics["localisation"]["overall"]
     if not overall["n"]:
         return "no test image has a ground-truth box: no localisation scores"
+    if overall["pointing_game"] is None:
+        return f"no localisation scores: {overall['reason']} (explain.min_localisation_images)"
     names = {"pointing_game": "pointing game"}
     names.update({iobb_key(t): f"T(IoBB)>{t:g}" for t in metrics["iobb_thresholds"]})
     scores = ", ".join(f"{name} {overall[key]:.2f} (random {overall[key + '_random']:.2f})"
@@ -351,7 +354,8 @@ def explain_model(
     truth = truth_boxes(boxes, images, image_size, fit)
     entries = explain_examples(model, examples, images, truth, settings, layer)
     missed_entries = explain_examples(model, missed, images, truth, settings, layer) if len(missed) else []
-    metrics = explain_metrics(settings, layer, entries, summarise(scores, settings.iobb_thresholds))
+    localisation = summarise(scores, settings.iobb_thresholds, settings.min_localisation_images)
+    metrics = explain_metrics(settings, layer, entries, localisation)
     metrics["missed"] = missed_counts(predictions, thresholds)
     metrics["data_source"] = data_source  # the page's synthetic banner
     if groups:

@@ -24,6 +24,7 @@ h2 { font-size: 1.15em; margin-top: 1.8em; border-bottom: 1px solid #ccc; }
 th, td { text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 .random { color: #777; }
+td.too-few { text-align: left; color: #777; }
 .cards { display: flex; flex-wrap: wrap; gap: 1em; }
 figure { margin: 0; width: 260px; border: 1px solid #ddd; padding: .4em; }
 figure img { width: 256px; height: 256px; image-rendering: pixelated; display: block; }
@@ -49,15 +50,22 @@ def _score_cells(scores: dict, keys: list[str]) -> str:
     )
 
 
+def _score_row(scores: dict, keys: list[str]) -> str:
+    """The score cells, or one cell with the reason there are none (too few boxed films)."""
+    if scores.get("reason"):
+        return f'<td colspan="{len(keys)}" class="too-few">{escape(scores["reason"])}</td>'
+    return _score_cells(scores, keys)
+
+
 def localisation_table(localisation: dict, iobb_thresholds: list[float]) -> str:
     """Overall, then each finding that has boxed test images: n and every score
-    with the random map's in brackets."""
+    with the random map's in brackets, or why there are none."""
     keys = ["pointing_game", *map(iobb_key, iobb_thresholds)]
     head = "<th>finding</th><th>n</th><th>pointing game</th>" + \
         "".join(f"<th>T(IoBB) &gt; {t:g}</th>" for t in iobb_thresholds)
     rows = [("all findings", localisation["overall"])]
     rows += [(finding, scores) for finding, scores in localisation["per_finding"].items() if scores["n"]]
-    body = "".join(f"<tr><td>{escape(name)}</td><td>{scores['n']}</td>{_score_cells(scores, keys)}</tr>"
+    body = "".join(f"<tr><td>{escape(name)}</td><td>{scores['n']}</td>{_score_row(scores, keys)}</tr>"
                    for name, scores in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -149,7 +157,9 @@ def render_gallery_html(entries: list[dict], metrics: dict, groups: list[dict] |
         "<h2>Localisation</h2>",
         "<p>Every boxed test image (up to the cap), scored as in Wang et al. 2017 (ChestX-ray8). Pointing "
         "game: the heatmap's peak lies in the box. T(IoBB): some detected region's bounding box has "
-        "intersection / its own area above T. In brackets: a random map of the same smoothness.</p>",
+        "intersection / its own area above T. In brackets: a random map of the same smoothness. A score "
+        f"needs at least {metrics['min_localisation_images']} boxed films (explain.min_localisation_images): "
+        "one film's hit would read as a rate of 1.00.</p>",
         localisation_table(metrics["localisation"], thresholds),
         f"<p>{nav}</p>",
     ]

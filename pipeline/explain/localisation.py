@@ -78,25 +78,30 @@ def _rates(scores: pd.DataFrame, prefix: str, iobb_thresholds: Iterable[float]) 
     return rates
 
 
-def summarise_group(scores: pd.DataFrame, iobb_thresholds: Sequence[float]) -> dict:
-    """n, then each score next to the random map's (key + "_random"); the
-    scores are None when n is 0."""
+def summarise_group(scores: pd.DataFrame, iobb_thresholds: Sequence[float], min_images: int = 1) -> dict:
+    """n, then each score next to the random map's (key + "_random"). With
+    fewer than `min_images` boxed images (and none) the scores are None and
+    "reason" says why: one film's hit is a pointing game of 1.00, not a rate."""
     summary: dict = {"n": len(scores)}
-    ours = _rates(scores, "", iobb_thresholds) if len(scores) else None
-    chance = _rates(scores, RANDOM_PREFIX, iobb_thresholds) if len(scores) else None
+    shown = len(scores) >= max(min_images, 1)
+    ours = _rates(scores, "", iobb_thresholds) if shown else None
+    chance = _rates(scores, RANDOM_PREFIX, iobb_thresholds) if shown else None
     for key in ["pointing_game", *map(iobb_key, iobb_thresholds)]:
         summary[key] = ours[key] if ours else None
         summary[f"{key}_random"] = chance[key] if chance else None
+    if len(scores) and not shown:
+        summary["reason"] = f"too few boxed films (n={len(scores)})"
     return summary
 
 
-def summarise(scores: pd.DataFrame, iobb_thresholds: Sequence[float]) -> dict:
+def summarise(scores: pd.DataFrame, iobb_thresholds: Sequence[float], min_images: int = 1) -> dict:
     """{"overall": {...}, "per_finding": {finding: {...}}} from one row per
-    scored (image, finding) with the SCORE_COLUMNS and their random_ twins."""
+    scored (image, finding) with the SCORE_COLUMNS and their random_ twins;
+    a group of fewer than `min_images` rows has no scores, only its reason."""
     return {
-        "overall": summarise_group(scores, iobb_thresholds),
+        "overall": summarise_group(scores, iobb_thresholds, min_images),
         "per_finding": {
-            finding: summarise_group(scores[scores["finding"] == finding], iobb_thresholds)
+            finding: summarise_group(scores[scores["finding"] == finding], iobb_thresholds, min_images)
             for finding in FINDINGS
         },
     }

@@ -204,6 +204,15 @@ def test_gallery_page_is_self_contained_and_complete(tiny_run):
     assert [mass.index(f'class="kind {k}"') for k in ("TP", "FP", "FN")] == sorted(
         mass.index(f'class="kind {k}"') for k in ("TP", "FP", "FN"))  # a finding's cards: TP, FP, then FN
     assert render_gallery_html(entries, metrics) == page  # no timestamps: same input, same bytes
+    assert "A score needs at least 10 boxed films (explain.min_localisation_images)" in page
+    # a floor above the boxed films: each row says so in place of its rates, and so does the log line
+    floored = explain_metrics(settings, "features", entries, summarise(scores, settings.iobb_thresholds,
+                                                                       min_images=len(scores) + 1))
+    table = render_gallery_html(entries, floored).split("<table>")[1].split("</table>")[0]
+    assert table.count('class="too-few"') == 1 + scores["finding"].nunique() and 'class="random"' not in table
+    assert f'<td colspan="4" class="too-few">too few boxed films (n={len(scores)})</td>' in table
+    assert summary_line(floored) == f"no localisation scores: too few boxed films (n={len(scores)}) " \
+                                    "(explain.min_localisation_images)"
 
     assert 'id="synthetic"' not in page and 'id="synthetic"' not in render_gallery_html(
         entries, {**metrics, "data_source": "nih"})

@@ -97,3 +97,20 @@ def test_summary_per_finding_and_overall_next_to_random():
     empty = summary["per_finding"]["Hernia"]
     assert empty["n"] == 0 and set(empty.values()) == {0, None}
     assert iobb_key(0.25) == "iobb_0.25"
+
+
+def test_a_group_below_the_floor_has_its_reason_not_a_rate():
+    # One Nodule film whose peak hits its box is not a pointing game of 1.00.
+    scores = pd.DataFrame({"image_id": ["a", "b", "c"], "finding": ["Mass", "Mass", "Nodule"],
+                           "pointing_hit": [True, False, True], "best_iobb": [1.0, 0.4, 0.9],
+                           "random_pointing_hit": [False, False, True], "random_best_iobb": [0.2, 0.0, 0.3]})
+    summary = summarise(scores, THRESHOLDS, min_images=2)
+    nodule = summary["per_finding"]["Nodule"]
+    assert nodule["n"] == 1 and nodule["reason"] == "too few boxed films (n=1)"
+    assert [value for key, value in nodule.items() if key not in ("n", "reason")] == [None] * 8
+    mass = summary["per_finding"]["Mass"]
+    assert "reason" not in mass and mass["pointing_game"] == 0.5 and mass["iobb_0.5"] == 0.5
+    assert "reason" not in summary["per_finding"]["Hernia"]  # no boxed film: nothing to be too few of
+    assert summary["overall"]["pointing_game"] == 2 / 3
+    assert summarise(scores, THRESHOLDS, min_images=4)["overall"] == {
+        "n": 3, **{key: None for key in summary["overall"] if key != "n"}, "reason": "too few boxed films (n=3)"}

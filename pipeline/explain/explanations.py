@@ -277,7 +277,7 @@ def explain_metrics(settings: ExplainSettings, layer: str, entries: list[dict], 
 
 def explain_summary(metrics: dict) -> dict:
     """metrics/explain.json: the pointing game next to the random map's (None
-    without a boxed test image); the rest goes to reports/gradcam/explain.json."""
+    without a boxed test image, or with too few); the rest goes to reports/gradcam/explain.json."""
     overall = metrics["localisation"]["overall"]
     return {"pointing_game": overall.get("pointing_game"), "pointing_random": overall.get("pointing_game_random")}
 
@@ -298,9 +298,10 @@ def summary_line(metrics: dict) -> str:
 
 def mlflow_metrics(metrics: dict) -> dict[str, float]:
     """explain_<score> over all boxed images (n too) and the gallery's counts,
-    leaving out scores that are undefined (no boxed image). Each finding's
-    scores are a row of localisation_table instead (90 metrics otherwise)."""
-    named = {f"explain_{k}": v for k, v in metrics["localisation"]["overall"].items()}
+    leaving out scores that are undefined (no boxed image, or too few: the
+    reason is in the run's gradcam/explain.json). Each finding's scores are a row of
+    localisation_table instead (90 metrics otherwise)."""
+    named = {f"explain_{k}": v for k, v in metrics["localisation"]["overall"].items() if k != "reason"}
     named.update({f"explain_gallery_{k}": v for k, v in metrics["gallery"].items()})
     return {metric_name(k): float(v) for k, v in named.items() if v is not None}
 

@@ -213,6 +213,8 @@ def test_gallery_page_is_self_contained_and_complete(tiny_run):
     assert f'<td colspan="4" class="too-few">too few boxed films (n={len(scores)})</td>' in table
     assert summary_line(floored) == f"no localisation scores: too few boxed films (n={len(scores)}) " \
                                     "(explain.min_localisation_images)"
+    assert mlflow_metrics(floored) == {"explain_n": float(len(scores)), **{
+        f"explain_gallery_{kind}": 1.0 for kind in ("true_positives", "false_positives", "false_negatives")}}
 
     assert 'id="synthetic"' not in page and 'id="synthetic"' not in render_gallery_html(
         entries, {**metrics, "data_source": "nih"})

@@ -13,12 +13,12 @@ dvc.lock names) the report says why instead of comparing.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
+from pipeline.core.checksum import file_md5
 from pipeline.core.labels import FINDINGS, SPLITS
 
 DVC_CACHE = Path(".dvc") / "cache" / "files" / "md5"
@@ -36,24 +36,17 @@ def locked_md5(lock_file: Path, stage: str, out_path: str) -> str | None:
     return None
 
 
-def file_md5(path: Path) -> str | None:
-    """The md5 DVC records for a file (of its bytes), None when it cannot be read."""
-    try:
-        return hashlib.md5(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
 def previous_manifest(lock_file: Path, manifest_path: str, cache: Path = DVC_CACHE) -> tuple[pd.DataFrame | None, str]:
     """The manifest the last ingest wrote and where it came from, or (None, why there is none)."""
     md5 = locked_md5(lock_file, "ingest", manifest_path)
     if md5 is None:
         return None, f"no earlier manifest: {lock_file} records none (the first ingest)"
     cached = cache / md5[:2] / md5[2:]
-    if not cached.is_file() and file_md5(Path(manifest_path)) == md5:
+    written = Path(manifest_path)
+    if not cached.is_file() and written.is_file() and file_md5(written) == md5:
         # The manifest this ingest has just written is the one dvc.lock names: nothing changed, and saying so
         # needs no cache (a fresh clone's first run on the committed data reports what the committed run did).
-        cached = Path(manifest_path)
+        cached = written
     if not cached.is_file():
         return None, f"the earlier manifest ({md5}) is not in the local DVC cache: `dvc pull` it to compare"
     try:

@@ -120,7 +120,12 @@ def source_name(name: str | None) -> str:
     return SOURCES[name].description if name in SOURCES else name
 
 
+def synthetic_warning(name: str | None) -> str:
+    """The warning as a sentence of its own ("Synthetic phantom: ...") for a synthetic source, "" for any other."""
+    return SYNTHETIC_WARNING[0].upper() + SYNTHETIC_WARNING[1:] if is_synthetic(name) else ""
+
+
 def source_sentence(name: str | None) -> str:
     """One sentence naming the data, with the warning when it is synthetic."""
     text = f"Data: {source_name(name)} (ingest.source {name})."
-    return f"{text} {SYNTHETIC_WARNING[0].upper()}{SYNTHETIC_WARNING[1:]}." if is_synthetic(name) else text
+    return f"{text} {synthetic_warning(name)}." if is_synthetic(name) else text

@@ -24,7 +24,7 @@ from pipeline.core.model_io import REFERENCE_ARTIFACT, load_keras_model, uses_pa
 from pipeline.core.patient import PATIENT_ENCODING
 from pipeline.core.settings import EvaluateSettings, MlflowSettings
 from pipeline.core.tracking import configure_mlflow, data_hash, git_commit, log_table, metric_name, resume_run
-from pipeline.data.sources import SYNTHETIC_WARNING, is_synthetic
+from pipeline.data.sources import synthetic_warning
 from pipeline.data.strata import strata_of_films
 from pipeline.model.audit import (
     calibration_mlflow_metrics,
@@ -161,7 +161,7 @@ def auc_table(metrics: dict, data_source: str | None) -> pd.DataFrame:
     in `dvc plots`, so that `dvc plots diff` compares experiments finding by finding.
     data_warning: for a synthetic source, the warning the chart draws above its
     bars (.dvc/plots/auc_ci.json), the first plot of the `dvc plots show` page."""
-    warning = SYNTHETIC_WARNING[0].upper() + SYNTHETIC_WARNING[1:] if is_synthetic(data_source) else ""
+    warning = synthetic_warning(data_source)
     rows = [{"finding": f, "auc": round(auc, 4), "ci_low": _rounded(metrics["auc_ci_low"][f]),
              "ci_high": _rounded(metrics["auc_ci_high"][f]), "data_warning": warning}
             for f, auc in metrics["auc"].items() if auc is not None]

@@ -12,12 +12,13 @@ Which file each backbone uses is in its record (pipeline.model.backbones).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.core.checksum import file_md5
 
 # An unreachable host that drops packets would otherwise hold urlretrieve for
 # minutes; a stalled download also ends after this many seconds without data.
@@ -42,14 +43,6 @@ class ImagenetWeightsUnavailable(FileNotFoundError):
 def keras_cache_dir() -> Path:
     """Where keras.applications keeps downloaded weights: $KERAS_HOME/models, else ~/.keras/models."""
     return Path(os.environ.get("KERAS_HOME") or Path("~/.keras").expanduser()) / "models"
-
-
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def download_failure_reason(exc: BaseException) -> str:

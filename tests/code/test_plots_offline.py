@@ -54,6 +54,14 @@ def git(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return run(["git", *identity, *args], cwd)
 
 
+def offline_dom(page: Path, tmp_path: Path) -> str:
+    """The page's DOM once headless Chromium, with the network blocked, has run its scripts."""
+    result = subprocess.run([*CHROMIUM_OFFLINE, f"--user-data-dir={tmp_path / 'profile'}", page.as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def script_sources(page: str) -> list[str]:
     return re.findall(r"<script\b[^>]*\bsrc\s*=\s*[\"']?([^\"'\s>]+)", page, flags=re.IGNORECASE)
 
@@ -117,10 +125,7 @@ def test_page_references_no_cdn(pages, kind):
 @no_chromium
 @pytest.mark.parametrize("kind", ["show", "diff"])
 def test_page_renders_offline_in_chromium(pages, kind, tmp_path):
-    result = subprocess.run([*CHROMIUM_OFFLINE, f"--user-data-dir={tmp_path / 'profile'}", pages[kind].as_uri()],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    dom = result.stdout
+    dom = offline_dom(pages[kind], tmp_path)
     assert len(re.findall(r'<svg\b[^>]*class="marks"', dom)) == 2, "vega-embed drew no chart"
     assert len(re.findall(r'class="mark-line role-mark[^>]*><path\b[^>]*\bd="M[\d.]', dom)) >= 2, "no line drawn"
     assert ">fpr<" in dom and ">epoch<" in dom  # axis titles
@@ -140,10 +145,7 @@ def test_cdn_page_is_blank_under_the_same_blocking(pages, tmp_path):
     dvc("plots", "show", "--html-template", str(cdn_template), "-o", str(tmp_path / "cdn"), cwd=repo)
     page = tmp_path / "cdn" / "index.html"
     assert any("jsdelivr" in src for src in script_sources(page.read_text()))
-    result = subprocess.run([*CHROMIUM_OFFLINE, f"--user-data-dir={tmp_path / 'profile'}", page.as_uri()],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert 'class="marks"' not in result.stdout
+    assert 'class="marks"' not in offline_dom(page, tmp_path)
 
 
 def test_committed_template_is_current(template):
@@ -181,10 +183,7 @@ def auc_pages(tmp_path_factory, template) -> dict[str, Path]:
 @no_chromium
 @pytest.mark.parametrize("kind", ["real", "synthetic", "diff"])
 def test_the_auc_chart_says_when_its_figures_are_synthetic(auc_pages, kind, tmp_path):
-    result = subprocess.run([*CHROMIUM_OFFLINE, f"--user-data-dir={tmp_path / 'profile'}", auc_pages[kind].as_uri()],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    dom = result.stdout
+    dom = offline_dom(auc_pages[kind], tmp_path)
     assert len(re.findall(r'class="mark-rect role-mark[^>]*><path\b', dom)) == 1, "no bars drawn"
     assert ">Mass<" in dom and ">Edema<" in dom
     warning = "Synthetic phantom: these figures say nothing about clinical performance"
